@@ -1,0 +1,11 @@
+"""helpers: the tested package that every notebook of the meta-learning course imports.
+
+Modules, in the order data flows through them: ``datasets`` -> ``episodes`` -> ``nets`` and the
+methods -> ``fewshot`` (the shared interface and evaluation) -> ``plots``, ``widgets`` and
+``exercises``. Nothing lower imports anything higher.
+"""
+
+__version__ = "0.1.0"
+
+#: Where the course lives; the Colab badge and the Colab install cell of every notebook use it.
+COURSE_REPO = "https://github.com/meta-learning-course/course"

@@ -1,0 +1,66 @@
+"""Device choice and seeding, shared by every notebook.
+
+The course never hard-codes a device: :func:`pick_device` takes CUDA when there is a GPU,
+then Apple's MPS, then the CPU, so the same notebook runs on a laptop, on Colab and in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """Return the best available device: CUDA, then MPS, then CPU.
+
+    ``prefer`` (or the environment variable ``METALEARN_DEVICE``) forces one, e.g. ``"cpu"``
+    to compare timings; asking for a device that is not there raises a clear error.
+    """
+    prefer = prefer or os.environ.get("METALEARN_DEVICE") or None
+    if prefer is not None:
+        name = str(prefer).lower()
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {prefer!r} was asked for but PyTorch sees no CUDA GPU; use 'cpu' or leave it unset.")
+        if name == "mps" and not _mps_available():
+            raise RuntimeError("device 'mps' was asked for but Apple's MPS backend is not available; use 'cpu' or leave it unset.")
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if _mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def describe_device(device: torch.device) -> str:
+    """A one-line, human description of ``device`` (GPU name, or CPU thread count)."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (and Keras, if the notebook already imported it)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if "keras" in sys.modules:  # never import TensorFlow just to seed it
+        sys.modules["keras"].utils.set_random_seed(seed)
+
+
+def setup(seed: int = 0, prefer: str | None = None) -> torch.device:
+    """Seed everything, pick the device and print it: the first lines of every notebook."""
+    seed_everything(seed)
+    device = pick_device(prefer)
+    print(f"device: {describe_device(device)} | seed: {seed} | torch {torch.__version__}")
+    return device

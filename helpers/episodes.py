@@ -1,0 +1,244 @@
+"""Class splits and N-way K-shot episodes.
+
+An *episode* imitates the test we will face: ``n_way`` classes never seen together before,
+``k_shot`` labelled images of each (the support set) and ``n_query`` more of each to classify
+(the query set). Labels are re-numbered ``0 .. n_way - 1`` inside every episode, so a model
+cannot memorise which class is which: it has to use the support set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from . import datasets
+
+OMNIGLOT_SPLITS = (
+    "background",
+    "evaluation",
+    "vinyals-train",
+    "vinyals-val",
+    "vinyals-trainval",
+    "vinyals-test",
+)
+
+
+class EpisodeError(ValueError):
+    """An episode that cannot be drawn from the data (too many ways, shots or queries)."""
+
+
+@dataclass
+class FewShotDataset:
+    """Images grouped by class, ready for episode sampling.
+
+    ``images`` is ``(n_images, height, width)`` uint8, ``labels`` is ``(n_images,)`` with
+    values in ``0 .. n_classes - 1``, and ``class_names[c]`` names class ``c``.
+    """
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels.")
+        order = np.argsort(self.labels, kind="stable")
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        self._members = np.split(order, np.cumsum(counts)[:-1])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_sizes(self) -> np.ndarray:
+        """Number of images of each class."""
+        return np.array([len(m) for m in self._members])
+
+    def members(self, class_id: int) -> np.ndarray:
+        """Indices into :attr:`images` of every image of class ``class_id``."""
+        return self._members[class_id]
+
+    def subset(self, class_ids: Sequence[int], name: str | None = None) -> FewShotDataset:
+        """A dataset holding only ``class_ids`` (renumbered in the order given)."""
+        class_ids = list(class_ids)
+        index = np.concatenate([self._members[c] for c in class_ids]) if class_ids else np.array([], dtype=int)
+        labels = np.concatenate([np.full(len(self._members[c]), i) for i, c in enumerate(class_ids)]) if class_ids else index
+        return FewShotDataset(
+            name or f"{self.name}[{len(class_ids)} classes]",
+            self.images[index],
+            labels.astype(np.int64),
+            tuple(self.class_names[c] for c in class_ids),
+        )
+
+    def __repr__(self) -> str:
+        sizes = self.class_sizes()
+        return (
+            f"FewShotDataset({self.name!r}: {self.n_classes} classes, {len(self.images)} images of "
+            f"{self.images.shape[1]}x{self.images.shape[2]}, {sizes.min()}-{sizes.max()} per class)"
+        )
+
+
+def omniglot_dataset(split: str = "vinyals-test", image_size: int = 28) -> FewShotDataset:
+    """Omniglot classes of one split.
+
+    * ``"background"`` / ``"evaluation"``: the 964 / 659 characters of the 30 background and
+      20 evaluation alphabets (Lake et al.), no rotations.
+    * ``"vinyals-train" | "vinyals-val" | "vinyals-trainval" | "vinyals-test"``: the split of
+      Vinyals et al. used by Prototypical Networks, each character rotated by 0/90/180/270
+      degrees as four classes (trainval: 1,200 characters, 4,800 classes; test: 423
+      characters, 1,692 classes).
+    """
+    if split not in OMNIGLOT_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(OMNIGLOT_SPLITS)}; got {split!r}.")
+    omniglot = datasets.load_omniglot(image_size)
+    if split in ("background", "evaluation"):
+        rows = np.flatnonzero(omniglot.background == (split == "background"))
+        blocks = omniglot.images[rows]
+        names = tuple(omniglot.characters[r] for r in rows)
+    else:
+        classes = datasets.load_vinyals_split(split.removeprefix("vinyals-"))
+        where = omniglot.index()
+        blocks = np.empty((len(classes), *omniglot.images.shape[1:]), dtype=np.uint8)
+        for i, name in enumerate(classes):
+            character, rotation = name.rsplit("/", 1)
+            # rot090 turns the drawing a quarter turn counter-clockwise, like PIL's rotate(90)
+            blocks[i] = np.rot90(omniglot.images[where[character]], k=int(rotation[3:]) // 90, axes=(1, 2))
+        names = tuple(classes)
+    n_classes, per_class = blocks.shape[:2]
+    return FewShotDataset(
+        f"omniglot/{split}",
+        blocks.reshape(n_classes * per_class, image_size, image_size),
+        np.repeat(np.arange(n_classes), per_class),
+        names,
+    )
+
+
+def mnist_dataset(
+    variant: str = "mnist", train: bool = True, classes: Sequence[int] | None = None
+) -> FewShotDataset:
+    """MNIST or Fashion-MNIST (``variant="fashion-mnist"``) as a :class:`FewShotDataset`.
+
+    ``classes`` keeps only those digits (or garments), e.g. to hold some out of training.
+    """
+    data = datasets.load_mnist(variant)
+    images, labels = (data.train_images, data.train_labels) if train else (data.test_images, data.test_labels)
+    full = FewShotDataset(f"{variant}/{'train' if train else 'test'}", images, labels, data.class_names)
+    if classes is None:
+        return full
+    return full.subset(classes, name=f"{full.name}{list(classes)}")
+
+
+@dataclass
+class Episode:
+    """One N-way K-shot task.
+
+    ``support_images``: ``(n_way * k_shot, 1, H, W)`` floats in [0, 1];
+    ``support_labels``: ``(n_way * k_shot,)`` in ``0 .. n_way - 1``;
+    ``query_images``: ``(n_way * n_query, 1, H, W)``; ``query_labels``: ``(n_way * n_query,)``;
+    ``class_ids``: the dataset classes behind labels ``0 .. n_way - 1``.
+    """
+
+    support_images: torch.Tensor
+    support_labels: torch.Tensor
+    query_images: torch.Tensor
+    query_labels: torch.Tensor
+    class_ids: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def n_way(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def k_shot(self) -> int:
+        return len(self.support_labels) // self.n_way
+
+    @property
+    def n_query(self) -> int:
+        return len(self.query_labels) // self.n_way
+
+    def to(self, device: torch.device | str) -> Episode:
+        """The same episode with its tensors on ``device``."""
+        return replace(
+            self,
+            support_images=self.support_images.to(device),
+            support_labels=self.support_labels.to(device),
+            query_images=self.query_images.to(device),
+            query_labels=self.query_labels.to(device),
+        )
+
+
+def check_episode_settings(dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int) -> None:
+    """Raise :class:`EpisodeError` naming the parameter, its value and the limit, if impossible."""
+    for name, value, low in (("n_way", n_way, 2), ("k_shot", k_shot, 1), ("n_query", n_query, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise EpisodeError(f"{name} must be a whole number, got {value!r}.")
+        if value < low:
+            reason = "an episode must tell at least two classes apart" if name == "n_way" else "each class needs at least one"
+            raise EpisodeError(f"{name}={value} is too small: {reason}, so use {name} >= {low}.")
+    if n_way > dataset.n_classes:
+        raise EpisodeError(
+            f"n_way={n_way} is more than the {dataset.n_classes} classes in {dataset.name}; use n_way <= {dataset.n_classes}."
+        )
+    smallest = int(dataset.class_sizes().min())
+    if k_shot + n_query > smallest:
+        raise EpisodeError(
+            f"k_shot + n_query = {k_shot} + {n_query} = {k_shot + n_query} is more than the {smallest} images "
+            f"a class of {dataset.name} has; use k_shot + n_query <= {smallest}."
+        )
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot episodes from a :class:`FewShotDataset`, reproducibly.
+
+    >>> sampler = EpisodeSampler(omniglot_dataset("evaluation"), n_way=5, k_shot=1, n_query=15, seed=0)
+    >>> episode = sampler.sample()  # doctest: +SKIP
+
+    Classes in an episode are distinct, and support and query images never overlap. The same
+    ``seed`` gives the same sequence of episodes, so methods can be compared on identical tasks.
+    """
+
+    def __init__(self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int | None = 0) -> None:
+        check_episode_settings(dataset, n_way, k_shot, n_query)
+        self.dataset, self.n_way, self.k_shot, self.n_query = dataset, int(n_way), int(k_shot), int(n_query)
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self) -> Episode:
+        classes = self.rng.choice(self.dataset.n_classes, size=self.n_way, replace=False)
+        per_class = self.k_shot + self.n_query
+        picks = np.stack([self.rng.choice(self.dataset.members(c), size=per_class, replace=False) for c in classes])
+        support, query = picks[:, : self.k_shot].reshape(-1), picks[:, self.k_shot :].reshape(-1)
+        return Episode(
+            _as_float(self.dataset.images[support]),
+            torch.arange(self.n_way).repeat_interleave(self.k_shot),
+            _as_float(self.dataset.images[query]),
+            torch.arange(self.n_way).repeat_interleave(self.n_query),
+            classes,
+            tuple(self.dataset.class_names[c] for c in classes),
+        )
+
+    def __iter__(self) -> Iterator[Episode]:
+        while True:
+            yield self.sample()
+
+    def take(self, count: int) -> list[Episode]:
+        """The next ``count`` episodes, as a list (e.g. a fixed evaluation set)."""
+        if count < 1:
+            raise EpisodeError(f"count={count} must be at least 1.")
+        return [self.sample() for _ in range(count)]
+
+
+def _as_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(n, H, W)`` -> float ``(n, 1, H, W)`` in [0, 1]."""
+    return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
+
+
+def sample_episodes(
+    dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, count: int, seed: int = 0
+) -> list[Episode]:
+    """A fixed, seeded list of ``count`` episodes: the same tasks for every method compared."""
+    return EpisodeSampler(dataset, n_way, k_shot, n_query, seed=seed).take(count)

@@ -1,0 +1,89 @@
+"""Plots shared by the notebooks: episodes as image grids, accuracy curves with chance level."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .episodes import Episode
+
+SUPPORT_COLOUR, QUERY_COLOUR = "#1f77b4", "#ff7f0e"
+
+
+def show_episode(episode: Episode, max_query: int = 5, title: str | None = None) -> plt.Figure:
+    """Draw an episode: one row per class, support images (blue frame) then queries (orange).
+
+    Row ``i`` is the class the episode calls label ``i``; its name is on the left.
+    """
+    k, q = episode.k_shot, min(episode.n_query, max_query)
+    n = episode.n_way
+    support = episode.support_images.squeeze(1).cpu().numpy().reshape(n, k, *episode.support_images.shape[-2:])
+    query = episode.query_images.squeeze(1).cpu().numpy().reshape(n, episode.n_query, *episode.query_images.shape[-2:])
+    columns = k + q
+    fig, axes = plt.subplots(n, columns, figsize=(0.9 * columns + 1.6, 0.9 * n + 0.6), squeeze=False)
+    for row in range(n):
+        for col in range(columns):
+            ax = axes[row, col]
+            image = support[row, col] if col < k else query[row, col - k]
+            ax.imshow(image, cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_color(SUPPORT_COLOUR if col < k else QUERY_COLOUR)
+                spine.set_linewidth(2.5)
+        label = episode.class_names[row].replace("_", " ")
+        axes[row, 0].set_ylabel(f"{row}: {label}" if len(label) < 28 else f"{row}: …{label[-26:]}", rotation=0, ha="right", va="center", fontsize=7)
+    axes[0, 0].set_title("support", color=SUPPORT_COLOUR, fontsize=9, loc="left")
+    if q:
+        axes[0, k].set_title("queries", color=QUERY_COLOUR, fontsize=9, loc="left")
+    fig.suptitle(title or f"{n}-way {k}-shot episode ({episode.n_query} queries per class)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_ways(
+    results: Mapping[int, Mapping[int, tuple[float, float]]],
+    ax: plt.Axes | None = None,
+    paper: Mapping[tuple[int, int], float] | None = None,
+    title: str = "",
+) -> plt.Axes:
+    """Accuracy (with 95 % CI bars) against the number of ways, one line per shot, chance dashed.
+
+    ``results[k_shot][n_way] = (mean, ci95)`` as fractions; ``paper[(n_way, k_shot)]`` adds a
+    marker for a published number.
+    """
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    all_ways: set[int] = set()
+    for k_shot, by_way in sorted(results.items()):
+        ways = sorted(by_way)
+        all_ways.update(ways)
+        means = [100 * by_way[n][0] for n in ways]
+        cis = [100 * by_way[n][1] for n in ways]
+        line = ax.errorbar(ways, means, yerr=cis, marker="o", capsize=3, label=f"{k_shot}-shot")
+        for (n_way, shot), value in (paper or {}).items():
+            if shot == k_shot:
+                ax.plot(n_way, value, marker="*", markersize=11, color=line[0].get_color(), linestyle="none")
+    ways = np.array(sorted(all_ways))
+    dense = np.linspace(ways.min(), ways.max(), 200)
+    ax.plot(dense, 100 / dense, "k--", label="chance (1/N)")
+    if paper:
+        ax.plot([], [], "k*", markersize=10, linestyle="none", label="paper")
+    ax.set(xlabel="N (ways)", ylabel="accuracy on query images (%)", ylim=(0, 100), title=title)
+    ax.set_xticks(ways)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def plot_history(history: Mapping[str, Sequence[float]], keys: Sequence[str] | None = None, ax: plt.Axes | None = None) -> plt.Axes:
+    """Training curves: each key of ``history`` (e.g. ``loss``, ``accuracy``) against steps."""
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for key in keys or list(history):
+        values = list(history[key])
+        ax.plot(np.arange(1, len(values) + 1), values, label=key)
+    ax.set(xlabel="step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax

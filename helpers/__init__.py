@@ -9,3 +9,15 @@ __version__ = "0.1.0"
 
 #: Where the course lives; the Colab badge and the Colab install cell of every notebook use it.
 COURSE_REPO = "https://github.com/meta-learning-course/course"
+
+
+def show_source(obj) -> object:
+    """Display the source of a helpers function or class in a notebook, syntax-highlighted.
+
+    Notebooks call this next to each formula so the reader sees exactly the code that runs.
+    """
+    import inspect
+
+    from IPython.display import Code
+
+    return Code(inspect.getsource(obj), language="python")

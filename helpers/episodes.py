@@ -139,7 +139,8 @@ class Episode:
     ``support_images``: ``(n_way * k_shot, 1, H, W)`` floats in [0, 1];
     ``support_labels``: ``(n_way * k_shot,)`` in ``0 .. n_way - 1``;
     ``query_images``: ``(n_way * n_query, 1, H, W)``; ``query_labels``: ``(n_way * n_query,)``;
-    ``class_ids``: the dataset classes behind labels ``0 .. n_way - 1``.
+    ``class_ids``: the dataset classes behind labels ``0 .. n_way - 1``;
+    ``support_indices`` / ``query_indices``: which dataset images were drawn.
     """
 
     support_images: torch.Tensor
@@ -148,6 +149,8 @@ class Episode:
     query_labels: torch.Tensor
     class_ids: np.ndarray
     class_names: tuple[str, ...]
+    support_indices: np.ndarray | None = None  # rows of the dataset's images, for plots and checks
+    query_indices: np.ndarray | None = None
 
     @property
     def n_way(self) -> int:
@@ -219,6 +222,8 @@ class EpisodeSampler:
             torch.arange(self.n_way).repeat_interleave(self.n_query),
             classes,
             tuple(self.dataset.class_names[c] for c in classes),
+            support,
+            query,
         )
 
     def __iter__(self) -> Iterator[Episode]:

@@ -1,0 +1,110 @@
+"""helpers.episodes: class splits, episode sampling, and refusals of impossible episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.episodes import (
+    EpisodeError,
+    EpisodeSampler,
+    FewShotDataset,
+    mnist_dataset,
+    omniglot_dataset,
+    sample_episodes,
+)
+
+
+def toy_dataset(n_classes=6, per_class=7) -> FewShotDataset:
+    """Image i is filled with its own index, so every drawn image can be traced back."""
+    n = n_classes * per_class
+    images = (np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), dtype=np.uint8))
+    labels = np.repeat(np.arange(n_classes), per_class)
+    return FewShotDataset("toy", images, labels, tuple(f"class{c}" for c in range(n_classes)))
+
+
+def test_episode_layout_labels_and_disjointness():
+    data = toy_dataset()
+    episode = EpisodeSampler(data, n_way=4, k_shot=2, n_query=3, seed=1).sample()
+    assert episode.support_images.shape == (8, 1, 4, 4) and episode.query_images.shape == (12, 1, 4, 4)
+    assert episode.support_labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert episode.query_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert len(set(episode.class_ids.tolist())) == 4  # distinct classes
+    assert set(episode.support_indices).isdisjoint(episode.query_indices)  # never the same image twice
+    # every image sits under the label of the class it really belongs to
+    for images, labels in ((episode.support_images, episode.support_labels), (episode.query_images, episode.query_labels)):
+        original = torch.round(images[:, 0, 0, 0] * 255).long().numpy()
+        assert np.array_equal(data.labels[original], episode.class_ids[labels.numpy()])
+    assert episode.n_way == 4 and episode.k_shot == 2 and episode.n_query == 3
+
+
+def test_same_seed_same_episodes_other_seed_other_episodes():
+    data = toy_dataset()
+    a = sample_episodes(data, 3, 1, 2, count=5, seed=7)
+    b = sample_episodes(data, 3, 1, 2, count=5, seed=7)
+    c = sample_episodes(data, 3, 1, 2, count=5, seed=8)
+    assert all(torch.equal(x.query_images, y.query_images) for x, y in zip(a, b))
+    assert any(not torch.equal(x.query_images, y.query_images) for x, y in zip(a, c))
+
+
+def test_every_class_gets_drawn_over_many_episodes():
+    data = toy_dataset()
+    seen = np.concatenate([e.class_ids for e in sample_episodes(data, 2, 1, 1, count=200, seed=0)])
+    assert set(seen.tolist()) == set(range(data.n_classes))
+
+
+@pytest.mark.parametrize(
+    ("n_way", "k_shot", "n_query", "fragments"),
+    [
+        (7, 1, 1, ["n_way=7", "6 classes", "n_way <= 6"]),
+        (3, 5, 3, ["k_shot + n_query", "= 8", "7 images", "<= 7"]),
+        (1, 1, 1, ["n_way=1", "n_way >= 2"]),
+        (3, 0, 1, ["k_shot=0", "k_shot >= 1"]),
+        (3, 1, 0, ["n_query=0", "n_query >= 1"]),
+        (3, 1.5, 1, ["k_shot must be a whole number", "1.5"]),
+    ],
+)
+def test_impossible_episodes_are_refused_with_parameter_value_and_limit(n_way, k_shot, n_query, fragments):
+    with pytest.raises(EpisodeError) as caught:
+        EpisodeSampler(toy_dataset(), n_way, k_shot, n_query)
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message
+    assert "\n" not in message  # one line
+
+
+def test_subset_renumbers_classes():
+    data = toy_dataset()
+    sub = data.subset([4, 1])
+    assert sub.class_names == ("class4", "class1")
+    assert np.array_equal(sub.images[sub.labels == 0], data.images[data.labels == 4])
+
+
+def test_omniglot_splits_are_disjoint_and_sized(needs_data):
+    background, evaluation = omniglot_dataset("background"), omniglot_dataset("evaluation")
+    assert (background.n_classes, evaluation.n_classes) == (964, 659)
+    assert set(background.class_names).isdisjoint(evaluation.class_names)
+    trainval, test = omniglot_dataset("vinyals-trainval"), omniglot_dataset("vinyals-test")
+    assert (trainval.n_classes, test.n_classes) == (4800, 1692)
+    characters = lambda d: {name.rsplit("/", 1)[0] for name in d.class_names}  # noqa: E731
+    assert len(characters(trainval)) == 1200 and len(characters(test)) == 423
+    assert characters(trainval).isdisjoint(characters(test))
+    assert set(trainval.class_sizes()) == {20}
+
+
+def test_rotated_classes_are_quarter_turns_of_the_original(needs_data):
+    test = omniglot_dataset("vinyals-test")
+    index = {name: i for i, name in enumerate(test.class_names)}
+    character = test.class_names[0].rsplit("/", 1)[0]
+    upright = test.images[test.members(index[f"{character}/rot000"])]
+    for degrees in (90, 180, 270):
+        turned = test.images[test.members(index[f"{character}/rot{degrees:03d}"])]
+        assert np.array_equal(turned, np.rot90(upright, k=degrees // 90, axes=(1, 2)))
+
+
+def test_mnist_digits_can_be_held_out(needs_data):
+    seen = mnist_dataset(classes=[0, 1, 2, 3, 4, 5, 6])
+    assert seen.class_names == tuple("0123456") and seen.n_classes == 7
+    episode = EpisodeSampler(seen, 5, 1, 5, seed=0).sample()
+    assert set(episode.class_names) <= set("0123456")

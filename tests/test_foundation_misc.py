@@ -1,0 +1,74 @@
+"""helpers.device, helpers.nets, helpers.widgets, helpers.exercises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import exercises, nets, widgets
+from helpers.device import pick_device, seed_everything
+from helpers.episodes import FewShotDataset
+from helpers.fewshot import PixelNearestNeighbour
+
+
+def test_device_choice_is_automatic_and_refuses_missing_hardware(monkeypatch):
+    monkeypatch.delenv("METALEARN_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert pick_device().type == expected
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            pick_device("cuda")
+
+
+def test_seeding_repeats_random_draws():
+    seed_everything(5)
+    a = (np.random.rand(), torch.rand(1).item())
+    seed_everything(5)
+    assert (np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_conv4_turns_28px_images_into_64d_embeddings():
+    model = nets.Conv4()
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 64)
+    assert nets.count_parameters(model) == 4 * 64 * 2 + (1 * 9 * 64 + 64) + 3 * (64 * 9 * 64 + 64) + 0
+
+
+def test_mlp_layers():
+    model = nets.mlp([1, 40, 40, 1])
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    with pytest.raises(ValueError, match="at least an input and an output"):
+        nets.mlp([3])
+
+
+def _tiny_datasets():
+    images = np.repeat(np.arange(40, dtype=np.uint8), 16).reshape(40, 4, 4) * 6
+    return {"tiny (4 classes)": FewShotDataset("tiny", images, np.repeat(np.arange(4), 10), ("a", "b", "c", "d"))}
+
+
+def test_episode_panel_answers_impossible_settings_in_one_line(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    panel = widgets.episode_panel(_tiny_datasets(), method=PixelNearestNeighbour(), n_way=2, n_query=2, n_eval=5)
+    assert panel.run() is True and panel.message.value == ""
+    panel.controls["n_way"].value = 6  # more ways than the 4 classes; the change itself re-runs the panel
+    assert "n_way=6" in panel.message.value and "4 classes" in panel.message.value
+    assert panel.run() is False
+    panel.controls["n_way"].value = 2
+    assert panel.message.value == ""
+    panel.controls["k_shot"].value = 9  # 9 shots + 2 queries > 10 images per class
+    assert "k_shot + n_query" in panel.message.value
+
+
+def test_check_positive_names_the_parameter():
+    with pytest.raises(ValueError, match="inner_lr=-0.1 must be positive"):
+        widgets.check_positive("inner_lr", -0.1)
+
+
+def test_exercise_checks_say_right_or_wrong(capsys):
+    assert exercises.check_close(torch.tensor([1.0, 2.0]), np.array([1.0, 2.0]), "vector", "hint")
+    assert not exercises.check_close(..., 3.0, "placeholder", "fill it in")
+    assert not exercises.check_equal([1, 2], [2, 1], "order", "look at the order")
+    assert exercises.check_true(True, "truth", "never shown")
+    out = capsys.readouterr().out
+    assert out.count("✅") == 2 and out.count("❌") == 2 and "replace the `...`" in out and "look at the order" in out

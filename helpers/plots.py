@@ -10,12 +10,17 @@ import numpy as np
 from .episodes import Episode
 
 SUPPORT_COLOUR, QUERY_COLOUR = "#1f77b4", "#ff7f0e"
+RIGHT_COLOUR, WRONG_COLOUR = "#2ca02c", "#d62728"
 
 
-def show_episode(episode: Episode, max_query: int = 5, title: str | None = None) -> plt.Figure:
+def show_episode(
+    episode: Episode, max_query: int = 5, title: str | None = None, predictions=None
+) -> plt.Figure:
     """Draw an episode: one row per class, support images (blue frame) then queries (orange).
 
-    Row ``i`` is the class the episode calls label ``i``; its name is on the left.
+    Row ``i`` is the class the episode calls label ``i``; its name is on the left. With
+    ``predictions`` (one label per query), each query is framed green when right and red when
+    wrong, and a wrong one shows the label it was given.
     """
     k, q = episode.k_shot, min(episode.n_query, max_query)
     n = episode.n_way
@@ -30,13 +35,19 @@ def show_episode(episode: Episode, max_query: int = 5, title: str | None = None)
             ax.imshow(image, cmap="gray_r", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
+            colour = SUPPORT_COLOUR if col < k else QUERY_COLOUR
+            if predictions is not None and col >= k:
+                guess = int(predictions[row * episode.n_query + col - k])
+                colour = RIGHT_COLOUR if guess == row else WRONG_COLOUR
+                if guess != row:
+                    ax.set_title(f"→{guess}", color=WRONG_COLOUR, fontsize=7, pad=1)
             for spine in ax.spines.values():
-                spine.set_color(SUPPORT_COLOUR if col < k else QUERY_COLOUR)
+                spine.set_color(colour)
                 spine.set_linewidth(2.5)
         label = episode.class_names[row].replace("_", " ")
         axes[row, 0].set_ylabel(f"{row}: {label}" if len(label) < 28 else f"{row}: …{label[-26:]}", rotation=0, ha="right", va="center", fontsize=7)
     axes[0, 0].set_title("support", color=SUPPORT_COLOUR, fontsize=9, loc="left")
-    if q:
+    if q and predictions is None:
         axes[0, k].set_title("queries", color=QUERY_COLOUR, fontsize=9, loc="left")
     fig.suptitle(title or f"{n}-way {k}-shot episode ({episode.n_query} queries per class)", fontsize=10)
     fig.tight_layout()

@@ -15,6 +15,8 @@ import ipywidgets as w
 from IPython.display import clear_output, display
 
 from .datasets import DatasetError
+from .episodes import EpisodeSampler, FewShotDataset
+from .fewshot import FewShotMethod, evaluate
 
 
 class Panel:
@@ -86,3 +88,49 @@ def check_positive(name: str, value: float) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` > 0 (learning rates, step counts)."""
     if not value > 0:
         raise ValueError(f"{name}={value} must be positive; try a small positive number such as 0.001.")
+
+
+def episode_panel(
+    datasets: Mapping[str, FewShotDataset],
+    method: FewShotMethod | None = None,
+    n_way: int = 5,
+    k_shot: int = 1,
+    n_query: int = 3,
+    n_eval: int = 100,
+) -> Panel:
+    """Draw a fresh episode from the chosen dataset; with ``method``, classify its queries.
+
+    Each click (and each change of a control) samples a new episode and draws it; with a method,
+    every query is framed green or red, and ``n_eval`` more episodes at the same settings give
+    the method's accuracy beside chance. Impossible settings (more ways than classes, more shots
+    plus queries than images per class) answer with one line.
+    """
+    clicks = {"count": 0}
+    controls = {
+        "dataset": w.Dropdown(options=list(datasets), description="dataset"),
+        "n_way": int_slider("N (ways)", n_way, 2, 30),
+        "k_shot": int_slider("K (shots)", k_shot, 1, 20),
+        "n_query": int_slider("queries", n_query, 1, 20),
+    }
+
+    def draw(values: dict[str, Any]) -> None:
+        import matplotlib.pyplot as plt
+
+        from .plots import show_episode
+
+        clicks["count"] += 1
+        sampler = EpisodeSampler(datasets[values["dataset"]], values["n_way"], values["k_shot"], values["n_query"], seed=clicks["count"])
+        episode = sampler.sample()
+        predictions = None
+        if method is not None:
+            method.process_support_set(episode.support_images, episode.support_labels)
+            predictions = method.predict(episode.query_images)
+            result = evaluate(method, sampler.take(n_eval), progress=False)
+            print(
+                f"{type(method).__name__} on {n_eval} more {episode.n_way}-way {episode.k_shot}-shot episodes: "
+                f"{result}; chance is {100 / episode.n_way:.1f} %."
+            )
+        show_episode(episode, max_query=min(values["n_query"], 5), predictions=predictions)
+        plt.show()
+
+    return Panel("Episodes: pick N, K and the number of queries", controls, draw, run_label="Resample", auto=True)

@@ -1,0 +1,290 @@
+"""Episodic training, shared by every learned few-shot method of the course.
+
+Training imitates testing: every step draws one N-way K-shot episode from the training
+classes, asks the method for a loss on that episode's queries, and takes one optimiser step.
+:func:`train_episodic` runs that loop with a progress bar, records a :class:`History` the
+notebooks plot, validates now and then on held-out classes, keeps the best weights in a
+checkpoint, and stops cleanly (returning what it has) when interrupted.
+
+:class:`DeviceEpisodeSampler` keeps all the images on the training device and assembles each
+episode there, so on a GPU drawing an episode costs one small index copy and one gather.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .device import seed_everything
+from .episodes import Episode, FewShotDataset, check_episode_settings
+from .fewshot import FewShotMethod, evaluate
+
+EpisodeLoss = Callable[[torch.nn.Module, Episode], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class History:
+    """Everything a notebook plots about one training run.
+
+    ``loss`` and ``accuracy`` hold one value per training episode (numbered in ``episode``);
+    ``val_accuracy`` and ``val_ci95`` one value per validation (numbered in ``val_episode``).
+    """
+
+    episode: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    val_episode: list[int] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    val_ci95: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def n_episodes(self) -> int:
+        return self.episode[-1] if self.episode else 0
+
+    @property
+    def episodes_per_second(self) -> float:
+        return len(self.episode) / self.seconds if self.seconds > 0 else float("nan")
+
+    def best_validation(self) -> tuple[int, float, float] | None:
+        """``(episode, accuracy, ci95)`` of the best validation so far, or ``None``."""
+        if not self.val_accuracy:
+            return None
+        i = int(np.argmax(self.val_accuracy))
+        return self.val_episode[i], self.val_accuracy[i], self.val_ci95[i]
+
+    def smoothed(self, key: str = "loss", window: int = 50) -> np.ndarray:
+        """Running mean of ``loss`` or ``accuracy`` over ``window`` episodes (same length)."""
+        values = np.asarray(getattr(self, key), dtype=float)
+        if len(values) == 0:
+            return values
+        window = max(1, min(window, len(values)))
+        cumulative = np.concatenate([[0.0], np.cumsum(values)])
+        counts = np.minimum(np.arange(1, len(values) + 1), window)
+        return (cumulative[1:] - cumulative[np.arange(1, len(values) + 1) - counts]) / counts
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict) -> None:
+    """Save ``model``'s weights to ``path`` and ``metadata`` to ``path`` with suffix ``.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    torch.save(state, path)
+    path.with_suffix(".json").write_text(json.dumps(metadata, indent=2, default=_jsonable) + "\n")
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: Any = None) -> dict:
+    """Load weights saved by :func:`save_checkpoint` into ``model``; return the metadata."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; train one first (see its .json for the command).")
+    state = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    model.load_state_dict(state)
+    meta = path.with_suffix(".json")
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
+
+
+def train_episodic(
+    model: torch.nn.Module,
+    episode_loss: EpisodeLoss,
+    sampler,
+    n_episodes: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler=None,
+    val_method: FewShotMethod | None = None,
+    val_episodes: list[Episode] | None = None,
+    val_every: int = 500,
+    checkpoint: str | Path | None = None,
+    device: torch.device | None = None,
+    progress: bool = True,
+    seed: int | None = 0,
+    history: History | None = None,
+    metadata: dict | None = None,
+    keep: str = "best",
+    on_validation: Callable[[History], None] | None = None,
+) -> History:
+    """Train ``model`` for ``n_episodes`` episodes, one optimiser step per episode.
+
+    ``episode_loss(model, episode)`` returns ``(loss, accuracy)`` for an episode already on
+    ``device``, with the model in train mode. Every ``val_every`` episodes (and at the end)
+    ``val_method`` is evaluated on ``val_episodes`` with the model in eval mode. With a
+    ``checkpoint`` path, ``keep="best"`` saves the weights of the best validation (or the last
+    weights when there is no validation) and ``keep="last"`` saves the final weights;
+    ``metadata`` (e.g. the command and hardware) is stored in the ``.json`` beside it.
+    ``on_validation(history)`` is called after each validation (live plots).
+    Ctrl-C (KeyboardInterrupt) stops the loop cleanly: the history so far is returned with
+    ``interrupted=True``.
+    """
+    if not isinstance(n_episodes, (int, np.integer)) or n_episodes < 0:
+        raise ValueError(f"n_episodes={n_episodes!r} must be a whole number >= 0.")
+    if val_every < 1:
+        raise ValueError(f"val_every={val_every} must be at least 1.")
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}.")
+    if (val_method is None) != (not val_episodes):
+        raise ValueError("give both val_method and val_episodes, or neither.")
+    from tqdm.auto import tqdm
+
+    if seed is not None:
+        seed_everything(seed)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    if val_method is not None:
+        val_method.device = device
+    history = history if history is not None else History()
+    start_episode = history.n_episodes
+    best = history.best_validation()
+    best_accuracy = best[1] if best else -math.inf
+    metadata = dict(metadata or {})
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # read back in batches: fewer GPU syncs
+
+    def flush() -> None:
+        if pending:
+            values = torch.stack([torch.stack([lo.detach().float(), ac.detach().float()]) for _, lo, ac in pending]).cpu()
+            history.episode.extend(e for e, _, _ in pending)
+            history.loss.extend(values[:, 0].tolist())
+            history.accuracy.extend(values[:, 1].tolist())
+            pending.clear()
+
+    def save(tag: str) -> None:
+        if checkpoint is None:
+            return
+        last = history.best_validation() if tag == "best" else None
+        info = {
+            **metadata,
+            "saved": tag,
+            "episode": last[0] if last else history.n_episodes,
+            "val_accuracy": last[1] if last else (history.val_accuracy[-1] if history.val_accuracy else None),
+            "val_ci95": last[2] if last else (history.val_ci95[-1] if history.val_ci95 else None),
+            "val_episodes": len(val_episodes or []),
+            "train_seconds": round(history.seconds, 1),
+            "episodes_trained": history.n_episodes,
+        }
+        save_checkpoint(checkpoint, model, info)
+
+    def validate(episode_number: int) -> None:
+        nonlocal best_accuracy
+        model.eval()
+        result = evaluate(val_method, val_episodes, progress=False)
+        model.train()
+        history.val_episode.append(episode_number)
+        history.val_accuracy.append(result.mean)
+        history.val_ci95.append(0.0 if math.isnan(result.ci95) else result.ci95)
+        if keep == "best" and result.mean > best_accuracy:
+            best_accuracy = result.mean
+            save("best")
+        if on_validation is not None:
+            on_validation(history)
+
+    clock = time.perf_counter()
+    elapsed_before = history.seconds
+    bar = tqdm(total=n_episodes, desc="training", disable=not progress, leave=False)
+    model.train()
+    try:
+        for step in range(1, n_episodes + 1):
+            number = start_episode + step
+            episode = sampler.sample().to(device)
+            loss, accuracy = episode_loss(model, episode)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            pending.append((number, loss, accuracy))
+            if step % 50 == 0 or step == n_episodes:
+                flush()
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{np.mean(history.loss[-50:]):.3f}", acc=f"{np.mean(history.accuracy[-50:]):.3f}")
+            if val_method is not None and (step % val_every == 0 or step == n_episodes):
+                history.seconds = elapsed_before + time.perf_counter() - clock
+                validate(number)
+    except KeyboardInterrupt:
+        history.interrupted = True
+    finally:
+        flush()
+        bar.close()
+        model.train()
+        history.seconds = elapsed_before + time.perf_counter() - clock
+    if keep == "last" or not history.val_accuracy:
+        save("last")
+    return history
+
+
+class DeviceEpisodeSampler:
+    """Like :class:`helpers.episodes.EpisodeSampler`, but the images live on ``device``.
+
+    All images are copied to ``device`` once, as uint8. Each :meth:`sample` chooses classes
+    and images with NumPy (a few hundred integers, so the episodes are identical on every
+    device for a given ``seed``), sends the indices over, and gathers and scales the images
+    on the device: sampling never waits on a host-to-device copy of pixels.
+    """
+
+    def __init__(
+        self,
+        dataset: FewShotDataset,
+        n_way: int,
+        k_shot: int,
+        n_query: int,
+        device: torch.device | str | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        check_episode_settings(dataset, n_way, k_shot, n_query)
+        self.dataset, self.n_way, self.k_shot, self.n_query = dataset, int(n_way), int(k_shot), int(n_query)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.rng = np.random.default_rng(seed)
+        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device)
+        sizes = dataset.class_sizes()
+        # members[c, j] = image row of the j-th image of class c; classes shorter than the
+        # longest are padded, and padded slots always sort last when images are shuffled.
+        self.sizes = sizes
+        self.members = np.zeros((dataset.n_classes, sizes.max()), dtype=np.int64)
+        for c in range(dataset.n_classes):
+            self.members[c, : sizes[c]] = dataset.members(c)
+        self.support_labels = torch.arange(self.n_way, device=self.device).repeat_interleave(self.k_shot)
+        self.query_labels = torch.arange(self.n_way, device=self.device).repeat_interleave(self.n_query)
+
+    def sample(self) -> Episode:
+        classes = self.rng.choice(self.dataset.n_classes, size=self.n_way, replace=False)
+        keys = self.rng.random((self.n_way, self.members.shape[1]))
+        keys[np.arange(self.members.shape[1])[None, :] >= self.sizes[classes][:, None]] = 2.0
+        order = np.argsort(keys, axis=1)[:, : self.k_shot + self.n_query]
+        picks = np.take_along_axis(self.members[classes], order, axis=1)
+        support, query = picks[:, : self.k_shot].reshape(-1), picks[:, self.k_shot :].reshape(-1)
+        rows = torch.from_numpy(np.concatenate([support, query])).to(self.device, non_blocking=True)
+        pixels = self.images.index_select(0, rows).unsqueeze(1).float().div_(255.0)
+        n_support = len(support)
+        return Episode(
+            pixels[:n_support],
+            self.support_labels,
+            pixels[n_support:],
+            self.query_labels,
+            classes,
+            tuple(self.dataset.class_names[c] for c in classes),
+            support,
+            query,
+        )
+
+    def take(self, count: int) -> list[Episode]:
+        if count < 1:
+            raise ValueError(f"count={count} must be at least 1.")
+        return [self.sample() for _ in range(count)]

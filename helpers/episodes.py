@@ -49,6 +49,11 @@ class FewShotDataset:
         order = np.argsort(self.labels, kind="stable")
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         self._members = np.split(order, np.cumsum(counts)[:-1])
+        # the same indices as a padded (n_classes, largest class) table, for vectorised sampling
+        self._sizes = counts
+        self._table = np.zeros((len(counts), max(int(counts.max(initial=0)), 1)), dtype=np.int64)
+        for c, members in enumerate(self._members):
+            self._table[c, : len(members)] = members
 
     @property
     def n_classes(self) -> int:
@@ -213,7 +218,12 @@ class EpisodeSampler:
     def sample(self) -> Episode:
         classes = self.rng.choice(self.dataset.n_classes, size=self.n_way, replace=False)
         per_class = self.k_shot + self.n_query
-        picks = np.stack([self.rng.choice(self.dataset.members(c), size=per_class, replace=False) for c in classes])
+        # one random key per (class, member); padding gets +inf so it is never among the smallest
+        sizes = self.dataset._sizes[classes]
+        keys = self.rng.random((self.n_way, self.dataset._table.shape[1]))
+        keys[np.arange(keys.shape[1]) >= sizes[:, None]] = np.inf
+        chosen = np.argsort(keys, axis=1)[:, :per_class]  # a uniform draw without replacement per class
+        picks = np.take_along_axis(self.dataset._table[classes], chosen, axis=1)
         support, query = picks[:, : self.k_shot].reshape(-1), picks[:, self.k_shot :].reshape(-1)
         return Episode(
             _as_float(self.dataset.images[support]),

@@ -1,0 +1,332 @@
+"""Matching Networks (Vinyals et al. 2016): cosine attention over the support set, with or
+without full context embeddings (FCE).
+
+The whole method in one line: a query's label distribution is the attention-weighted sum of
+the support set's one-hot labels,
+
+    y_hat = sum_i a(x_hat, x_i) y_i,   a(x_hat, x_i) = softmax_i( cos( f(x_hat), g(x_i) ) ).
+
+Without FCE, ``f`` and ``g`` are the same Conv-4 encoder applied to one image at a time.
+With FCE, both see the whole support set S:
+
+* ``g(x_i, S) = h_fwd_i + h_bwd_i + g'(x_i)``: a bidirectional LSTM reads the support
+  embeddings ``g'(x_i)`` as a sequence, and the skip connection adds ``g'(x_i)`` back
+  (:class:`SupportContextEncoder`);
+* ``f(x_hat, S) = attLSTM(f'(x_hat), g(S), T)``: an LSTM that, for T processing steps,
+  re-reads g(S) through dot-product attention (:class:`AttentionLSTM`).
+
+:class:`MatchingNetwork` implements :class:`helpers.fewshot.FewShotMethod`, so the shared
+``evaluate`` works on it; :func:`matching_loss` is the per-episode loss for
+:func:`helpers.training.train_episodic`. Run ``python -m helpers.matching --help`` for the
+command that trains the committed checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .episodes import Episode
+from .fewshot import FewShotMethod
+from .nets import Conv4
+
+# --------------------------------------------------------------------------------------------
+# The attention kernel
+# --------------------------------------------------------------------------------------------
+
+
+def cosine_similarities(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor) -> torch.Tensor:
+    """``c(f(x_hat), g(x_i))``: cosine of every query ``(q, d)`` with every support ``(s, d)`` -> ``(q, s)``."""
+    return F.normalize(query_embeddings, dim=-1) @ F.normalize(support_embeddings, dim=-1).T
+
+
+def attention_weights(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor) -> torch.Tensor:
+    """``a(x_hat, x_i) = softmax_i( c(f(x_hat), g(x_i)) )``: ``(q, s)``, each row sums to 1."""
+    return cosine_similarities(query_embeddings, support_embeddings).softmax(dim=-1)
+
+
+def label_distribution(attention: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """``y_hat = sum_i a(x_hat, x_i) y_i``: attention ``(q, s)`` times one-hot labels ``(s, n_way)``.
+
+    Row ``j`` is query ``j``'s probability for each class: a convex combination of one-hot
+    vectors, so it is non-negative and sums to 1.
+    """
+    one_hot = F.one_hot(support_labels, n_way).to(attention.dtype)
+    return attention @ one_hot
+
+
+def log_label_distribution(similarities: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """``log y_hat`` computed stably from the similarities ``(q, s)`` -> ``(q, n_way)``.
+
+    ``y_hat_k`` sums the attention of class k's support images, so
+    ``log y_hat_k = logsumexp_{i: y_i = k} c_i - logsumexp_i c_i``: the same numbers as
+    ``label_distribution(...).log()`` without ever taking the log of a tiny sum.
+    """
+    log_attention = similarities.log_softmax(dim=-1)
+    member = F.one_hot(support_labels, n_way).T.bool()  # (n_way, s)
+    masked = log_attention.unsqueeze(1).masked_fill(~member, float("-inf"))  # (q, n_way, s)
+    return masked.logsumexp(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Full context embeddings
+# --------------------------------------------------------------------------------------------
+
+
+class SupportContextEncoder(nn.Module):
+    """g(x_i, S) = h_fwd_i + h_bwd_i + g'(x_i): a bidirectional LSTM with a skip connection.
+
+    The LSTM reads the support embeddings ``g'(x_1), ..., g'(x_s)`` forwards and backwards,
+    so each output knows about every other support image; adding ``g'(x_i)`` back keeps the
+    image's own embedding as the starting point (the LSTM learns a correction).
+    """
+
+    def __init__(self, dim: int = 64) -> None:
+        super().__init__()
+        self.dim = dim
+        self.lstm = nn.LSTM(input_size=dim, hidden_size=dim, bidirectional=True, batch_first=True)
+
+    def forward(self, support_embeddings: torch.Tensor) -> torch.Tensor:
+        """``(s, d)`` embeddings g'(x_i), in support-set order -> ``(s, d)`` embeddings g(x_i, S)."""
+        states, _ = self.lstm(support_embeddings.unsqueeze(0))  # (1, s, 2d): forward | backward
+        h_forward, h_backward = states[0, :, : self.dim], states[0, :, self.dim :]
+        return h_forward + h_backward + support_embeddings
+
+
+class AttentionLSTM(nn.Module):
+    """f(x_hat, S) = attLSTM(f'(x_hat), g(S), T): T steps of an LSTM that reads g(S) by attention.
+
+    One processing step, for all queries at once::
+
+        h_hat_t, c_t = LSTM(f'(x_hat), [h_{t-1}, r_{t-1}], c_{t-1})
+        h_t          = h_hat_t + f'(x_hat)
+        r_t          = sum_i a(h_t, g(x_i)) g(x_i),   a(h, g(x_i)) = softmax_i(h^T g(x_i))
+
+    The LSTM's input is always the query's own embedding f'(x_hat); its hidden state is the
+    concatenation ``[h, r]`` (2d numbers) and its output ``h_hat`` has d numbers, so the cell
+    is written out here rather than taken from ``nn.LSTMCell``. States start at zero, so the
+    first read ``r_0`` is the plain average of g(S).
+    """
+
+    def __init__(self, dim: int = 64, processing_steps: int = 5) -> None:
+        super().__init__()
+        check_processing_steps(processing_steps)
+        self.dim, self.processing_steps = dim, int(processing_steps)
+        self.input_gates = nn.Linear(dim, 4 * dim)  # W x + b for the four gates
+        self.state_gates = nn.Linear(2 * dim, 4 * dim, bias=False)  # U [h, r]
+
+    def lstm_step(
+        self, query: torch.Tensor, h: torch.Tensor, r: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h_hat_t, c_t = LSTM(f'(x_hat), [h_{t-1}, r_{t-1}], c_{t-1})``: an ordinary LSTM cell."""
+        gates = self.input_gates(query) + self.state_gates(torch.cat([h, r], dim=-1))
+        input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
+        c = forget_gate.sigmoid() * c + input_gate.sigmoid() * candidate.tanh()
+        h_hat = output_gate.sigmoid() * c.tanh()
+        return h_hat, c
+
+    @staticmethod
+    def read(h: torch.Tensor, support_context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``r = sum_i softmax_i(h^T g(x_i)) g(x_i)``: returns ``r`` ``(q, d)`` and the weights ``(q, s)``."""
+        weights = (h @ support_context.T).softmax(dim=-1)
+        return weights @ support_context, weights
+
+    def forward(
+        self, query_embeddings: torch.Tensor, support_context: torch.Tensor, return_reads: bool = False
+    ):
+        """``(q, d)`` embeddings f'(x_hat) and ``(s, d)`` g(S) -> ``(q, d)`` embeddings f(x_hat, S).
+
+        With ``return_reads=True`` also returns the list of T read-attention matrices ``(q, s)``
+        (the weights used to form ``r_0 ... r_{T-1}``), to look at what each step attended to.
+        """
+        h = torch.zeros_like(query_embeddings)
+        c = torch.zeros_like(query_embeddings)
+        reads = []
+        for _ in range(self.processing_steps):
+            r, weights = self.read(h, support_context)  # r_{t-1} from h_{t-1}
+            reads.append(weights)
+            h_hat, c = self.lstm_step(query_embeddings, h, r, c)
+            h = h_hat + query_embeddings  # the skip connection keeps f'(x_hat) in the output
+        return (h, reads) if return_reads else h
+
+
+def check_processing_steps(processing_steps: int) -> None:
+    """Raise ``ValueError`` unless T is a whole number >= 1."""
+    if isinstance(processing_steps, bool) or not float(processing_steps).is_integer() or processing_steps < 1:
+        raise ValueError(
+            f"processing_steps={processing_steps} must be a whole number >= 1 (the paper's T; try 1 to 10)."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+class MatchingNetwork(FewShotMethod, nn.Module):
+    """A Matching Network: Conv-4 embeddings, optional full context embeddings, cosine attention.
+
+    * ``fce=False``: f = g = Conv-4 (the paper's Omniglot model).
+    * ``fce=True``: g = :class:`SupportContextEncoder` over Conv-4 embeddings and
+      f = :class:`AttentionLSTM` with ``processing_steps`` T.
+
+    As a :class:`~helpers.fewshot.FewShotMethod`: ``process_support_set`` embeds the support
+    set once and ``scores`` returns ``y_hat`` ``(n_query_total, n_way)``, the probability of
+    each class. Call ``.eval()`` before evaluating so batch norm uses its running statistics.
+    """
+
+    def __init__(self, encoder: nn.Module | None = None, fce: bool = False, processing_steps: int = 5) -> None:
+        nn.Module.__init__(self)
+        self.encoder = encoder if encoder is not None else Conv4()
+        dim = getattr(self.encoder, "out_features", 64)
+        self.fce = bool(fce)
+        self.processing_steps = int(processing_steps)
+        check_processing_steps(processing_steps)
+        if self.fce:
+            self.support_context = SupportContextEncoder(dim)
+            self.query_context = AttentionLSTM(dim, processing_steps)
+
+    @property
+    def device(self) -> torch.device:  # follows the weights wherever .to() puts them
+        return next(self.parameters()).device
+
+    @device.setter
+    def device(self, value: torch.device | str) -> None:  # evaluate() and the loop may set it
+        self.to(value)
+
+    # ---- the two embeddings ----------------------------------------------------------------
+    def embed_support(self, support_images: torch.Tensor) -> torch.Tensor:
+        """g(x_i, S) for ``(s, 1, H, W)`` images -> ``(s, d)`` (g'(x_i) alone without FCE)."""
+        embeddings = self.encoder(support_images)
+        return self.support_context(embeddings) if self.fce else embeddings
+
+    def embed_queries(self, query_images: torch.Tensor, support_context: torch.Tensor) -> torch.Tensor:
+        """f(x_hat, S) for ``(q, 1, H, W)`` images -> ``(q, d)`` (f'(x_hat) alone without FCE)."""
+        embeddings = self.encoder(query_images)
+        return self.query_context(embeddings, support_context) if self.fce else embeddings
+
+    def similarities(self, support_images: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+        """``c(f(x_hat, S), g(x_i, S))``: cosine of every query with every support image, ``(q, s)``."""
+        support_context = self.embed_support(support_images)
+        return cosine_similarities(self.embed_queries(query_images, support_context), support_context)
+
+    def forward(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor, n_way: int | None = None
+    ) -> torch.Tensor:
+        """``log y_hat``: ``(q, n_way)`` log-probabilities of each class for each query."""
+        n_way = n_way or int(support_labels.max()) + 1
+        return log_label_distribution(self.similarities(support_images, query_images), support_labels, n_way)
+
+    def attention(self, support_images: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+        """The attention ``a(x_hat, x_i)`` of every query over the support set, ``(q, s)``."""
+        return self.similarities(support_images, query_images).softmax(dim=-1)
+
+    # ---- the shared few-shot interface -------------------------------------------------------
+    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            self._support_context = self.embed_support(support_images)
+        self._support_labels = support_labels
+        self._n_way = int(support_labels.max()) + 1
+
+    def scores(self, query_images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            queries = self.embed_queries(query_images, self._support_context)
+            attention = attention_weights(queries, self._support_context)
+            return label_distribution(attention, self._support_labels, self._n_way)
+
+
+def matching_loss(model: MatchingNetwork, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    """Episode loss for training: ``-mean log y_hat[true class]`` over the queries, and accuracy."""
+    log_probabilities = model(episode.support_images, episode.support_labels, episode.query_images, episode.n_way)
+    loss = F.nll_loss(log_probabilities, episode.query_labels)
+    accuracy = (log_probabilities.argmax(dim=-1) == episode.query_labels).float().mean()
+    return loss, accuracy
+
+
+# --------------------------------------------------------------------------------------------
+# The training command behind the committed checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train a Matching Network episodically on Omniglot and save the best-validation weights.
+
+    The checkpoints in ``data/checkpoints/matching_*.pt`` were made with this command; its
+    ``.json`` records the exact arguments, the hardware, the wall time and the validation
+    accuracy. Ctrl-C (or ``timeout -s INT``) stops training and keeps the best weights so far.
+    """
+    import argparse
+    import platform
+    import shlex
+    import sys
+    import time
+
+    from .device import describe_device, pick_device
+    from .episodes import EpisodeSampler, omniglot_dataset, sample_episodes
+    from .training import train_episodic
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.matching", description=main.__doc__)
+    parser.add_argument("--fce", action="store_true", help="use full context embeddings")
+    parser.add_argument("--processing-steps", type=int, default=5, help="T of the attention LSTM")
+    parser.add_argument("--n-way", type=int, default=20)
+    parser.add_argument("--k-shot", type=int, default=1)
+    parser.add_argument("--n-query", type=int, default=5)
+    parser.add_argument("--episodes", type=int, default=6000)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-halve-every", type=int, default=2000, help="episodes between halvings")
+    parser.add_argument("--train-split", default="vinyals-train")
+    parser.add_argument("--val-split", default="vinyals-val")
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--val-episodes", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hardware", default=None, help="how to describe the machine in the .json")
+    parser.add_argument("--out", required=True, help="checkpoint path, e.g. data/checkpoints/matching_fce.pt")
+    args = parser.parse_args(argv)
+
+    device = pick_device()
+    torch.manual_seed(args.seed)
+    model = MatchingNetwork(fce=args.fce, processing_steps=args.processing_steps).to(device)
+    train = omniglot_dataset(args.train_split)
+    val = omniglot_dataset(args.val_split)
+    sampler = EpisodeSampler(train, args.n_way, args.k_shot, args.n_query, seed=args.seed)
+    val_episodes = sample_episodes(val, args.n_way, args.k_shot, args.n_query, args.val_episodes, seed=args.seed + 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_halve_every, gamma=0.5)
+    metadata = {
+        "command": "python -m helpers.matching " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "arguments": vars(args),
+        "hardware": args.hardware or f"{platform.machine()} {describe_device(device)}",
+        "torch": torch.__version__,
+        "validation": f"{args.val_episodes} {args.n_way}-way {args.k_shot}-shot episodes of {args.val_split}",
+    }
+    start = time.perf_counter()
+    history = train_episodic(
+        model, matching_loss, sampler, args.episodes, optimizer, scheduler,
+        val_method=model, val_episodes=val_episodes, val_every=args.val_every,
+        checkpoint=args.out, device=device, seed=args.seed, metadata=metadata,
+    )
+    # the loop wrote the best weights and their metadata; add the whole run's wall time and curves
+    import json
+    from pathlib import Path
+
+    meta_path = Path(args.out).with_suffix(".json")
+    info = json.loads(meta_path.read_text())
+    info["wall_seconds"] = round(time.perf_counter() - start, 1)
+    info["interrupted"] = history.interrupted
+    block = 10  # the curves are stored as means over blocks of 10 episodes, to keep the file small
+
+    def means(values: list[float]) -> list[float]:
+        return [round(sum(values[i : i + block]) / len(values[i : i + block]), 4) for i in range(0, len(values), block)]
+
+    info["history"] = {
+        "block": block, "episode": [history.episode[min(i + block, len(history.episode)) - 1] for i in range(0, len(history.episode), block)],
+        "loss": means(history.loss), "accuracy": means(history.accuracy),
+        "val_episode": history.val_episode, "val_accuracy": history.val_accuracy, "val_ci95": history.val_ci95,
+    }
+    meta_path.write_text(json.dumps(info, indent=2) + "\n")
+    print(f"best validation: {history.best_validation()}; {history.n_episodes} episodes in {history.seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

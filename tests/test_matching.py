@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ from helpers.matching import (
     SupportContextEncoder,
     attention_weights,
     cosine_similarities,
+    embed_images,
+    evaluate_embedded,
     label_distribution,
     log_label_distribution,
     matching_loss,
@@ -195,6 +198,21 @@ def test_fce_model_shapes_gradients_and_interface():
 def test_bad_processing_steps_are_refused_with_a_sentence(bad):
     with pytest.raises(ValueError, match="processing_steps"):
         MatchingNetwork(fce=True, processing_steps=bad)
+
+
+@pytest.mark.parametrize("fce", [False, True])
+def test_evaluating_on_cached_embeddings_gives_the_same_accuracies(fce):
+    from helpers.episodes import FewShotDataset, sample_episodes
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((8 * 6, 28, 28)) > 0.7).astype(np.uint8) * 255
+    dataset = FewShotDataset("noise", images, np.repeat(np.arange(8), 6), tuple("abcdefgh"))
+    episodes = sample_episodes(dataset, n_way=4, k_shot=2, n_query=3, count=6, seed=0)
+    torch.manual_seed(10)
+    model = MatchingNetwork(encoder=Conv4(hidden=8), fce=fce, processing_steps=2).eval()
+    direct = evaluate(model, episodes, progress=False)
+    cached = evaluate_embedded(model, embed_images(model.encoder, dataset.images, batch_size=20), episodes, progress=False)
+    assert np.allclose(direct.accuracies, cached.accuracies)
 
 
 # ---- learning -------------------------------------------------------------------------------

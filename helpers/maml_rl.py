@@ -1,0 +1,649 @@
+"""MAML for reinforcement learning: 2D point navigation (Finn, Abbeel & Levine, 2017, section 5.3).
+
+In reinforcement learning a *task* is an environment and its *data* are trajectories that the
+policy collects itself. Here every task is the same point robot, started at the origin, asked
+to reach a different goal in the unit square ``[-0.5, 0.5]^2``. The robot sees only its own
+position, never the goal, so the only way to find the goal is to try, look at the rewards, and
+adapt: exactly what MAML's inner loop does.
+
+* :class:`PointNavigation`: many environments stepped at once in torch (one goal each);
+  actions clipped to ``[-0.1, 0.1]``, reward minus the (squared) distance to the goal, an
+  episode ends within 0.01 of the goal or after 100 steps.
+* :class:`GaussianMLPPolicy`: a 2 -> 100 -> 100 -> 2 ReLU network for the mean action and a
+  learned standard deviation per action dimension.
+* :func:`rollout` collects trajectories; :func:`advantages` turns their rewards into
+  advantages with a linear baseline; :func:`policy_gradient_loss` is the REINFORCE
+  surrogate whose gradient is the policy gradient.
+* :func:`adapt` is the inner loop: sample trajectories of a task, take one policy-gradient
+  step with ``helpers.maml.inner_adapt`` (repeated for more steps, with fresh trajectories).
+* :func:`meta_train_step` is the outer loop: the post-adaptation trajectories' surrogate,
+  differentiated through the inner step, averaged over a meta-batch of goals, one Adam step.
+  The paper takes a TRPO step instead (a natural-gradient step inside a KL trust region, found
+  by conjugate gradient and line search); a plain gradient step with Adam is simpler and needs
+  a smaller step size beta.
+
+With ``inner_steps=0`` the outer loop becomes ordinary policy-gradient training on all goals
+jointly: that is the *pretrained* baseline of the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from .maml import Params, inner_adapt, parameters_of
+from .nets import mlp
+
+MAX_ACTION = 0.1
+HORIZON = 100
+GOAL_RADIUS = 0.01
+GOAL_LOW, GOAL_HIGH = -0.5, 0.5
+REWARDS = ("squared", "distance")
+
+#: Average return of MAML on 2D navigation after 0, 1, 2, 3 policy-gradient steps (Finn et al.
+#: 2017, appendix). Their released code scored each step with minus the *Euclidean* distance,
+#: so these numbers compare with ``reward="distance"``.
+PAPER_MAML_RETURNS = {0: -40.41, 1: -11.68, 2: -3.33, 3: -3.23}
+
+
+# ----------------------------------------------------------------------------- the tasks
+
+
+def sample_goals(n_goals: int, generator: torch.Generator | None = None) -> Tensor:
+    """``n_goals`` goals drawn uniformly from the unit square ``[-0.5, 0.5]^2``: shape ``(n_goals, 2)``."""
+    if not isinstance(n_goals, int) or n_goals < 1:
+        raise ValueError(f"n_goals={n_goals} must be a whole number >= 1.")
+    return GOAL_LOW + (GOAL_HIGH - GOAL_LOW) * torch.rand(n_goals, 2, generator=generator)
+
+
+def goal_reward(positions: Tensor, goals: Tensor, reward: str = "squared") -> Tensor:
+    """Reward of standing at ``positions`` ``(..., 2)`` when aiming for ``goals`` ``(..., 2)``.
+
+    ``"squared"``: minus the squared distance (the paper's text); ``"distance"``: minus the
+    Euclidean distance (the paper's released code, which produced its numbers).
+    """
+    squared = ((positions - goals) ** 2).sum(-1)
+    return -squared if reward == "squared" else -squared.sqrt()
+
+
+class PointNavigation:
+    """``n`` point robots on a plane, each with its own goal, stepped together.
+
+    Every robot starts at the origin and observes its position ``(x, y)``. An action
+    ``(dx, dy)`` is clipped to ``[-max_action, max_action]`` and added to the position; the
+    reward is :func:`goal_reward` of the new position. A robot is *finished* once it is within
+    ``goal_radius`` of its goal (it then stays put and earns 0) or after ``horizon`` steps.
+    """
+
+    def __init__(
+        self,
+        goals: Tensor,
+        horizon: int = HORIZON,
+        reward: str = "squared",
+        max_action: float = MAX_ACTION,
+        goal_radius: float = GOAL_RADIUS,
+    ) -> None:
+        goals = torch.as_tensor(goals, dtype=torch.float32)
+        if goals.ndim != 2 or goals.shape[1] != 2:
+            raise ValueError(f"goals must have shape (n, 2); got {tuple(goals.shape)}.")
+        _check_whole("horizon", horizon, 1)
+        if reward not in REWARDS:
+            raise ValueError(f"reward={reward!r} must be one of {REWARDS}.")
+        if not max_action > 0:
+            raise ValueError(f"max_action={max_action} must be positive, e.g. 0.1.")
+        if not goal_radius >= 0:
+            raise ValueError(f"goal_radius={goal_radius} must be >= 0, e.g. 0.01.")
+        self.goals, self.horizon, self.reward = goals, int(horizon), reward
+        self.max_action, self.goal_radius = float(max_action), float(goal_radius)
+        self.reset()
+
+    @property
+    def n_envs(self) -> int:
+        return len(self.goals)
+
+    def reset(self) -> Tensor:
+        """Put every robot back at the origin; returns the observations ``(n, 2)``."""
+        self.positions = torch.zeros_like(self.goals)
+        self.reached = torch.zeros(self.n_envs, dtype=torch.bool, device=self.goals.device)
+        self.t = 0
+        return self.positions.clone()
+
+    @property
+    def finished(self) -> Tensor:
+        """``(n,)`` bool: goal reached, or the horizon used up."""
+        return self.reached | (self.t >= self.horizon)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Move every unfinished robot; returns ``(observations (n, 2), rewards (n,), finished (n,))``.
+
+        A robot that was already finished before this step does not move and earns 0.
+        """
+        if self.t >= self.horizon:
+            raise RuntimeError(f"the episode is over after horizon={self.horizon} steps; call reset().")
+        moving = ~self.finished
+        moves = actions.clamp(-self.max_action, self.max_action)
+        self.positions = torch.where(moving[:, None], self.positions + moves, self.positions)
+        rewards = goal_reward(self.positions, self.goals, self.reward) * moving
+        distance = (self.positions - self.goals).norm(dim=-1)
+        self.reached = self.reached | (moving & (distance < self.goal_radius))
+        self.t += 1
+        return self.positions.clone(), rewards, self.finished
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+class GaussianMLPPolicy(nn.Module):
+    """pi(a | s) = Normal(mean(s), std): an MLP (two hidden layers of 100, ReLU) for the mean.
+
+    ``log_std`` is a learned parameter (one per action dimension), so the inner step can also
+    change how much the policy explores.
+    """
+
+    def __init__(self, hidden: Sequence[int] = (100, 100), init_std: float = 1.0) -> None:
+        super().__init__()
+        if not init_std > 0:
+            raise ValueError(f"init_std={init_std} must be positive, e.g. 1.0.")
+        self.mean = mlp([2, *hidden, 2])
+        self.log_std = nn.Parameter(torch.full((2,), math.log(init_std)))
+
+    def forward(self, observations: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation of the action, each of shape ``(..., 2)``."""
+        mean = self.mean(observations)
+        return mean, self.log_std.exp().expand_as(mean)
+
+
+def log_probs(policy: nn.Module, params: Params, observations: Tensor, actions: Tensor) -> Tensor:
+    """log pi_theta(a | s) for every step: ``(..., 2)`` observations and actions give ``(...)``."""
+    mean, std = functional_call(policy, params, (observations,))
+    z = (actions - mean) / std
+    return (-0.5 * z**2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+@dataclass
+class Trajectories:
+    """``N`` trajectories for each of ``T`` tasks, ``H`` steps long, padded after the goal.
+
+    ``positions`` ``(T, N, H + 1, 2)`` holds the start and every position after a step; the
+    observation before step ``t`` is ``positions[:, :, t]``. ``actions`` ``(T, N, H, 2)`` are
+    the sampled (unclipped) actions, ``rewards`` ``(T, N, H)`` the rewards, and ``mask``
+    ``(T, N, H)`` is 1 for steps that really happened and 0 after a robot reached its goal.
+    """
+
+    goals: Tensor
+    positions: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+
+    @property
+    def observations(self) -> Tensor:
+        return self.positions[:, :, :-1]
+
+    @property
+    def returns(self) -> Tensor:
+        """The undiscounted return of every trajectory, ``(T, N)``."""
+        return self.rewards.sum(-1)
+
+    @property
+    def mean_return(self) -> float:
+        return float(self.returns.mean())
+
+    def task(self, i: int) -> Trajectories:
+        """Task ``i`` alone (``T = 1``)."""
+        return Trajectories(*(t[i : i + 1] for t in (self.goals, self.positions, self.actions, self.rewards, self.mask)))
+
+
+def _policy_outputs(policy: nn.Module, params: Params | Sequence[Params], observations: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and std for observations ``(T, N, 2)``; ``params`` shared, or one dict per task."""
+    if isinstance(params, dict):
+        return functional_call(policy, params, (observations,))
+    stacked = {k: torch.stack([p[k] for p in params]) for k in params[0]}
+    return vmap(lambda p, o: functional_call(policy, p, (o,)))(stacked, observations)
+
+
+def rollout(
+    policy: nn.Module,
+    params: Params | Sequence[Params],
+    goals: Tensor,
+    n_trajectories: int,
+    horizon: int = HORIZON,
+    reward: str = "squared",
+    generator: torch.Generator | None = None,
+    deterministic: bool = False,
+) -> Trajectories:
+    """Run ``n_trajectories`` episodes on each of the ``T`` goals ``(T, 2)``, all at once.
+
+    ``params`` is one ``Params`` dict (the same policy on every goal) or a list of ``T`` dicts
+    (each goal its own adapted policy). ``deterministic=True`` takes the mean action (for
+    drawing paths); otherwise actions are sampled from the Gaussian. No gradients are kept:
+    :func:`policy_gradient_loss` recomputes the log-probabilities it needs.
+    """
+    _check_whole("n_trajectories", n_trajectories, 1)
+    goals = torch.as_tensor(goals, dtype=torch.float32)
+    n_tasks = len(goals)
+    if not isinstance(params, dict) and len(params) != n_tasks:
+        raise ValueError(f"got {len(params)} parameter sets for {n_tasks} goals; give one dict, or one per goal.")
+    device = goals.device
+    env = PointNavigation(goals.repeat_interleave(n_trajectories, dim=0), horizon, reward)
+    positions, actions, rewards, mask = [env.reset()], [], [], []
+    with torch.no_grad():
+        for _ in range(horizon):
+            moving = ~env.finished
+            obs = positions[-1].view(n_tasks, n_trajectories, 2)
+            mean, std = _policy_outputs(policy, params, obs)
+            action = mean
+            if not deterministic:
+                noise = torch.randn(mean.shape, generator=generator).to(device)
+                action = mean + std * noise
+            action = action.reshape(-1, 2)
+            obs, r, _ = env.step(action)
+            positions.append(obs)
+            actions.append(action)
+            rewards.append(r)
+            mask.append(moving.float())
+            if bool(env.finished.all()):
+                break
+    # Pad to the full horizon so every batch has the same shape.
+    for _ in range(horizon - len(actions)):
+        positions.append(positions[-1])
+        actions.append(torch.zeros_like(actions[-1]))
+        rewards.append(torch.zeros_like(rewards[-1]))
+        mask.append(torch.zeros_like(mask[-1]))
+    shape = (n_tasks, n_trajectories)
+    return Trajectories(
+        goals=goals,
+        positions=torch.stack(positions, 1).view(*shape, horizon + 1, 2),
+        actions=torch.stack(actions, 1).view(*shape, horizon, 2),
+        rewards=torch.stack(rewards, 1).view(*shape, horizon),
+        mask=torch.stack(mask, 1).view(*shape, horizon),
+    )
+
+
+# ----------------------------------------------------------------------------- the policy gradient
+
+
+def discounted_returns(rewards: Tensor, gamma: float = 0.99) -> Tensor:
+    """Reward-to-go ``G_t = r_t + gamma r_{t+1} + gamma^2 r_{t+2} + ...`` along the last axis."""
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma={gamma} must be in [0, 1].")
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in reversed(range(rewards.shape[-1])):
+        running = rewards[..., t] + gamma * running
+        out[..., t] = running
+    return out
+
+
+def baseline_features(observations: Tensor) -> Tensor:
+    """Features of the linear baseline: ``[s, s^2, t, t^2, t^3, 1]`` with ``t`` = step / 100.
+
+    ``observations`` ``(..., H, 2)`` gives ``(..., H, 8)``.
+    """
+    horizon = observations.shape[-2]
+    t = (torch.arange(horizon, dtype=observations.dtype, device=observations.device) / 100).view(-1, 1)
+    t = t.expand(*observations.shape[:-1], 1)
+    return torch.cat([observations, observations**2, t, t**2, t**3, torch.ones_like(t)], dim=-1)
+
+
+def fit_linear_baseline(observations: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5) -> Tensor:
+    """Value estimates ``b(s_t)`` from a ridge regression of ``returns`` on :func:`baseline_features`.
+
+    One regression per task (first axis) over the valid steps of its trajectories:
+    ``observations`` ``(T, N, H, 2)``, ``returns`` and ``mask`` ``(T, N, H)``; returns ``(T, N, H)``.
+    """
+    features = baseline_features(observations)
+    n_tasks, n_features = features.shape[0], features.shape[-1]
+    x = (features * mask.unsqueeze(-1)).reshape(n_tasks, -1, n_features)
+    y = (returns * mask).reshape(n_tasks, -1, 1)
+    gram = x.transpose(1, 2) @ x + reg * torch.eye(n_features, dtype=x.dtype, device=x.device)
+    coef = torch.linalg.solve(gram, x.transpose(1, 2) @ y)  # (T, F, 1)
+    return (features @ coef.unsqueeze(1)).squeeze(-1) * mask
+
+
+def advantages(trajectories: Trajectories, gamma: float = 0.99, normalize: bool = True) -> Tensor:
+    """A_t = G_t - b(s_t), per task; normalised to mean 0 and std 1 over each task's valid steps.
+
+    Normalising makes the step size alpha independent of the scale of the rewards.
+    """
+    mask = trajectories.mask
+    returns = discounted_returns(trajectories.rewards, gamma)
+    adv = (returns - fit_linear_baseline(trajectories.observations, returns, mask)) * mask
+    if normalize:
+        count = mask.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+        mean = adv.sum(dim=(1, 2), keepdim=True) / count
+        var = (((adv - mean) * mask) ** 2).sum(dim=(1, 2), keepdim=True) / count
+        adv = (adv - mean) / (var.sqrt() + 1e-8) * mask
+    return adv.detach()
+
+
+def policy_gradient_loss(policy: nn.Module, params: Params, trajectories: Trajectories, advantage: Tensor) -> Tensor:
+    """The REINFORCE surrogate ``-mean_t log pi_theta(a_t | s_t) A_t`` over the valid steps.
+
+    Its gradient is minus the policy-gradient estimate, so a gradient *descent* step on it
+    makes actions with positive advantage more likely.
+    """
+    valid = trajectories.mask.bool()  # only the steps that happened (faster than masking)
+    logp = log_probs(policy, params, trajectories.observations[valid], trajectories.actions[valid])
+    return -(logp * advantage[valid]).sum() / valid.sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- inner and outer loops
+
+
+@dataclass
+class RLSettings:
+    """What a task's data looks like: trajectories per step, horizon, reward, discount."""
+
+    n_trajectories: int = 20
+    horizon: int = HORIZON
+    reward: str = "squared"
+    gamma: float = 0.99
+
+    def __post_init__(self) -> None:
+        _check_whole("n_trajectories", self.n_trajectories, 2)
+        _check_whole("horizon", self.horizon, 1)
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward={self.reward!r} must be one of {REWARDS}.")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma={self.gamma} must be in [0, 1].")
+
+
+def policy_gradient_step(
+    policy: nn.Module,
+    params: Params,
+    trajectories: Trajectories,
+    inner_lr: float,
+    gamma: float = 0.99,
+    first_order: bool = False,
+) -> Params:
+    """theta' = theta - alpha grad L(theta) on one task's trajectories (``T = 1``), via ``inner_adapt``."""
+    advantage = advantages(trajectories, gamma)
+
+    def loss_fn(p: Params) -> Tensor:
+        return policy_gradient_loss(policy, p, trajectories, advantage)
+
+    return inner_adapt(policy, params, loss_fn, inner_lr, steps=1, first_order=first_order)
+
+
+def adapt(
+    policy: nn.Module,
+    params: Params,
+    goals: Tensor,
+    inner_lr: float,
+    steps: int,
+    settings: RLSettings | None = None,
+    first_order: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Params | list[Params], list[Trajectories]]:
+    """The inner loop on each goal: ``steps`` times, sample trajectories, take a policy-gradient step.
+
+    Returns the adapted parameters (``params`` itself when ``steps == 0``, else one dict per
+    goal) and the trajectories sampled before each step (``steps`` of them).
+    """
+    settings = settings or RLSettings()
+    _check_whole("steps", steps, 0)
+    current: Params | list[Params] = params
+    sampled = []
+    for _ in range(steps):
+        trajectories = rollout(policy, current, goals, settings.n_trajectories, settings.horizon, settings.reward, generator)
+        sampled.append(trajectories)
+        current = [
+            policy_gradient_step(
+                policy,
+                current if isinstance(current, dict) else current[i],
+                trajectories.task(i),
+                inner_lr,
+                settings.gamma,
+                first_order,
+            )
+            for i in range(len(goals))
+        ]
+    return current, sampled
+
+
+def meta_loss(
+    policy: nn.Module,
+    params: Params,
+    goals: Tensor,
+    inner_lr: float,
+    inner_steps: int,
+    settings: RLSettings | None = None,
+    first_order: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, list[Trajectories]]:
+    """The outer objective: each goal's post-adaptation surrogate, averaged over the meta-batch.
+
+    Differentiable with respect to ``params`` through the inner step(s) (second order unless
+    ``first_order``). Also returns every batch of trajectories, the post-adaptation one last.
+    """
+    settings = settings or RLSettings()
+    adapted, sampled = adapt(policy, params, goals, inner_lr, inner_steps, settings, first_order, generator)
+    post = rollout(policy, adapted, goals, settings.n_trajectories, settings.horizon, settings.reward, generator)
+    advantage = advantages(post, settings.gamma)
+    if isinstance(adapted, dict):  # no inner step: ordinary policy gradient on all goals jointly
+        loss = policy_gradient_loss(policy, adapted, post, advantage)
+    else:
+        loss = torch.stack(
+            [policy_gradient_loss(policy, adapted[i], post.task(i), advantage[i : i + 1]) for i in range(len(goals))]
+        ).mean()
+    return loss, [*sampled, post]
+
+
+@dataclass
+class MetaHistory:
+    """Per meta-iteration: mean return before adaptation and after the last inner step, and time."""
+
+    pre_return: list[float] = field(default_factory=list)
+    post_return: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def meta_train(
+    policy: nn.Module,
+    iterations: int,
+    meta_batch: int = 20,
+    inner_lr: float = 0.1,
+    outer_lr: float = 1e-3,
+    inner_steps: int = 1,
+    settings: RLSettings | None = None,
+    first_order: bool = False,
+    seed: int = 0,
+    history: MetaHistory | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    progress: bool = True,
+    callback: Callable[[int, MetaHistory], None] | None = None,
+) -> MetaHistory:
+    """MAML-RL: ``iterations`` outer steps, each on ``meta_batch`` fresh goals (``inner_steps=0``: pretraining).
+
+    The outer step is one Adam step of size ``outer_lr`` (beta) on :func:`meta_loss`. Pass
+    ``history`` and ``optimizer`` back in to continue a run; ``callback(i, history)`` is called
+    after every iteration (for live plots).
+    """
+    from tqdm.auto import tqdm
+
+    _check_whole("iterations", iterations, 0)
+    _check_whole("meta_batch", meta_batch, 1)
+    _check_whole("inner_steps", inner_steps, 0)
+    for name, value in (("inner_lr (alpha)", inner_lr), ("outer_lr (beta)", outer_lr)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}={value} must be a positive number, e.g. 0.1 for alpha or 0.001 for beta.")
+    settings = settings or RLSettings()
+    history = history or MetaHistory()
+    optimizer = optimizer or torch.optim.Adam(policy.parameters(), lr=outer_lr)
+    generator = torch.Generator().manual_seed(seed)
+    device = next(policy.parameters()).device
+    label = "MAML meta-training" if inner_steps else "pretraining (no inner step)"
+    bar = tqdm(range(iterations), desc=label, disable=not progress)
+    for i in bar:
+        start = time.perf_counter()
+        goals = sample_goals(meta_batch, generator).to(device)
+        loss, sampled = meta_loss(policy, parameters_of(policy), goals, inner_lr, inner_steps, settings, first_order, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.pre_return.append(sampled[0].mean_return)
+        history.post_return.append(sampled[-1].mean_return)
+        history.seconds.append(time.perf_counter() - start)
+        bar.set_postfix(before=f"{history.pre_return[-1]:.1f}", after=f"{history.post_return[-1]:.1f}")
+        if callback is not None:
+            callback(i, history)
+    return history
+
+
+@dataclass
+class Adaptation:
+    """What :func:`adaptation_returns` measured on ``T`` goals, step by step.
+
+    ``returns[k]`` ``(T,)`` is each goal's average return after ``k`` steps, ``trajectories[k]``
+    the trajectories behind it, ``params[k]`` the policy that drew them (after step 0 one
+    dict per goal).
+    """
+
+    returns: Tensor
+    trajectories: list[Trajectories]
+    params: list[Params | list[Params]]
+
+    @property
+    def mean_returns(self) -> list[float]:
+        """The average return over all goals after 0, 1, ... steps."""
+        return [float(r.mean()) for r in self.returns]
+
+
+def adaptation_returns(
+    policy: nn.Module,
+    goals: Tensor,
+    inner_lr: float,
+    max_steps: int = 3,
+    settings: RLSettings | None = None,
+    seed: int = 0,
+) -> Adaptation:
+    """Average return on each goal after 0, 1, ..., ``max_steps`` policy-gradient steps.
+
+    The trajectories sampled after step ``k`` are both scored and used for step ``k + 1``, as
+    in the paper. Evaluation needs no meta-gradient, so the inner steps are first-order and the
+    adapted weights are detached.
+    """
+    settings = settings or RLSettings()
+    _check_whole("max_steps", max_steps, 0)
+    generator = torch.Generator().manual_seed(seed)
+    current: Params | list[Params] = {k: v.detach() for k, v in parameters_of(policy).items()}
+    sampled, params = [], []
+    for step in range(max_steps + 1):
+        trajectories = rollout(policy, current, goals, settings.n_trajectories, settings.horizon, settings.reward, generator)
+        sampled.append(trajectories)
+        params.append(current)
+        if step < max_steps:
+            current = [
+                {
+                    k: v.detach()
+                    for k, v in policy_gradient_step(
+                        policy,
+                        current if isinstance(current, dict) else current[i],
+                        trajectories.task(i),
+                        inner_lr,
+                        settings.gamma,
+                        first_order=True,
+                    ).items()
+                }
+                for i in range(len(goals))
+            ]
+    return Adaptation(torch.stack([t.returns.mean(1) for t in sampled]), sampled, params)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_policy(policy: GaussianMLPPolicy, path: str | Path, record: dict) -> None:
+    """Write the policy's weights to ``path`` and ``record`` (command, time, results) beside it as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, path)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[GaussianMLPPolicy, dict]:
+    """A policy saved by :func:`save_policy`, and its JSON record."""
+    path = Path(path)
+    policy = GaussianMLPPolicy()
+    policy.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    record = json.loads(path.with_suffix(".json").read_text())
+    return policy.to(device), record
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    """Train a checkpoint: ``python -m helpers.maml_rl --inner-steps 1 --out data/checkpoints/x.pt``."""
+    from .device import seed_everything
+    from .fewshot import confidence_interval
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--meta-batch", type=int, default=20)
+    parser.add_argument("--inner-steps", type=int, default=1, help="0 trains the pretrained baseline")
+    parser.add_argument("--inner-lr", type=float, default=0.1)
+    parser.add_argument("--outer-lr", type=float, default=0.01)
+    parser.add_argument("--trajectories", type=int, default=20)
+    parser.add_argument("--reward", choices=REWARDS, default="distance")
+    parser.add_argument("--first-order", action="store_true")
+    parser.add_argument("--eval-goals", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=20.0, help="stop meta-training after this long")
+    parser.add_argument("--hardware", default="2-core CPU, no GPU (shared with other jobs)")
+    args = parser.parse_args(argv)
+
+    seed_everything(args.seed)
+    settings = RLSettings(n_trajectories=args.trajectories, reward=args.reward)
+    policy = GaussianMLPPolicy()
+    start = time.perf_counter()
+    history, optimizer = MetaHistory(), torch.optim.Adam(policy.parameters(), lr=args.outer_lr)
+    # Chunks of 10 iterations (each with its own goal seed) so a time budget can stop the run.
+    for chunk in range(math.ceil(args.iterations / 10)):
+        if time.perf_counter() - start > 60 * args.max_minutes:
+            break
+        meta_train(
+            policy, min(10, args.iterations - 10 * chunk), args.meta_batch, args.inner_lr, args.outer_lr,
+            args.inner_steps, settings, args.first_order, seed=args.seed * 100_003 + chunk,
+            history=history, optimizer=optimizer, progress=False,
+        )
+        print(f"iteration {len(history.pre_return)}: return before {history.pre_return[-1]:.2f}, after {history.post_return[-1]:.2f}", flush=True)
+    seconds = time.perf_counter() - start
+    # Held-out goals from a seed no training batch used.
+    goals = sample_goals(args.eval_goals, torch.Generator().manual_seed(10_000 + args.seed))
+    result = adaptation_returns(policy, goals, args.inner_lr, 3, settings, seed=1)
+    validation = {str(k): dict(zip(("mean", "ci95"), confidence_interval(r.tolist()))) for k, r in enumerate(result.returns)}
+    record = {
+        "command": "python -m helpers.maml_rl " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "hardware": args.hardware,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "wall_time_s": round(seconds, 1),
+        "iterations_done": len(history.pre_return),
+        "settings": vars(args),
+        "validation_goals": f"{args.eval_goals} goals from sample_goals(seed={10_000 + args.seed})",
+        "validation_return_after_steps": validation,
+        "history": {"pre_return": [round(x, 3) for x in history.pre_return], "post_return": [round(x, 3) for x in history.post_return]},
+    }
+    save_policy(policy, args.out, record)
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+
+
+def _check_whole(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value} must be a whole number >= {low}.")
+
+
+if __name__ == "__main__":
+    _main()

@@ -122,6 +122,7 @@ def train_episodic(
     metadata: dict | None = None,
     keep: str = "best",
     on_validation: Callable[[History], None] | None = None,
+    max_seconds: float | None = None,
 ) -> History:
     """Train ``model`` for ``n_episodes`` episodes, one optimiser step per episode.
 
@@ -132,6 +133,7 @@ def train_episodic(
     weights when there is no validation) and ``keep="last"`` saves the final weights;
     ``metadata`` (e.g. the command and hardware) is stored in the ``.json`` beside it.
     ``on_validation(history)`` is called after each validation (live plots).
+    ``max_seconds`` is a time budget: training stops (validating once more) when it runs out.
     Ctrl-C (KeyboardInterrupt) stops the loop cleanly: the history so far is returned with
     ``interrupted=True``.
     """
@@ -215,9 +217,12 @@ def train_episodic(
                 flush()
                 bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{np.mean(history.loss[-50:]):.3f}", acc=f"{np.mean(history.accuracy[-50:]):.3f}")
-            if val_method is not None and (step % val_every == 0 or step == n_episodes):
+            out_of_time = max_seconds is not None and time.perf_counter() - clock > max_seconds
+            if val_method is not None and (step % val_every == 0 or step == n_episodes or out_of_time):
                 history.seconds = elapsed_before + time.perf_counter() - clock
                 validate(number)
+            if out_of_time:
+                break
     except KeyboardInterrupt:
         history.interrupted = True
     finally:

@@ -1,0 +1,362 @@
+"""Prototypical Networks (Snell, Swersky and Zemel, 2017).
+
+An encoder f_theta maps every image to a point. Each class of an episode is summarised by one
+point, its *prototype*: the mean of its support embeddings,
+
+    c_k = 1/|S_k| * sum_{(x_i, y_i) in S_k} f_theta(x_i).
+
+A query x is scored against class k by the negative squared Euclidean distance to c_k, and a
+softmax over the N classes turns the scores into p(y = k | x). Training minimises the
+negative log-probability of each query's true class, averaged over the episode's queries.
+
+In the zero-shot form there are no support images: each class comes with a metadata vector
+v_k (attributes, a description) and a learned map g_phi gives the prototype, c_k = g_phi(v_k).
+
+Run ``python -m helpers.protonet --help`` for the training command that made the course's
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fewshot import FewShotMethod
+
+DISTANCES = ("euclidean", "cosine")
+
+
+def check_distance(distance: str) -> None:
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}.")
+
+
+def compute_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None = None) -> torch.Tensor:
+    """Class means: ``(n_way, dim)`` from support ``embeddings (n_support, dim)`` and ``labels``.
+
+    Row k is the mean of the embeddings labelled k (labels run over ``0 .. n_way - 1``).
+    """
+    n_way = int(labels.max()) + 1 if n_way is None else n_way
+    one_hot = F.one_hot(labels, n_way).to(embeddings.dtype)  # (n_support, n_way)
+    counts = one_hot.sum(dim=0)
+    if bool((counts == 0).any()):
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"every class needs at least one support example; classes {missing} have none.")
+    return (one_hot.T @ embeddings) / counts[:, None]
+
+
+def squared_euclidean(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``d[i, k] = ||queries[i] - prototypes[k]||^2``: shape ``(n_query, n_way)``."""
+    differences = queries[:, None, :] - prototypes[None, :, :]
+    return differences.pow(2).sum(dim=-1)
+
+
+def cosine_similarity(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``s[i, k] = cos(queries[i], prototypes[k])``: shape ``(n_query, n_way)``, in [-1, 1]."""
+    return F.normalize(queries, dim=-1) @ F.normalize(prototypes, dim=-1).T
+
+
+def class_scores(queries: torch.Tensor, prototypes: torch.Tensor, distance: str = "euclidean", cosine_scale: float = 1.0) -> torch.Tensor:
+    """Logits ``(n_query, n_way)``: ``-d(f(x), c_k)`` (Euclidean) or ``cosine_scale * cos`` (cosine)."""
+    check_distance(distance)
+    if distance == "euclidean":
+        return -squared_euclidean(queries, prototypes)
+    return cosine_scale * cosine_similarity(queries, prototypes)
+
+
+def prototypical_loss(
+    queries: torch.Tensor, query_labels: torch.Tensor, prototypes: torch.Tensor, distance: str = "euclidean", cosine_scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, accuracy)``: the mean of ``-log p(y = true class | x)`` over the queries.
+
+    With Euclidean distance each query's term is ``d(f(x), c_y) + log sum_k' exp(-d(f(x), c_k'))``.
+    """
+    logits = class_scores(queries, prototypes, distance, cosine_scale)
+    loss = F.cross_entropy(logits, query_labels)
+    accuracy = (logits.argmax(dim=1) == query_labels).float().mean()
+    return loss, accuracy
+
+
+def as_linear_classifier(prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``w_k = 2 c_k`` and biases ``b_k = -c_k . c_k`` of the equivalent linear layer.
+
+    ``-||x - c_k||^2 = 2 c_k . x - c_k . c_k - x . x``, and the last term is the same for every
+    class, so it cancels in the softmax: the Euclidean ProtoNet is a linear classifier on f(x).
+    """
+    return 2 * prototypes, -(prototypes * prototypes).sum(dim=1)
+
+
+def episode_loss(
+    encoder: nn.Module, episode, distance: str = "euclidean", cosine_scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss of one episode, for :func:`helpers.training.train_episodic`.
+
+    Support and query images go through the encoder together, in one batch.
+    """
+    n_support = len(episode.support_images)
+    embeddings = encoder(torch.cat([episode.support_images, episode.query_images]))
+    prototypes = compute_prototypes(embeddings[:n_support], episode.support_labels, episode.n_way)
+    return prototypical_loss(embeddings[n_support:], episode.query_labels, prototypes, distance, cosine_scale)
+
+
+def make_episode_loss(distance: str = "euclidean", cosine_scale: float = 1.0):
+    """:func:`episode_loss` with its distance fixed: the ``episode_loss`` argument of training."""
+    check_distance(distance)
+    return functools.partial(episode_loss, distance=distance, cosine_scale=cosine_scale)
+
+
+class ProtoNet(FewShotMethod):
+    """A Prototypical Network as a :class:`helpers.fewshot.FewShotMethod`.
+
+    ``process_support_set`` embeds the support images and stores one prototype per class;
+    ``scores`` returns ``-d(f(x), c_k)`` (or the scaled cosine) for each query and class.
+    """
+
+    def __init__(self, encoder: nn.Module, distance: str = "euclidean", cosine_scale: float = 1.0, device: torch.device | None = None) -> None:
+        check_distance(distance)
+        self.encoder, self.distance, self.cosine_scale = encoder, distance, cosine_scale
+        self.device = torch.device(device) if device is not None else next(encoder.parameters()).device
+        self.prototypes: torch.Tensor | None = None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images.to(self.device))
+
+    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+        self.prototypes = compute_prototypes(self.embed(support_images), support_labels.to(self.device))
+
+    def scores(self, query_images: torch.Tensor) -> torch.Tensor:
+        if self.prototypes is None:
+            raise RuntimeError("call process_support_set before scores.")
+        return class_scores(self.embed(query_images), self.prototypes, self.distance, self.cosine_scale)
+
+
+class ZeroShotProtoNet(nn.Module, FewShotMethod):
+    """The zero-shot form: prototypes from class metadata, ``c_k = g_phi(v_k)``.
+
+    ``image_encoder`` is f_theta and ``metadata_encoder`` is g_phi (by default a linear map
+    from ``metadata_dim`` to ``embedding_dim``). Its "support set" is one metadata vector
+    ``(n_way, metadata_dim)`` per class, labelled ``0 .. n_way - 1``; there are no images.
+    """
+
+    def __init__(self, image_encoder: nn.Module, metadata_dim: int, embedding_dim: int, metadata_encoder: nn.Module | None = None, distance: str = "euclidean") -> None:
+        nn.Module.__init__(self)
+        check_distance(distance)
+        self.image_encoder = image_encoder
+        self.metadata_encoder = metadata_encoder if metadata_encoder is not None else nn.Linear(metadata_dim, embedding_dim)
+        self.distance = distance
+        self.prototypes: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return next(self.parameters()).device
+
+    @device.setter
+    def device(self, value) -> None:  # evaluation may set it; the module's parameters decide
+        pass
+
+    def class_prototypes(self, metadata: torch.Tensor) -> torch.Tensor:
+        """``(n_way, embedding_dim)`` prototypes ``g_phi(v_k)`` from metadata ``(n_way, metadata_dim)``."""
+        return self.metadata_encoder(metadata.to(self.device).float())
+
+    def loss(self, metadata: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, accuracy)`` of classifying ``images`` among the classes described by ``metadata``."""
+        return prototypical_loss(self.image_encoder(images), labels, self.class_prototypes(metadata), self.distance)
+
+    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+        """``support_images`` here are the classes' metadata vectors ``(n_way, metadata_dim)``."""
+        self.prototypes = compute_prototypes(self.class_prototypes(support_images), support_labels.to(self.device))
+
+    def scores(self, query_images: torch.Tensor) -> torch.Tensor:
+        if self.prototypes is None:
+            raise RuntimeError("call process_support_set with the class metadata before scores.")
+        return class_scores(self.image_encoder(query_images.to(self.device)), self.prototypes, self.distance)
+
+
+# ----------------------------------------------------------------------------- interactive panel
+
+
+def check_panel_settings(values: dict, train_dataset, test_dataset, n_query: int) -> None:
+    """Raise ``ValueError`` (one sentence) unless the panel's settings can run."""
+    from .episodes import check_episode_settings
+    from .widgets import check_positive
+
+    check_positive("learning rate", values["lr"])
+    check_positive("episodes", values["episodes"])
+    check_distance(values["distance"])
+    check_episode_settings(train_dataset, values["train_n_way"], values["k_shot"], n_query)
+    check_episode_settings(test_dataset, values["test_n_way"], values["k_shot"], n_query)
+
+
+def training_panel(train_dataset, test_dataset, device: torch.device, n_query: int = 5, val_episodes: int = 20, episodes: int = 100, seed: int = 0):
+    """A :class:`helpers.widgets.Panel`: train a fresh ProtoNet with the chosen settings, live.
+
+    Sliders: training N, test N, K, episodes; boxes: learning rate; a distance menu. The run
+    draws the smoothed training loss and the test accuracy (``val_episodes`` episodes of
+    ``test_dataset``) as training proceeds. Impossible settings give one line, no traceback.
+    """
+    import ipywidgets
+    import matplotlib.pyplot as plt
+    from IPython.display import clear_output, display
+
+    from .episodes import sample_episodes
+    from .nets import Conv4
+    from .training import DeviceEpisodeSampler, train_episodic
+    from .widgets import Panel, float_box, int_slider
+
+    def on_run(values: dict) -> None:
+        check_panel_settings(values, train_dataset, test_dataset, n_query)
+        torch.manual_seed(seed)
+        encoder = Conv4().to(device)
+        test_episodes = sample_episodes(test_dataset, values["test_n_way"], values["k_shot"], n_query, val_episodes, seed=seed + 1)
+        method = ProtoNet(encoder, values["distance"], cosine_scale=10.0)
+        chance = 1 / values["test_n_way"]
+
+        def draw(history) -> None:
+            fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+            left.plot(history.episode, history.smoothed("loss", 10))
+            left.set(xlabel="training episode", ylabel="loss (running mean)", title=f"{values['train_n_way']}-way {values['k_shot']}-shot training")
+            right.errorbar(history.val_episode, [100 * a for a in history.val_accuracy], yerr=[100 * c for c in history.val_ci95], marker="o", capsize=3)
+            right.axhline(100 * chance, color="k", linestyle="--", label="chance")
+            right.set(xlabel="training episode", ylabel="test accuracy (%)", ylim=(0, 100), title=f"{values['test_n_way']}-way {values['k_shot']}-shot test, {values['distance']}")
+            right.legend(loc="lower right")
+            for ax in (left, right):
+                ax.grid(alpha=0.3)
+            fig.tight_layout()
+            clear_output(wait=True)
+            display(fig)
+            plt.close(fig)
+
+        history = train_episodic(
+            encoder, make_episode_loss(values["distance"], cosine_scale=10.0),
+            DeviceEpisodeSampler(train_dataset, values["train_n_way"], values["k_shot"], n_query, device=device, seed=seed),
+            values["episodes"], torch.optim.Adam(encoder.parameters(), lr=values["lr"]),
+            val_method=method, val_episodes=test_episodes, val_every=max(1, values["episodes"] // 5),
+            device=device, progress=False, seed=seed, on_validation=draw,
+        )
+        print(f"{len(history.episode)} episodes in {history.seconds:.1f} s; final test accuracy "
+              f"{100 * history.val_accuracy[-1]:.1f} ± {100 * history.val_ci95[-1]:.1f} % (chance {100 * chance:.0f} %)")
+
+    controls = {
+        "train_n_way": int_slider("train N", 20, 2, 100),
+        "test_n_way": int_slider("test N", 5, 2, 50),
+        "k_shot": int_slider("K (shots)", 1, 1, 20),
+        "episodes": int_slider("episodes", episodes, 0, 2000, step=10),
+        "lr": float_box("learning rate", 1e-3),
+        "distance": ipywidgets.Dropdown(options=list(DISTANCES), value="euclidean", description="distance"),
+    }
+    return Panel("Train a Prototypical Network", controls, on_run, run_label="Train")
+
+
+# ----------------------------------------------------------------------------- training command
+
+
+def hardware_description(device: torch.device) -> str:
+    from .device import describe_device
+
+    cores = len(__import__("os").sched_getaffinity(0)) if hasattr(__import__("os"), "sched_getaffinity") else "?"
+    return f"{describe_device(device)}; {cores} CPU cores visible; {platform.processor() or platform.machine()}; {platform.system()}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.protonet",
+        description="Train a Prototypical Network (Conv-4) on Omniglot with episodes, as in Snell et al. (2017), "
+        "and save a checkpoint with its metadata (.json: command, hardware, time, validation accuracy).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--n-way", type=int, default=60, help="classes per training episode (paper: 60)")
+    parser.add_argument("--k-shot", type=int, default=1, help="support images per class; match the test shot")
+    parser.add_argument("--n-query", type=int, default=5, help="query images per class in training episodes")
+    parser.add_argument("--episodes", type=int, default=20000, help="training episodes")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--lr-step", type=int, default=2000, help="halve the learning rate every this many episodes")
+    parser.add_argument("--distance", choices=DISTANCES, default="euclidean")
+    parser.add_argument("--cosine-scale", type=float, default=1.0, help="multiplier of the cosine scores")
+    parser.add_argument("--train-split", default="vinyals-trainval", help="Omniglot split to train on (1,200 characters x 4 rotations)")
+    parser.add_argument("--val-split", default="vinyals-val", help="Omniglot split for periodic validation")
+    parser.add_argument("--val-way", type=int, default=20)
+    parser.add_argument("--val-query", type=int, default=15)
+    parser.add_argument("--val-episodes", type=int, default=200)
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument(
+        "--keep", choices=("best", "last"), default=None,
+        help="weights to save; default: 'last' when the validation classes are inside the training split, else 'best'",
+    )
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (validate, save) after this much training time")
+    parser.add_argument("--checkpoint", default="data/checkpoints/protonet_omniglot.pt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--note", default="", help="free text stored in the checkpoint metadata (e.g. how busy the machine was)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from .device import pick_device
+    from .episodes import omniglot_dataset, sample_episodes
+    from .nets import Conv4
+    from .training import DeviceEpisodeSampler, train_episodic
+
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    train = omniglot_dataset(args.train_split)
+    val = omniglot_dataset(args.val_split)
+    overlap = bool(set(train.class_names) & set(val.class_names))
+    keep = args.keep or ("last" if overlap else "best")
+    encoder = Conv4().to(device)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.5)
+    sampler = DeviceEpisodeSampler(train, args.n_way, args.k_shot, args.n_query, device=device, seed=args.seed)
+    val_episodes = [e.to(device) for e in sample_episodes(val, args.val_way, args.k_shot, args.val_query, args.val_episodes, seed=12345)]
+    command = "python -m helpers.protonet " + shlex.join(sys.argv[1:] if argv is None else argv)
+    metadata = {
+        "command": command.strip(),
+        "hardware": hardware_description(device) + ("; no GPU" if device.type == "cpu" else ""),
+        "note": args.note,
+        "torch": torch.__version__,
+        "model": "Conv4 (4 x [conv3x3 64, batch norm, ReLU, max-pool 2]) -> 64-d",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint", "note")} | {"keep": keep},
+        "validation": f"{args.val_episodes} episodes {args.val_way}-way {args.k_shot}-shot {args.val_query} queries from {args.val_split}"
+        + (" (these classes are inside the training split: a monitor, not a held-out score)" if overlap else " (held-out classes)"),
+    }
+    print(f"training on {train}\nvalidating on {val} ({'seen' if overlap else 'held-out'} classes); keeping the {keep} weights")
+    print(f"command: {metadata['command']}", flush=True)
+    start = time.perf_counter()
+    history = train_episodic(
+        encoder, make_episode_loss(args.distance, args.cosine_scale), sampler, args.episodes, optimizer, scheduler,
+        val_method=ProtoNet(encoder, args.distance, args.cosine_scale), val_episodes=val_episodes, val_every=args.val_every,
+        checkpoint=args.checkpoint, device=device, progress=not args.no_progress, seed=args.seed, metadata=metadata, keep=keep,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        on_validation=lambda h: print(f"episode {h.val_episode[-1]}: validation {100 * h.val_accuracy[-1]:.2f} ± {100 * h.val_ci95[-1]:.2f} %, "
+                                      f"{h.episodes_per_second:.1f} episodes/s", flush=True),
+    )
+    wall = time.perf_counter() - start
+    info = {"episodes": len(history.episode), "wall_seconds": round(wall, 1), "episodes_per_second": round(history.episodes_per_second, 2), "interrupted": history.interrupted}
+    # record the wall time (loading included) and the validation curve beside the weights
+    path = Path(args.checkpoint)
+    if path.with_suffix(".json").exists():
+        import json
+
+        meta = json.loads(path.with_suffix(".json").read_text())
+        meta.update(wall_seconds=info["wall_seconds"], episodes_per_second=info["episodes_per_second"], interrupted=history.interrupted,
+                    val_curve={"episode": history.val_episode, "accuracy": [round(a, 4) for a in history.val_accuracy]})
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"done: {info}; checkpoint {path}")
+    return info
+
+
+if __name__ == "__main__":
+    main()

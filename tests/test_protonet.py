@@ -1,0 +1,157 @@
+"""helpers.protonet: prototypes, distances, the loss, the zero-shot form, learning, the panel."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import protonet
+from helpers.episodes import EpisodeSampler, FewShotDataset, omniglot_dataset
+from helpers.fewshot import evaluate
+from helpers.nets import Conv4
+from helpers.training import DeviceEpisodeSampler, train_episodic
+
+
+def test_prototypes_are_the_class_means_of_label_encoded_features():
+    # feature vector of an example of class k = k * (1, 1, 1) + a per-example offset that
+    # averages to zero within each class, so the class mean is exactly k * (1, 1, 1)
+    labels = torch.tensor([2, 0, 1, 2, 0, 1, 0, 2, 1])
+    offsets = torch.tensor([[1.0, 0, -2], [3, 1, 0], [0.5, 0.5, 0.5], [-1, 0, 2], [-3, -2, 0], [-0.5, -0.5, -0.5], [0, 1, 0], [0, 0, 0], [0, 0, 0]])
+    features = labels[:, None].float() * torch.ones(3) + offsets
+    prototypes = protonet.compute_prototypes(features, labels)
+    assert torch.allclose(prototypes, torch.arange(3.0)[:, None] * torch.ones(3))
+    # the order of the support set does not matter
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(protonet.compute_prototypes(features[perm], labels[perm]), prototypes)
+    with pytest.raises(ValueError, match="classes \\[3\\]"):
+        protonet.compute_prototypes(features, labels, n_way=4)
+
+
+def test_euclidean_protonet_is_a_linear_classifier():
+    generator = torch.Generator().manual_seed(1)
+    prototypes = torch.randn(5, 8, generator=generator)
+    queries = torch.randn(11, 8, generator=generator)
+    weights, biases = protonet.as_linear_classifier(prototypes)
+    assert torch.allclose(weights, 2 * prototypes)
+    assert torch.allclose(biases, -(prototypes**2).sum(1))
+    linear = queries @ weights.T + biases
+    scores = protonet.class_scores(queries, prototypes)
+    # they differ only by -||x||^2, the same for every class of a query ...
+    assert torch.allclose(scores, linear - (queries**2).sum(1, keepdim=True), atol=1e-5)
+    # ... so the class probabilities are identical
+    assert torch.allclose(scores.softmax(1), linear.softmax(1), atol=1e-6)
+
+
+def test_loss_matches_the_formula_by_hand():
+    # 1-D embeddings: prototypes at 0 and 2; queries 0.5 (class 0) and 1.5 (class 0)
+    prototypes = torch.tensor([[0.0], [2.0]])
+    queries = torch.tensor([[0.5], [1.5]])
+    labels = torch.tensor([0, 0])
+    # d = [[0.25, 2.25], [2.25, 0.25]]; J = mean over queries of d(x, c_y) + log sum_k exp(-d(x, c_k))
+    by_hand = 0.5 * ((0.25 + math.log(math.exp(-0.25) + math.exp(-2.25))) + (2.25 + math.log(math.exp(-2.25) + math.exp(-0.25))))
+    loss, accuracy = protonet.prototypical_loss(queries, labels, prototypes)
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    assert accuracy.item() == 0.5  # 1.5 is nearer to class 1
+
+
+def test_distances_by_hand_and_cosine_ignores_length():
+    queries = torch.tensor([[3.0, 4.0]])
+    prototypes = torch.tensor([[0.0, 0.0], [3.0, 0.0], [6.0, 8.0]])
+    assert torch.equal(protonet.squared_euclidean(queries, prototypes), torch.tensor([[25.0, 16.0, 25.0]]))
+    cos = protonet.cosine_similarity(queries, prototypes[1:])
+    assert torch.allclose(cos, torch.tensor([[0.6, 1.0]]))
+    assert torch.allclose(protonet.class_scores(10 * queries, prototypes[1:], "cosine"), cos)
+    with pytest.raises(ValueError, match="distance"):
+        protonet.class_scores(queries, prototypes, "manhattan")
+
+
+def test_gradient_of_the_loss_matches_finite_differences():
+    generator = torch.Generator().manual_seed(0)
+    support = torch.randn(6, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    queries = torch.randn(4, 3, dtype=torch.float64, generator=generator)
+    support_labels, query_labels = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 1])
+
+    def loss(s):
+        return protonet.prototypical_loss(queries, query_labels, protonet.compute_prototypes(s, support_labels))[0]
+
+    assert torch.autograd.gradcheck(loss, (support,))
+
+
+def test_protonet_method_uses_the_shared_interface():
+    encoder = nn.Flatten()  # embedding = the pixels themselves
+    method = protonet.ProtoNet(nn.Sequential(encoder, nn.Identity()), device=torch.device("cpu"))
+    support = torch.zeros(4, 1, 2, 2)
+    support[2:, 0, 0, 0] = 1.0  # class 1 has a bright top-left pixel
+    method.process_support_set(support, torch.tensor([0, 0, 1, 1]))
+    queries = torch.zeros(2, 1, 2, 2)
+    queries[1, 0, 0, 0] = 0.9
+    assert method.predict(queries).tolist() == [0, 1]
+
+
+def test_zero_shot_prototypes_generalise_to_unseen_classes():
+    # Each class k has a metadata vector v_k; its images embed near A v_k for a fixed unknown A.
+    # Learning g(v) = W v + b on seen classes must recover the map for classes never trained on.
+    rng = np.random.default_rng(0)
+    n_classes, meta_dim, dim = 30, 6, 10
+    metadata = torch.tensor(rng.normal(size=(n_classes, meta_dim)), dtype=torch.float32)
+    mixing = torch.tensor(rng.normal(size=(meta_dim, dim)), dtype=torch.float32)
+    features = metadata @ mixing  # class centres
+    labels = torch.arange(n_classes).repeat_interleave(20)
+    images = features[labels] + 0.3 * torch.tensor(rng.normal(size=(len(labels), dim)), dtype=torch.float32)
+    seen, unseen = torch.arange(20), torch.arange(20, 30)
+    torch.manual_seed(0)
+    model = protonet.ZeroShotProtoNet(nn.Identity(), meta_dim, dim)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    in_seen = torch.isin(labels, seen)
+    for _ in range(300):
+        loss, _ = model.loss(metadata[seen], images[in_seen], labels[in_seen])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    in_unseen = torch.isin(labels, unseen)
+    model.process_support_set(metadata[unseen], torch.arange(10))
+    accuracy = (model.predict(images[in_unseen]) == labels[in_unseen] - 20).float().mean().item()
+    assert accuracy > 0.9  # chance is 0.1, and no unseen image was ever used
+
+
+def small_omniglot() -> tuple[FewShotDataset, FewShotDataset]:
+    background = omniglot_dataset("background")
+    return background.subset(range(0, 40), "train40"), background.subset(range(500, 540), "test40")
+
+
+def test_a_few_dozen_episodes_beat_chance_by_far(needs_data):
+    torch.set_num_threads(1)
+    train, test = small_omniglot()
+    torch.manual_seed(0)
+    encoder = Conv4(hidden=32)
+    test_episodes = EpisodeSampler(test, 5, 1, 5, seed=7).take(30)
+    method = protonet.ProtoNet(encoder)
+    encoder.eval()
+    before = evaluate(method, test_episodes, progress=False).mean
+    history = train_episodic(
+        encoder, protonet.make_episode_loss(), DeviceEpisodeSampler(train, 10, 1, 5, seed=0), 40,
+        torch.optim.Adam(encoder.parameters(), lr=1e-3), val_method=method, val_episodes=test_episodes,
+        val_every=40, progress=False, seed=0,
+    )
+    after = history.val_accuracy[-1]
+    print(f"5-way 1-shot on unseen classes: {before:.2f} before, {after:.2f} after 40 episodes")
+    assert after > 0.7 and after > before  # chance is 0.2
+    assert np.mean(history.loss[-10:]) < np.mean(history.loss[:10])
+
+
+def test_panel_rejects_impossible_settings_with_one_line(needs_data):
+    train, test = small_omniglot()
+    panel = protonet.training_panel(train, test, torch.device("cpu"), episodes=4, val_episodes=2)
+    for name, value, expected in (("train_n_way", 100, "n_way=100"), ("k_shot", 18, "k_shot + n_query"), ("lr", -0.1, "learning rate"), ("episodes", 0, "episodes")):
+        original = panel.controls[name].value
+        panel.controls[name].value = value
+        assert panel.run() is False
+        message = panel.message.value
+        assert expected in message and "\n" not in message and "Traceback" not in message
+        panel.controls[name].value = original
+    panel.controls["episodes"].value = 4
+    assert panel.run() is True and panel.message.value == ""

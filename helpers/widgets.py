@@ -55,13 +55,19 @@ class Panel:
         """Run once with the current values; return False (and say why) on bad settings."""
         self.message.value = ""
         self.button.disabled = True
+        error: Exception | None = None
         try:
             with self.output:
                 clear_output(wait=True)
-                self.on_run(self.values())
-            return True
-        except (ValueError, DatasetError) as exc:
-            self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(str(exc))}</span>"
+                # Caught inside the Output context on purpose: in a Jupyter kernel,
+                # Output.__exit__ swallows exceptions and prints a traceback instead.
+                try:
+                    self.on_run(self.values())
+                except (ValueError, DatasetError) as exc:
+                    error = exc
+            if error is None:
+                return True
+            self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(str(error))}</span>"
             return False
         finally:
             self.button.disabled = False

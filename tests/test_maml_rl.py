@@ -249,3 +249,16 @@ def test_meta_train_rejects_bad_step_sizes():
         meta_train(policy, 1, inner_lr=-0.1, progress=False)
     with pytest.raises(ValueError, match="outer_lr"):
         meta_train(policy, 1, outer_lr=math.nan, progress=False)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from helpers.maml_rl import load_policy, save_policy
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(init_std=0.4)
+    save_policy(policy, tmp_path / "p.pt", {"command": "test"})
+    loaded, record = load_policy(tmp_path / "p.pt")
+    assert record == {"command": "test"}
+    obs = torch.randn(5, 2)
+    for a, b in zip(policy(obs), loaded(obs)):
+        assert torch.equal(a, b)

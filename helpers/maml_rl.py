@@ -206,12 +206,12 @@ class Trajectories:
         return Trajectories(*(t[i : i + 1] for t in (self.goals, self.positions, self.actions, self.rewards, self.mask)))
 
 
-def _policy_outputs(policy: nn.Module, params: Params | Sequence[Params], observations: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and std for observations ``(T, N, 2)``; ``params`` shared, or one dict per task."""
-    if isinstance(params, dict):
+def _policy_outputs(policy: nn.Module, params: Params, observations: Tensor, per_task: bool) -> tuple[Tensor, Tensor]:
+    """Mean and std for observations ``(T, N, 2)``: one shared ``params``, or (``per_task``)
+    parameters stacked along a first axis of length ``T``, run on their own task by ``vmap``."""
+    if not per_task:
         return functional_call(policy, params, (observations,))
-    stacked = {k: torch.stack([p[k] for p in params]) for k in params[0]}
-    return vmap(lambda p, o: functional_call(policy, p, (o,)))(stacked, observations)
+    return vmap(lambda p, o: functional_call(policy, p, (o,)))(params, observations)
 
 
 def rollout(
@@ -237,13 +237,16 @@ def rollout(
     if not isinstance(params, dict) and len(params) != n_tasks:
         raise ValueError(f"got {len(params)} parameter sets for {n_tasks} goals; give one dict, or one per goal.")
     device = goals.device
+    per_task = not isinstance(params, dict)
+    if per_task:
+        params = {k: torch.stack([p[k].detach() for p in params]) for k in params[0]}
     env = PointNavigation(goals.repeat_interleave(n_trajectories, dim=0), horizon, reward)
     positions, actions, rewards, mask = [env.reset()], [], [], []
     with torch.no_grad():
         for _ in range(horizon):
             moving = ~env.finished
             obs = positions[-1].view(n_tasks, n_trajectories, 2)
-            mean, std = _policy_outputs(policy, params, obs)
+            mean, std = _policy_outputs(policy, params, obs, per_task)
             action = mean
             if not deterministic:
                 noise = torch.randn(mean.shape, generator=generator).to(device)

@@ -1,0 +1,228 @@
+"""Tests of helpers.siamese: pairs, the shared twin, the L1 layer, saving, backends, learning."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from helpers import siamese
+from helpers.fewshot import evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def blobs(n_classes: int = 4, per_class: int = 30, size: int = 8, seed: int = 0):
+    """Tiny images: class c is a bright square at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 0.3, size=(n_classes * per_class, size, size)).astype(np.float32)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    for i, c in enumerate(labels):
+        r, col = divmod(int(c), 2)
+        images[i, 4 * r : 4 * r + 3, 4 * col : 4 * col + 3] += 0.7
+    return images, labels
+
+
+# ---------------------------------------------------------------------------------- pairs
+
+
+def test_pairs_are_balanced_per_class_and_overall():
+    labels = np.repeat(np.arange(5), [7, 9, 5, 6, 8])
+    pairs = siamese.make_pairs(labels, seed=3)
+    n = 5 - 1  # smallest class has 5 images
+    assert len(pairs) == 2 * 5 * n
+    assert pairs.same.mean() == 0.5
+    for c in range(5):
+        mine = pairs.anchor_class == c
+        assert pairs.same[mine].sum() == n and (1 - pairs.same[mine]).sum() == n
+    assert np.array_equal(labels[pairs.left], pairs.anchor_class)
+    # same and different alternate
+    assert np.array_equal(pairs.same, np.tile([1.0, 0.0], len(pairs) // 2))
+
+
+def test_same_pairs_have_equal_labels_and_different_pairs_unequal():
+    labels = np.random.default_rng(0).integers(0, 10, size=500)
+    pairs = siamese.make_pairs(labels, seed=1)
+    is_same = pairs.same == 1
+    assert np.all(labels[pairs.left][is_same] == labels[pairs.right][is_same])
+    assert np.all(labels[pairs.left][~is_same] != labels[pairs.right][~is_same])
+    # a same pair never pairs an image with itself
+    assert np.all(pairs.left[is_same] != pairs.right[is_same])
+
+
+def test_pairs_are_seeded_and_checked():
+    labels = np.repeat(np.arange(3), 4)
+    a, b = siamese.make_pairs(labels, seed=7), siamese.make_pairs(labels, seed=7)
+    assert np.array_equal(a.left, b.left) and np.array_equal(a.right, b.right)
+    assert len(siamese.make_pairs(labels, pairs_per_class=2)) == 12
+    with pytest.raises(ValueError, match="pairs_per_class"):
+        siamese.make_pairs(labels, pairs_per_class=4)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        siamese.make_pairs(np.zeros(5))
+
+
+def test_same_group_negatives_come_from_the_group():
+    labels = np.repeat(np.arange(6), 5)
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    pairs = siamese.make_pairs(labels, seed=0, groups=groups, same_group_fraction=1.0)
+    different = pairs.same == 0
+    assert np.all(groups[labels[pairs.left][different]] == groups[labels[pairs.right][different]])
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def test_l1_layer_is_symmetric_and_zero_on_identical_inputs():
+    layer = siamese.L1Distance()
+    a = np.array([[1.0, -2.0, 3.0]], dtype=np.float32)
+    b = np.array([[0.5, 1.0, 3.0]], dtype=np.float32)
+    ab = keras.ops.convert_to_numpy(layer([a, b]))
+    assert np.allclose(ab, [[0.5, 3.0, 0.0]])
+    assert np.allclose(ab, keras.ops.convert_to_numpy(layer([b, a])))
+    assert np.allclose(keras.ops.convert_to_numpy(layer([a, a])), 0.0)
+
+
+def test_both_branches_share_one_set_of_weights():
+    keras.utils.set_random_seed(0)
+    model = siamese.build_siamese(image_shape=(8, 8))
+    base = model.get_layer("base")
+    # no duplicated weights: the twin holds the base's weights once, plus the head (64 + 1)
+    assert model.count_params() == base.count_params() + 65
+    x = np.random.default_rng(0).uniform(size=(5, 8, 8)).astype(np.float32)
+    y = np.random.default_rng(1).uniform(size=(5, 8, 8)).astype(np.float32)
+    before = siamese.predict_pairs(model, x, y)
+    # change the base once: both branches see it, so swapping inputs still gives the same answer
+    weights = base.get_weights()
+    weights[0] = weights[0] + 0.05
+    base.set_weights(weights)
+    after_xy, after_yx = siamese.predict_pairs(model, x, y), siamese.predict_pairs(model, y, x)
+    assert not np.allclose(before, after_xy)
+    assert np.allclose(after_xy, after_yx, atol=1e-6)
+    # identical inputs: the distance is zero, so p = sigmoid(bias of the head)
+    bias = float(model.get_layer("similarity").get_weights()[1][0])
+    assert np.allclose(siamese.predict_pairs(model, x, x), 1 / (1 + np.exp(-bias)), atol=1e-6)
+
+
+def test_saved_model_reloads_and_predicts_the_same(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = siamese.build_siamese(siamese.koch_base((20, 20), filters=(4, 4, 4), features=8), image_shape=(20, 20))
+    x = np.random.default_rng(2).uniform(size=(6, 20, 20)).astype(np.float32)
+    y = np.random.default_rng(3).uniform(size=(6, 20, 20)).astype(np.float32)
+    path = tmp_path / "twin.keras"
+    model.save(path)
+    again = siamese.load_checkpoint(path)
+    assert isinstance(again.get_layer("l1_distance"), siamese.L1Distance)
+    assert np.allclose(siamese.predict_pairs(model, x, y), siamese.predict_pairs(again, x, y), atol=1e-6)
+
+
+def test_one_shot_scores_equal_explicit_pair_predictions():
+    keras.utils.set_random_seed(0)
+    model = siamese.build_siamese(image_shape=(8, 8))
+    images, _ = blobs()
+    support, query = images[:3], images[3:7]
+    method = siamese.SiameseOneShot(model)
+    method.process_support_set(torch.from_numpy(support).unsqueeze(1), torch.tensor([0, 1, 2]))
+    scores = method.scores(torch.from_numpy(query).unsqueeze(1)).numpy()
+    for q in range(4):
+        for s in range(3):
+            expected = siamese.predict_pairs(model, query[q : q + 1], support[s : s + 1])[0]
+            assert np.isclose(scores[q, s], expected, atol=1e-6)
+    # two support images of one class: its score is the better of the two
+    method.process_support_set(torch.from_numpy(support).unsqueeze(1), torch.tensor([0, 0, 1]))
+    two = method.scores(torch.from_numpy(query).unsqueeze(1)).numpy()
+    assert np.allclose(two[:, 0], scores[:, :2].max(axis=1)) and np.allclose(two[:, 1], scores[:, 2])
+
+
+def test_bad_settings_raise_value_errors():
+    model = siamese.build_siamese(image_shape=(8, 8))
+    with pytest.raises(ValueError, match="learning_rate"):
+        siamese.compile_siamese(model, learning_rate=-0.1)
+    images, labels = blobs()
+    siamese.compile_siamese(model)
+    with pytest.raises(ValueError, match="epochs"):
+        siamese.train_siamese(model, images, siamese.make_pairs(labels), epochs=0)
+
+
+# ---------------------------------------------------------------------------------- learning
+
+
+@pytest.mark.slow
+def test_short_training_beats_chance_on_held_out_pairs_and_one_shot():
+    keras.utils.set_random_seed(0)
+    images, labels = blobs(per_class=40)
+    train = np.arange(len(labels)) % 40 < 30
+    model = siamese.compile_siamese(siamese.build_siamese(image_shape=(8, 8)), learning_rate=0.003)
+    history, seconds = siamese.train_siamese(model, images[train], siamese.make_pairs(labels[train], seed=0), epochs=20, verbose=0)
+    assert len(seconds) == 20 and history["loss"][-1] < history["loss"][0]
+    held_images, held_labels = images[~train], labels[~train]
+    held = siamese.make_pairs(held_labels, seed=1)
+    accuracy = siamese.pair_accuracy(siamese.predict_pairs(model, *held.images(held_images)), held.same)
+    assert accuracy > 0.75  # chance is 0.5
+    from helpers.episodes import FewShotDataset, sample_episodes
+
+    dataset = FewShotDataset("blobs", (held_images * 255).clip(0, 255).astype(np.uint8), held_labels, ("a", "b", "c", "d"))
+    result = evaluate(siamese.SiameseOneShot(model), sample_episodes(dataset, 4, 1, 3, count=10), progress=False)
+    assert result.mean > 0.5  # chance is 0.25
+
+
+def test_pair_accuracy_counts_by_threshold():
+    assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1])) == 0.5
+    assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]), threshold=0.3) == 0.5
+    assert siamese.pair_accuracy(np.array([0.9, 0.2]), np.array([1, 0]), threshold=0.95) == 0.5
+
+
+def test_lake_runs_become_episodes_with_the_answer_key():
+    from helpers.datasets import LakeRun
+
+    run = LakeRun("run01", np.zeros((20, 8, 8), np.uint8), np.full((20, 8, 8), 255, np.uint8), np.arange(20)[::-1].copy())
+    (episode,) = siamese.lake_run_episodes([run])
+    assert episode.n_way == 20 and episode.k_shot == 1
+    assert episode.query_labels.tolist() == list(range(19, -1, -1))
+    assert float(episode.query_images.max()) == 1.0
+
+
+# ---------------------------------------------------------------------------------- backends
+
+BACKEND_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["KERAS_BACKEND"] = sys.argv[1]
+    import numpy as np, keras
+    from helpers import siamese
+    assert keras.backend.backend() == sys.argv[1], keras.backend.backend()
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(40, 8, 8)).astype("float32")
+    labels = np.repeat(np.arange(4), 10)
+    model = siamese.compile_siamese(siamese.build_siamese(image_shape=(8, 8)))
+    history, seconds = siamese.train_siamese(model, images, siamese.make_pairs(labels), epochs=1, verbose=0)
+    p = siamese.predict_pairs(model, images[:5], images[5:10])
+    assert p.shape == (5,) and np.all((p >= 0) & (p <= 1))
+    path = sys.argv[2]
+    model.save(path)
+    again = siamese.load_checkpoint(path)
+    assert np.allclose(p, siamese.predict_pairs(again, images[:5], images[5:10]), atol=1e-6)
+    print("ok", keras.backend.backend())
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def test_model_trains_saves_and_reloads_under_each_backend(backend, tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", BACKEND_SCRIPT, backend, str(tmp_path / f"{backend}.keras")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"ok {backend}" in done.stdout

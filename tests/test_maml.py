@@ -1,0 +1,256 @@
+"""Tests of helpers.maml: the meta-gradient is right, first order drops exactly the Hessian term,
+vmap and the loop agree, and meta-learning beats joint pretraining on sinusoids."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from helpers import maml
+from helpers.fewshot import FewShotMethod
+
+
+def smooth_net(seed: int = 0) -> nn.Module:
+    """A tiny tanh MLP in float64: smooth, so finite differences converge."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+
+
+def smooth_batch(n_tasks: int = 3, seed: int = 1) -> maml.TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    batch, _, _ = maml.SinusoidTasks().sample(n_tasks, 5, 7, g)
+    return maml.TaskBatch(*(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
+
+
+def test_sgd_step_exact_values():
+    params = {"w": torch.tensor([1.0, -2.0]), "b": torch.tensor(3.0)}
+    grads = {"w": torch.tensor([0.5, 0.5]), "b": torch.tensor(-1.0)}
+    out = maml.sgd_step(params, grads, 0.1)
+    assert torch.allclose(out["w"], torch.tensor([0.95, -2.05]))
+    assert torch.allclose(out["b"], torch.tensor(3.1))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_second_order_meta_gradient_matches_central_finite_differences(steps):
+    net, batch = smooth_net(), smooth_batch()
+    params = maml.parameters_of(net)
+    _, grads = maml.meta_gradient(net, params, batch, F.mse_loss, 0.05, steps, first_order=False, mode="loop")
+
+    def meta_loss(flat: torch.Tensor) -> float:
+        p, i = {}, 0
+        for name, value in params.items():
+            p[name] = flat[i : i + value.numel()].view_as(value)
+            i += value.numel()
+        with torch.no_grad():
+            return float(maml.adapted_query_losses(net, p, batch, F.mse_loss, 0.05, steps, mode="loop").mean())
+
+    flat = torch.cat([v.detach().reshape(-1) for v in params.values()])
+    eps, numeric = 1e-5, torch.zeros_like(flat)
+    for i in range(len(flat)):
+        plus, minus = flat.clone(), flat.clone()
+        plus[i] += eps
+        minus[i] -= eps
+        numeric[i] = (meta_loss(plus) - meta_loss(minus)) / (2 * eps)
+    analytic = torch.cat([g.reshape(-1) for g in grads.values()])
+    relative = (analytic - numeric).norm() / numeric.norm()
+    assert relative < 1e-6, relative
+    # ...and first order is measurably different, so the test would catch a dropped Hessian term
+    _, fo = maml.meta_gradient(net, params, batch, F.mse_loss, 0.05, steps, first_order=True, mode="loop")
+    assert (torch.cat([g.reshape(-1) for g in fo.values()]) - numeric).norm() / numeric.norm() > 1e-4
+
+
+class Direct(nn.Module):
+    """A 'model' whose parameters are the vector theta itself."""
+
+    def __init__(self, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(theta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.theta
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_first_order_drops_exactly_the_hessian_term_on_a_quadratic(steps):
+    # support loss 1/2 th^T A th - b^T th (Hessian A); query loss 1/2 |th - c|^2
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    a = m @ m.T + torch.eye(4, dtype=torch.float64)
+    b, c = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    model, alpha = Direct(torch.randn(4, generator=g, dtype=torch.float64)), 0.05
+    theta = maml.parameters_of(model)
+
+    def support_loss(p):
+        t = functional_call(model, p, (None,))
+        return 0.5 * t @ a @ t - b @ t
+
+    expected_adapted = theta["theta"].detach()
+    for _ in range(steps):
+        expected_adapted = expected_adapted - alpha * (a @ expected_adapted - b)
+    residual = expected_adapted - c
+    jacobian = torch.linalg.matrix_power(torch.eye(4, dtype=torch.float64) - alpha * a, steps)
+
+    for first_order, expected in ((False, jacobian @ residual), (True, residual)):
+        adapted = maml.inner_adapt(model, theta, support_loss, alpha, steps, first_order=first_order)
+        assert torch.allclose(adapted["theta"], expected_adapted, atol=1e-12)
+        outer = 0.5 * ((adapted["theta"] - c) ** 2).sum()
+        (grad,) = torch.autograd.grad(outer, [theta["theta"]])
+        assert torch.allclose(grad, expected, atol=1e-12), (first_order, grad, expected)
+
+
+def test_first_order_graph_does_not_go_through_the_inner_gradient():
+    net, batch = smooth_net(), smooth_batch(1)
+    params = maml.parameters_of(net)
+
+    def support_loss(p):
+        return F.mse_loss(functional_call(net, p, (batch.support_x[0],)), batch.support_y[0])
+
+    for first_order in (True, False):
+        adapted = maml.inner_adapt(net, params, support_loss, 0.1, 1, first_order=first_order)
+        name = "2.weight"
+        v = torch.randn_like(adapted[name])
+        # vector-Jacobian product of theta' = theta - alpha g(theta): v (I - alpha H) in general
+        (vjp,) = torch.autograd.grad((adapted[name] * v).sum(), [params[name]])
+        if first_order:
+            assert torch.equal(vjp, v)  # identity: nothing flows back through g
+        else:
+            assert not torch.allclose(vjp, v)  # the Hessian term is present
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vmap_and_loop_give_the_same_meta_gradient(first_order):
+    net, batch = smooth_net(), smooth_batch(4)
+    params = maml.parameters_of(net)
+    loss_loop, g_loop = maml.meta_gradient(net, params, batch, F.mse_loss, 0.05, 3, first_order, mode="loop")
+    loss_vmap, g_vmap = maml.meta_gradient(net, params, batch, F.mse_loss, 0.05, 3, first_order, mode="vmap")
+    assert abs(float(loss_loop - loss_vmap)) < 1e-12
+    for name in g_loop:
+        assert torch.allclose(g_loop[name], g_vmap[name], atol=1e-10, rtol=0), name
+
+
+def test_vmap_and_loop_give_the_same_adapted_predictions_on_conv4():
+    torch.manual_seed(0)
+    net = maml.maml_conv4(3).double()
+    support = torch.rand(2, 6, 1, 28, 28, dtype=torch.float64)
+    query = torch.rand(2, 9, 1, 28, 28, dtype=torch.float64)
+    batch = maml.TaskBatch(support, torch.arange(3).repeat(2, 2), query, torch.arange(3).repeat(2, 3))
+    params = maml.parameters_of(net)
+    loop = maml.adapted_query_outputs(net, params, batch, F.cross_entropy, 0.4, 2, mode="loop")
+    vec = maml.adapted_query_outputs(net, params, batch, F.cross_entropy, 0.4, 2, mode="vmap")
+    assert loop.shape == (2, 9, 3)
+    assert torch.allclose(loop, vec, atol=1e-9)
+    assert torch.equal(loop.argmax(-1), vec.argmax(-1))
+    # and the adaptation changed something
+    before = torch.stack([functional_call(net, params, (query[i],)) for i in range(2)]).detach()
+    assert not torch.allclose(before, loop)
+
+
+def test_batch_norm_uses_the_current_batch_statistics():
+    net = maml.maml_conv4(5)
+    assert list(net.buffers()) == []
+    x = torch.rand(10, 1, 28, 28)
+    train_out = net.train()(x)
+    eval_out = net.eval()(x)
+    assert torch.allclose(train_out, eval_out)
+    # the output for an image depends on the rest of its batch (transductive, as in MAML's code)
+    assert not torch.allclose(net(x[:5])[0], net(x)[0])
+
+
+def test_auto_mode_picks_the_faster_path_per_device():
+    assert maml.resolve_mode("auto", "cpu", maml.maml_conv4(5)) == "loop"
+    assert maml.resolve_mode("auto", "cpu", maml.sinusoid_net()) == "vmap"
+    assert maml.resolve_mode("auto", "cuda", maml.maml_conv4(5)) == "vmap"
+    assert maml.resolve_mode("vmap", "cpu") == "vmap"
+    with pytest.raises(ValueError, match="mode"):
+        maml.resolve_mode("fast", "cpu")
+
+
+def test_bad_settings_raise_one_line_value_errors():
+    net = smooth_net()
+    with pytest.raises(ValueError, match="inner_lr"):
+        maml.MAML(net, inner_lr=-0.1)
+    with pytest.raises(ValueError, match="outer_lr"):
+        maml.MAML(net, inner_lr=0.1, outer_lr=0.0)
+    with pytest.raises(ValueError, match="steps"):
+        maml.inner_adapt(net, maml.parameters_of(net), lambda p: p["0.weight"].sum(), 0.1, -1)
+    with pytest.raises(ValueError, match="k_support"):
+        maml.SinusoidTasks().sample(2, 0, 5)
+
+
+def test_sinusoid_sampler_ranges():
+    tasks = maml.SinusoidTasks()
+    g = torch.Generator().manual_seed(0)
+    batch, amplitude, phase = tasks.sample(2000, 10, 5, g)
+    assert batch.support_x.shape == (2000, 10, 1) and batch.query_y.shape == (2000, 5, 1)
+    assert amplitude.min() >= 0.1 and amplitude.max() <= 5.0 and amplitude.max() > 4.9 and amplitude.min() < 0.2
+    assert phase.min() >= 0 and phase.max() <= math.pi and phase.max() > 3.1 and phase.min() < 0.05
+    x = torch.cat([batch.support_x, batch.query_x], 1)
+    y = torch.cat([batch.support_y, batch.query_y], 1)
+    assert x.min() >= -5 and x.max() <= 5
+    assert torch.allclose(y, amplitude.view(-1, 1, 1) * torch.sin(x - phase.view(-1, 1, 1)))
+    assert (y.abs() <= amplitude.view(-1, 1, 1) + 1e-6).all()
+
+
+def test_short_meta_training_beats_the_jointly_pretrained_network():
+    torch.manual_seed(0)
+    tasks = maml.SinusoidTasks()
+    learner = maml.MAML(maml.sinusoid_net(), inner_lr=0.01, outer_lr=1e-3, inner_steps=1, loss=F.mse_loss)
+    g = torch.Generator().manual_seed(1)
+    maml.train_maml(learner, lambda: tasks.sample(10, 10, 10, g)[0], 600, progress=False)
+    torch.manual_seed(0)
+    pretrained = maml.sinusoid_net()
+    maml.pretrain_jointly(pretrained, tasks, 600, n_tasks=10, k=10, seed=2, progress=False)
+
+    test, _, _ = tasks.sample(200, 10, 50, torch.Generator().manual_seed(3))
+    mse_maml = maml.adaptation_curve(learner.model, learner.params, test, 0.01, 5)
+    mse_pre = maml.adaptation_curve(pretrained, maml.parameters_of(pretrained), test, 0.01, 5)
+    assert mse_maml.shape == (6,)
+    assert mse_maml[1] < mse_pre[1] and mse_maml[5] < mse_pre[5], (mse_maml, mse_pre)
+    assert mse_maml[5] < mse_maml[0]  # adaptation helps the meta-learned start
+
+
+def test_adapt_predictions_agrees_with_adaptation_curve():
+    net = smooth_net()
+    batch = smooth_batch(1)
+    params = maml.parameters_of(net)
+    outs = maml.adapt_predictions(net, params, batch.support_x[0], batch.support_y[0], batch.query_x[0], 0.05, [0, 1, 4])
+    curve = maml.adaptation_curve(net, params, batch, 0.05, 4)
+    for steps in (0, 1, 4):
+        assert math.isclose(float(F.mse_loss(outs[steps], batch.query_y[0])), float(curve[steps]), rel_tol=1e-9)
+
+
+def test_classifier_implements_the_few_shot_interface():
+    torch.manual_seed(0)
+    net = maml.maml_conv4(5)
+    method = maml.MAMLClassifier(net, inner_lr=0.05, steps=3)
+    assert isinstance(method, FewShotMethod)
+    support = torch.rand(5, 1, 28, 28)
+    labels = torch.arange(5)
+    method.process_support_set(support, labels)
+    scores = method.scores(torch.rand(15, 1, 28, 28))
+    assert scores.shape == (15, 5)
+    # the adapted weights fit the support set better than the (random) starting weights
+    before = F.cross_entropy(net(support), labels)
+    after = F.cross_entropy(method.scores(support), labels)
+    assert after < before
+    # adaptation did not touch the meta-learned weights
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_omniglot_command_trains_saves_and_reloads(tmp_path):
+    out = tmp_path / "maml_tiny.pt"
+    maml.main(["omniglot", "--meta-steps", "3", "--meta-batch", "2", "--val-every", "2", "--val-episodes", "4",
+               "--threads", "1", "--hardware", "test", "--out", str(out)])
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["meta_steps_done"] == 3 and meta["settings"]["n_way"] == 5
+    assert meta["command"].startswith("python3 -m helpers.maml omniglot")
+    assert 0 <= meta["val_accuracy"] <= 1
+    model, _ = maml.load_omniglot_checkpoint(out)
+    assert model(torch.rand(4, 1, 28, 28)).shape == (4, 5)

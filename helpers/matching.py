@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     info = json.loads(meta_path.read_text())
     info["wall_seconds"] = round(time.perf_counter() - start, 1)
     info["interrupted"] = history.interrupted
+    info["episodes_total"] = history.n_episodes  # "episodes_trained" counts those behind the saved weights
     block = 10  # the curves are stored as means over blocks of 10 episodes, to keep the file small
 
     def means(values: list[float]) -> list[float]:

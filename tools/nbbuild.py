@@ -68,6 +68,8 @@ def build(path: str | Path, header_markdown: str, cells: list) -> Path:
             "language_info": {"name": "python"},
         },
     )
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:03d}"  # stable ids: rebuilding a notebook gives a clean diff
     nbformat.validate(nb)
     nbformat.write(nb, path)
     return path

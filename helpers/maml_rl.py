@@ -29,6 +29,7 @@ jointly: that is the *pretrained* baseline of the paper.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -593,7 +594,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--meta-batch", type=int, default=20)
     parser.add_argument("--inner-steps", type=int, default=1, help="0 trains the pretrained baseline")
     parser.add_argument("--inner-lr", type=float, default=0.1)
@@ -602,6 +603,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reward", choices=REWARDS, default="distance")
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--eval-goals", type=int, default=40)
+    parser.add_argument("--select-goals", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=20.0, help="stop meta-training after this long")
     parser.add_argument("--hardware", default="2-core CPU, no GPU (shared with other jobs)")
@@ -612,18 +614,33 @@ def _main(argv: Sequence[str] | None = None) -> None:
     policy = GaussianMLPPolicy()
     start = time.perf_counter()
     history, optimizer = MetaHistory(), torch.optim.Adam(policy.parameters(), lr=args.outer_lr)
-    # Chunks of 10 iterations (each with its own goal seed) so a time budget can stop the run.
+    # Plain Adam at a fixed beta first learns fast and then drifts away again (no trust region,
+    # unlike the paper's TRPO), so beta decays along a cosine and the weights kept are those with
+    # the best return after one step on selection goals, checked every 10 iterations.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iterations)
+    select_goals = sample_goals(args.select_goals, torch.Generator().manual_seed(20_000 + args.seed))
+    select_steps = max(1, args.inner_steps)
+    best = (-math.inf, 0, copy.deepcopy(policy.state_dict()))
+    selection = []
+    # Chunks of 10 iterations (goal seeds kept apart from every evaluation seed) so that a time
+    # budget can stop the run.
     for chunk in range(math.ceil(args.iterations / 10)):
         if time.perf_counter() - start > 60 * args.max_minutes:
             break
         meta_train(
             policy, min(10, args.iterations - 10 * chunk), args.meta_batch, args.inner_lr, args.outer_lr,
-            args.inner_steps, settings, args.first_order, seed=args.seed * 100_003 + chunk,
-            history=history, optimizer=optimizer, progress=False,
+            args.inner_steps, settings, args.first_order, seed=1_000_000 + args.seed * 10_007 + chunk,
+            history=history, optimizer=optimizer, progress=False, callback=lambda i, h: schedule.step(),
         )
-        print(f"iteration {len(history.pre_return)}: return before {history.pre_return[-1]:.2f}, after {history.post_return[-1]:.2f}", flush=True)
+        score = adaptation_returns(policy, select_goals, args.inner_lr, select_steps, settings, seed=2).mean_returns[-1]
+        selection.append([len(history.pre_return), round(score, 3)])
+        if score > best[0]:
+            best = (score, len(history.pre_return), copy.deepcopy(policy.state_dict()))
+        print(f"iteration {len(history.pre_return)}: return before {history.pre_return[-1]:.2f}, after {history.post_return[-1]:.2f}, "
+              f"selection goals after {select_steps} step(s) {score:.2f}", flush=True)
     seconds = time.perf_counter() - start
-    # Held-out goals from a seed no training batch used.
+    policy.load_state_dict(best[2])
+    # Held-out goals from a seed no training or selection batch used.
     goals = sample_goals(args.eval_goals, torch.Generator().manual_seed(10_000 + args.seed))
     result = adaptation_returns(policy, goals, args.inner_lr, 3, settings, seed=1)
     validation = {str(k): dict(zip(("mean", "ci95"), confidence_interval(r.tolist()))) for k, r in enumerate(result.returns)}
@@ -634,6 +651,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
         "torch": torch.__version__,
         "wall_time_s": round(seconds, 1),
         "iterations_done": len(history.pre_return),
+        "kept_iteration": best[1],
+        "selection": f"every 10 iterations, mean return after {select_steps} step(s) on {args.select_goals} goals from sample_goals(seed={20_000 + args.seed})",
+        "selection_curve": selection,
         "settings": vars(args),
         "validation_goals": f"{args.eval_goals} goals from sample_goals(seed={10_000 + args.seed})",
         "validation_return_after_steps": validation,

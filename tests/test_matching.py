@@ -235,5 +235,5 @@ def test_training_on_a_few_classes_beats_chance(needs_data, fce):
     history = train_episodic(model, matching_loss, sampler, 120, optimizer, progress=False, seed=0)
     after = evaluate(model.eval(), test_episodes, progress=False).mean
     assert history.loss[-20:] and sum(history.loss[-20:]) / 20 < sum(history.loss[:20]) / 20
-    assert after > 0.2 + 0.4, f"5-way accuracy {after:.2f} is not far above chance (0.20)"
-    assert after > before, f"training did not help: {before:.2f} -> {after:.2f}"
+    assert after > 0.45, f"5-way accuracy {after:.2f} is not far above chance (0.20)"
+    assert after > before + 0.1, f"training did not help enough: {before:.2f} -> {after:.2f}"

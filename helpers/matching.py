@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--val-episodes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="time budget: stop (validate, save) after it")
     parser.add_argument("--hardware", default=None, help="how to describe the machine in the .json")
     parser.add_argument("--out", required=True, help="checkpoint path, e.g. data/checkpoints/matching_fce.pt")
     args = parser.parse_args(argv)
@@ -356,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         model, matching_loss, sampler, args.episodes, optimizer, scheduler,
         val_method=model, val_episodes=val_episodes, val_every=args.val_every,
         checkpoint=args.out, device=device, seed=args.seed, metadata=metadata,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
     )
     # the loop wrote the best weights and their metadata; add the whole run's wall time and curves
     import json

@@ -151,6 +151,83 @@ def test_vmap_and_loop_give_the_same_adapted_predictions_on_conv4():
     assert not torch.allclose(before, loop)
 
 
+def smooth_conv_net() -> nn.Module:
+    """Conv, batch norm (batch statistics), softplus, average pool: smooth, so finite differences work."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Softplus(), nn.AvgPool2d(2),
+        nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Softplus(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(12, 4),
+    ).double()
+    return maml.drop_running_stats(net)
+
+
+def test_meta_gradient_through_batch_norm_matches_finite_differences_in_loop_and_vmap():
+    net = smooth_conv_net()
+    g = torch.Generator().manual_seed(0)
+    batch = maml.TaskBatch(torch.rand(2, 4, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(4).repeat(2, 1),
+                           torch.rand(2, 8, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(4).repeat(2, 2))
+    params = maml.parameters_of(net)
+    _, loop = maml.meta_gradient(net, params, batch, F.cross_entropy, 0.4, 2, mode="loop")
+    _, vec = maml.meta_gradient(net, params, batch, F.cross_entropy, 0.4, 2, mode="vmap")
+    for name in loop:
+        assert torch.allclose(loop[name], vec[name], atol=1e-10, rtol=0), name
+    # finite differences on the batch-norm scales and the first conv's bias
+    for name in ("1.weight", "0.bias", "5.bias"):
+        for idx in range(params[name].numel()):
+            def meta_loss(delta, name=name, idx=idx):
+                p = {k: v.detach().clone() for k, v in params.items()}
+                p[name].view(-1)[idx] += delta
+                with torch.no_grad():
+                    return float(maml.adapted_query_losses(net, p, batch, F.cross_entropy, 0.4, 2, mode="loop").mean())
+
+            numeric = (meta_loss(1e-6) - meta_loss(-1e-6)) / 2e-6
+            assert abs(numeric - float(loop[name].view(-1)[idx])) < 1e-6 * max(1.0, abs(numeric)), (name, idx)
+
+
+def test_batch_stat_norm_equals_training_mode_batch_norm():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    ours = maml.drop_running_stats(nn.Sequential(bn))[0]
+    assert isinstance(ours, maml.BatchStatNorm)
+    x = torch.randn(6, 4, 5, 5)
+    assert torch.allclose(ours(x), nn.BatchNorm2d(4).train().requires_grad_(False).forward(x) * bn.weight.view(1, -1, 1, 1)
+                          + bn.bias.view(1, -1, 1, 1), atol=1e-5)
+
+
+def test_conv4_meta_gradients_agree_between_loop_and_vmap_in_float64():
+    torch.manual_seed(0)
+    net = maml.maml_conv4(5).double()
+    g = torch.Generator().manual_seed(0)
+    batch = maml.TaskBatch(torch.rand(2, 5, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(5).repeat(2, 1),
+                           torch.rand(2, 5, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(5).repeat(2, 1))
+    params = maml.parameters_of(net)
+    for first_order in (False, True):
+        _, loop = maml.meta_gradient(net, params, batch, F.cross_entropy, 0.4, 1, first_order, mode="loop")
+        _, vec = maml.meta_gradient(net, params, batch, F.cross_entropy, 0.4, 1, first_order, mode="vmap")
+        for name in loop:
+            assert torch.allclose(loop[name], vec[name], atol=1e-10, rtol=0), (first_order, name)
+
+
+def test_second_order_memory_grows_with_inner_steps_first_order_does_not():
+    net, batch = smooth_net(), smooth_batch(2)
+    params = maml.parameters_of(net)
+
+    def held(steps, first_order):
+        return maml.saved_tensor_bytes(
+            lambda: maml.adapted_query_losses(net, params, batch, F.mse_loss, 0.05, steps, first_order, "loop").mean()
+        )
+
+    second = [held(s, False) for s in (1, 2, 3)]
+    first = [held(s, True) for s in (1, 2, 3)]
+    assert second[0] < second[1] < second[2]
+    assert second[2] - second[1] == pytest.approx(second[1] - second[0], rel=0.05)  # linear in the steps
+    assert first[0] == first[1] == first[2]
+
+
 def test_batch_norm_uses_the_current_batch_statistics():
     net = maml.maml_conv4(5)
     assert list(net.buffers()) == []

@@ -227,8 +227,10 @@ def compile_siamese(model: keras.Model, learning_rate: float = 0.001, steps_per_
 def predict_pairs(model: keras.Model, left: np.ndarray, right: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Similarity ``(n_pairs,)`` in [0, 1] for image arrays ``(n_pairs, H, W)``, in inference mode."""
     left, right = as_float(left), as_float(right)
+    # predict_on_batch runs a compiled inference step (dropout off): several times faster than
+    # calling the model eagerly, and it works on every backend
     out = [
-        keras.ops.convert_to_numpy(model([left[i : i + batch_size], right[i : i + batch_size]], training=False))
+        keras.ops.convert_to_numpy(model.predict_on_batch([left[i : i + batch_size], right[i : i + batch_size]]))
         for i in range(0, len(left), batch_size)
     ]
     return np.concatenate(out).reshape(-1) if out else np.zeros(0, dtype=np.float32)
@@ -254,6 +256,29 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A tqdm bar over epochs showing loss and accuracy; ``on_epoch(epoch, logs)`` is called after each."""
+
+    def __init__(self, epochs: int, on_epoch=None, desc: str = "training") -> None:
+        super().__init__()
+        self.epochs, self.on_epoch, self.desc = epochs, on_epoch, desc
+
+    def on_train_begin(self, logs=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_accuracy")})
+        self.bar.update(1)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
 
 
 def train_siamese(
@@ -397,21 +422,20 @@ def plot_similarity_histograms(similarities: np.ndarray, same: np.ndarray, ax=No
 
 
 def show_pairs(left: np.ndarray, right: np.ndarray, same: np.ndarray, similarities: np.ndarray, columns: int = 8):
-    """A grid of pairs (one above the other), titled with the similarity; red when wrong."""
+    """A grid of pairs, the two images side by side, titled truth and similarity; red when wrong."""
     import matplotlib.pyplot as plt
 
     n = len(left)
     rows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.2 * columns, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.25 * rows + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for i in range(n):
-        r, c = 2 * (i // columns), i % columns
+    for i, ax in enumerate(axes.flat[:n]):
+        gap = np.full((left[i].shape[0], 2), np.nan)
+        ax.imshow(np.concatenate([left[i], gap, right[i]], axis=1), cmap="gray_r")
         correct = (similarities[i] > 0.5) == (same[i] > 0.5)
-        axes[r, c].imshow(left[i], cmap="gray_r")
-        axes[r + 1, c].imshow(right[i], cmap="gray_r")
-        truth = "same" if same[i] > 0.5 else "diff"
-        axes[r, c].set_title(f"{truth} p={similarities[i]:.2f}", fontsize=7, color="#1b5e20" if correct else "#b00020")
+        truth = "same" if same[i] > 0.5 else "different"
+        ax.set_title(f"{truth}, p={similarities[i]:.2f}", fontsize=7, color="#1b5e20" if correct else "#b00020")
     fig.tight_layout()
     return fig
 
@@ -515,6 +539,44 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
         "keras_backend": keras.backend.backend(), "keras": keras.__version__,
         "log": log,
     }
+
+
+EPOCH_TIMING_SCRIPT = """
+import json, os, sys, time
+os.environ["KERAS_BACKEND"] = sys.argv[1]
+import keras
+from helpers import siamese
+from helpers.datasets import load_mnist
+keras.utils.set_random_seed(0)
+data = load_mnist("mnist")
+pairs = siamese.make_pairs(data.train_labels, pairs_per_class=int(sys.argv[2]) or None, seed=0)
+model = siamese.compile_siamese(siamese.build_siamese())
+history, seconds = siamese.train_siamese(model, data.train_images, pairs, epochs=int(sys.argv[3]), verbose=0)
+print(json.dumps({"backend": keras.backend.backend(), "pairs": len(pairs), "seconds": seconds}))
+"""
+
+
+def time_epochs_with_backend(backend: str, pairs_per_class: int | None = None, epochs: int = 2, timeout: float = 600) -> dict:
+    """Train the MNIST twin for ``epochs`` in a fresh Python process using ``backend``.
+
+    A Keras backend is fixed when Keras is first imported, so comparing backends needs a
+    separate process. Returns ``{"backend", "pairs", "seconds": [per epoch]}``; the first
+    epoch includes tracing/compilation, the later ones are the steady state.
+    """
+    import subprocess
+    import sys
+
+    if backend not in ("tensorflow", "torch", "jax"):
+        raise ValueError(f"backend={backend!r} must be 'tensorflow', 'torch' or 'jax'.")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", EPOCH_TIMING_SCRIPT, backend, str(pairs_per_class or 0), str(epochs)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"timing with backend {backend} failed:\n{done.stderr[-1500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def load_checkpoint(path: str | Path) -> keras.Model:

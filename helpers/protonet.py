@@ -181,6 +181,168 @@ class ZeroShotProtoNet(nn.Module, FewShotMethod):
         return class_scores(self.image_encoder(query_images.to(self.device)), self.prototypes, self.distance)
 
 
+# ----------------------------------------------------------------------------- evaluation on cached embeddings
+
+
+@torch.no_grad()
+def embed_images(encoder: nn.Module, images, device: torch.device | None = None, batch_size: int = 2000) -> torch.Tensor:
+    """Embeddings ``(n, dim)`` of uint8 images ``(n, H, W)`` (or floats ``(n, 1, H, W)``), in eval mode.
+
+    In eval mode batch norm uses its stored statistics, so an image's embedding does not
+    depend on which other images share its batch: embedding a whole test split once and then
+    reading each episode's rows off it gives exactly the scores of running every episode.
+    """
+    device = device if device is not None else next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    images = torch.as_tensor(images)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device)
+        if batch.dtype == torch.uint8:
+            batch = batch.unsqueeze(1).float().div_(255.0)
+        chunks.append(encoder(batch))
+    encoder.train(was_training)
+    return torch.cat(chunks)
+
+
+def episode_accuracy_from_embeddings(embeddings: torch.Tensor, episode, distance: str = "euclidean", cosine_scale: float = 1.0) -> float:
+    """Accuracy on one episode, reading support and query embeddings by the episode's image rows."""
+    support = embeddings[torch.as_tensor(episode.support_indices, device=embeddings.device)]
+    queries = embeddings[torch.as_tensor(episode.query_indices, device=embeddings.device)]
+    prototypes = compute_prototypes(support, episode.support_labels.to(embeddings.device), episode.n_way)
+    predictions = class_scores(queries, prototypes, distance, cosine_scale).argmax(dim=1)
+    return float((predictions == episode.query_labels.to(embeddings.device)).float().mean())
+
+
+def evaluate_from_embeddings(embeddings: torch.Tensor, episodes, distance: str = "euclidean", cosine_scale: float = 1.0, progress: bool = True, desc: str = "evaluating"):
+    """:func:`helpers.fewshot.evaluate` for a ProtoNet whose dataset was embedded once.
+
+    ``episodes`` is any iterable of episodes of the embedded dataset (an
+    :class:`~helpers.episodes.EpisodeSampler`'s ``take`` list, or a generator of them).
+    """
+    from tqdm.auto import tqdm
+
+    from .fewshot import EvalResult, confidence_interval
+
+    accuracies = [episode_accuracy_from_embeddings(embeddings, e, distance, cosine_scale) for e in tqdm(episodes, desc=desc, disable=not progress, leave=False)]
+    if not accuracies:
+        raise ValueError("evaluate_from_embeddings needs at least one episode.")
+    import numpy as np
+
+    mean, ci95 = confidence_interval(accuracies)
+    return EvalResult(mean, ci95, np.array(accuracies))
+
+
+def sampled_episodes(dataset, n_way: int, k_shot: int, n_query: int, count: int, seed: int = 0):
+    """The episodes of ``sample_episodes(dataset, ...)``, one at a time, *without their pixels*.
+
+    Each episode has the same classes, labels and ``support_indices`` / ``query_indices`` as
+    the one :class:`~helpers.episodes.EpisodeSampler` draws with this ``seed`` (the sampler
+    sees a copy of the dataset with the same labels and 1x1 blank images), which is all
+    :func:`evaluate_from_embeddings` needs: no image is copied or converted.
+    """
+    import numpy as np
+
+    from .episodes import EpisodeSampler, FewShotDataset
+
+    blank = FewShotDataset(dataset.name, np.zeros((len(dataset.labels), 1, 1), dtype=np.uint8), dataset.labels, dataset.class_names)
+    sampler = EpisodeSampler(blank, n_way, k_shot, n_query, seed=seed)
+    for _ in range(count):
+        yield sampler.sample()
+
+
+# ----------------------------------------------------------------------------- zero-shot example data
+
+#: Seven-segment display codes of the digits 0-9: which of the segments a (top), b (upper
+#: right), c (lower right), d (bottom), e (lower left), f (upper left) and g (middle) are lit.
+#: A class description from another domain (a calculator display), usable as metadata v_k.
+SEVEN_SEGMENT = {
+    0: "abcdef", 1: "bc", 2: "abdeg", 3: "abcdg", 4: "bcfg",
+    5: "acdfg", 6: "acdefg", 7: "abc", 8: "abcdefg", 9: "abcdfg",
+}
+
+
+def seven_segment_vectors(digits=range(10)) -> torch.Tensor:
+    """``(len(digits), 7)`` 0/1 metadata vectors, one column per segment a..g."""
+    return torch.tensor([[float(s in SEVEN_SEGMENT[d]) for s in "abcdefg"] for d in digits])
+
+
+def train_zero_shot(
+    model: ZeroShotProtoNet, images: torch.Tensor, labels: torch.Tensor, metadata: torch.Tensor,
+    steps: int, per_class: int = 10, lr: float = 1e-3, seed: int = 0, progress: bool = True,
+) -> list[float]:
+    """Train f_theta and g_phi together on seen classes; return the loss of each step.
+
+    Each step draws ``per_class`` images of every class in ``metadata`` (rows = classes
+    ``0 .. n - 1`` of ``labels``) and classifies them against the prototypes ``g_phi(v_k)``.
+    ``images`` is uint8 ``(n, H, W)``.
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1 or per_class < 1:
+        raise ValueError(f"steps={steps} and per_class={per_class} must both be at least 1.")
+    generator = torch.Generator().manual_seed(seed)
+    members = [torch.nonzero(labels == k).flatten() for k in range(len(metadata))]
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    device = model.device
+    batch_labels = torch.arange(len(metadata)).repeat_interleave(per_class).to(device)
+    losses = []
+    model.train()
+    for _ in tqdm(range(steps), desc="zero-shot training", disable=not progress, leave=False):
+        rows = torch.cat([m[torch.randint(len(m), (per_class,), generator=generator)] for m in members])
+        batch = images[rows].to(device).unsqueeze(1).float().div_(255.0)
+        loss, _ = model.loss(metadata, batch, batch_labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------- t-SNE map
+
+
+def tsne_map(query_embeddings, query_labels, prototypes, class_names, predictions=None, random_state: int = 0, ax=None):
+    """t-SNE of query embeddings with their prototypes (stars); misclassified queries are
+    boxed with an arrow to the prototype of their true class.
+
+    ``query_embeddings (n, dim)``, ``query_labels (n,)``, ``prototypes (n_way, dim)``;
+    ``predictions`` (default: nearest prototype). Returns the axes and the 2-D points.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+    from sklearn.manifold import TSNE
+
+    queries = torch.as_tensor(query_embeddings).detach().cpu().float()
+    prototypes = torch.as_tensor(prototypes).detach().cpu().float()
+    labels = torch.as_tensor(query_labels).cpu().numpy()
+    if predictions is None:
+        predictions = class_scores(queries, prototypes).argmax(1)
+    predictions = torch.as_tensor(predictions).cpu().numpy()
+    points = np.concatenate([queries.numpy(), prototypes.numpy()])
+    perplexity = min(30.0, (len(points) - 1) / 3)
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state).fit_transform(points)
+    query_xy, proto_xy = xy[: len(queries)], xy[len(queries) :]
+    ax = ax or plt.subplots(figsize=(8, 7))[1]
+    colours = plt.get_cmap("tab10" if len(prototypes) <= 10 else "tab20")
+    span = np.ptp(xy, axis=0).max()
+    for k, name in enumerate(class_names):
+        mine = labels == k
+        ax.scatter(*query_xy[mine].T, s=18, color=colours(k % colours.N), alpha=0.8)
+        ax.scatter(*proto_xy[k], s=320, marker="*", color=colours(k % colours.N), edgecolor="black", linewidth=1.2, label=name, zorder=3)
+    box = 0.035 * span
+    for i in np.flatnonzero(predictions != labels):
+        x, y = query_xy[i]
+        ax.add_patch(Rectangle((x - box / 2, y - box / 2), box, box, fill=False, edgecolor="red", linewidth=1.5, zorder=4))
+        ax.annotate("", xy=proto_xy[labels[i]], xytext=(x, y), arrowprops=dict(arrowstyle="->", color="red", lw=1, alpha=0.8), zorder=2)
+    ax.set(xticks=[], yticks=[], title="t-SNE of query embeddings (dots) and prototypes (stars); red: misclassified → true prototype")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class (prototype)")
+    return ax, xy
+
+
 # ----------------------------------------------------------------------------- interactive panel
 
 

@@ -155,3 +155,29 @@ def test_panel_rejects_impossible_settings_with_one_line(needs_data):
         panel.controls[name].value = original
     panel.controls["episodes"].value = 4
     assert panel.run() is True and panel.message.value == ""
+
+
+def test_evaluation_from_cached_embeddings_equals_running_every_episode(needs_data):
+    _, test = small_omniglot()
+    torch.manual_seed(0)
+    encoder = Conv4(hidden=16)
+    encoder.train()
+    encoder(torch.rand(50, 1, 28, 28))  # move batch-norm statistics away from their defaults
+    encoder.eval()
+    episodes = EpisodeSampler(test, 5, 2, 4, seed=3).take(12)
+    light = list(protonet.sampled_episodes(test, 5, 2, 4, 12, seed=3))
+    for full, index_only in zip(episodes, light, strict=True):
+        assert np.array_equal(full.support_indices, index_only.support_indices)
+        assert np.array_equal(full.query_indices, index_only.query_indices)
+    embeddings = protonet.embed_images(encoder, test.images, batch_size=97)
+    for distance in protonet.DISTANCES:
+        slow = evaluate(protonet.ProtoNet(encoder, distance), episodes, progress=False)
+        fast = protonet.evaluate_from_embeddings(embeddings, light, distance, progress=False)
+        np.testing.assert_allclose(fast.accuracies, slow.accuracies)
+
+
+def test_seven_segment_codes():
+    codes = protonet.seven_segment_vectors()
+    assert codes.shape == (10, 7)
+    assert codes.sum(1).tolist() == [6, 2, 5, 5, 4, 5, 6, 3, 7, 6]  # segments lit per digit
+    assert torch.equal(codes[8], torch.ones(7))

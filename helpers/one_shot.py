@@ -329,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Train and save the committed checkpoint: ``python3 -m helpers.one_shot --epochs 12``."""
     import argparse
     import platform
+    import shlex
+    import sys
 
     from .episodes import omniglot_dataset
 
@@ -353,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     record = {
         "what": "Conv-4 embedding of a softmax classifier over the 964 Omniglot background characters "
         "(30 background alphabets of Lake et al.; no evaluation alphabet seen)",
-        "command": "python3 -m helpers.one_shot " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python3 -m helpers.one_shot " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "settings": vars(args),
         "hardware": args.hardware,
         "python": platform.python_version(),

@@ -595,6 +595,7 @@ class PreparedSplit:
     val_labels: np.ndarray
     test_features: torch.Tensor
     test_labels: np.ndarray
+    test_rows: np.ndarray | None = None  # which test-set images the test features belong to
 
 
 def prepare_split(
@@ -628,6 +629,7 @@ def prepare_split(
         data.train_labels[split.val_indices],
         image_features(encoder, data.test_images[test_rows]) if len(test_rows) else torch.empty(0, encoder.feature_dim),
         test_labels[test_rows],
+        test_rows,
     )
 
 

@@ -304,6 +304,14 @@ class RetrainedSoftmax(FewShotMethod):
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+        # batch norm's running averages lag far behind after a few dozen steps; re-estimate
+        # them on the support set so evaluation sees the statistics the weights were fitted to
+        with torch.no_grad():
+            for module in self.model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.reset_running_stats()
+                    module.momentum = None  # cumulative average: one pass gives the exact mean
+            self.model(support_images)
         self.model.eval()
         self.final_loss = float(loss.detach())
 

@@ -120,7 +120,7 @@ def test_retrained_softmax_memorises_its_one_shot_set(evaluation):
 
 def test_pretraining_learns_on_a_small_subset(evaluation):
     subset = evaluation.subset(range(8))
-    result = pretrain_classifier(subset, epochs=4, lr=1e-3, batch_size=32, val_per_class=4, max_shift=0, progress=False)
+    result = pretrain_classifier(subset, epochs=10, lr=1e-3, batch_size=16, val_per_class=4, max_shift=0, progress=False)
     assert result.history["loss"][-1] < result.history["loss"][0]
     assert max(result.history["val accuracy"]) > 0.3  # 8 classes: chance is 0.125
 

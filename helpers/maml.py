@@ -151,12 +151,15 @@ class TaskBatch:
 def resolve_mode(mode: str, device: torch.device | str, model: nn.Module | None = None) -> str:
     """The path to run a meta-batch on: ``"auto"`` becomes the faster one for ``device`` and ``model``.
 
-    Measured on this course's machines: on CUDA, ``vmap`` (one batched call for all tasks) is
-    about 10x faster than the loop for Conv-4; on a CPU the loop is about 2-3x faster than
-    ``vmap`` for Conv-4 (batched convolutions gain nothing there), while for a small MLP such as
-    the sinusoid regressor ``vmap`` is about 5x faster (the loop's Python overhead dominates).
-    So ``"auto"`` picks ``vmap`` on CUDA and, on other devices, ``loop`` for convolutional
-    networks and ``vmap`` otherwise. Both stay selectable by name.
+    Measured with ``benchmarks/bench_maml.py`` on the course's shared 2-core CPU (one torch
+    thread, other jobs running, so +-30 %): for Conv-4 with 15 queries per class and a meta-batch
+    of 8 the loop beat vmap (second order 9.5 s against 13.5 s per meta-step, first order 6.1 s
+    against 18.1 s); with 1 query per class and a meta-batch of 32 vmap was ahead (10.0 s against
+    15.0 s second order, 5.3 s against 5.7 s first order); for the sinusoid MLP vmap was about 5x
+    faster (32 ms against 152 ms). On a GPU, vmap is reported about 10x faster than the loop for
+    Conv-4 at meta-batch 32 (not measured here). So ``"auto"`` picks ``vmap`` on CUDA and, on
+    other devices, ``loop`` for convolutional networks and ``vmap`` otherwise. Both stay
+    selectable by name.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")

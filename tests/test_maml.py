@@ -331,3 +331,14 @@ def test_omniglot_command_trains_saves_and_reloads(tmp_path):
     assert 0 <= meta["val_accuracy"] <= 1
     model, _ = maml.load_omniglot_checkpoint(out)
     assert model(torch.rand(4, 1, 28, 28)).shape == (4, 5)
+
+
+def test_sinusoid_command_writes_both_checkpoints(tmp_path):
+    out = tmp_path / "maml_sin.pt"
+    maml.main(["sinusoid", "--meta-steps", "5", "--threads", "1", "--out", str(out)])
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["meta_steps_done"] == 5 and meta["model"] == "maml"
+    assert set(meta["test_mse"]) == {"maml", "pretrained"} and len(meta["test_mse"]["maml"]["5"]) == 11
+    baseline, base_meta = maml.load_sinusoid_checkpoint(tmp_path / "maml_sin_pretrained.pt")
+    assert base_meta["model"] == "pretrained"
+    assert baseline(torch.zeros(3, 1)).shape == (3, 1)

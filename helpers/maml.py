@@ -803,7 +803,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             om.add_argument(flag, type=float, default=None, help="stop after this many minutes of training")
         else:
             om.add_argument(flag, type=type(value), default=value)
-    om.add_argument("--paper", action="store_true", help="take inner_lr, steps and meta-batch from the paper for --n-way")
+    om.add_argument("--paper", action="store_true",
+                    help="the paper's alpha, inner steps, meta-batch and meta-steps for --n-way (flags given explicitly win)")
     om.add_argument("--out", type=Path, default=None)
     om.add_argument("--hardware", default="", help="a description of the machine, stored in the .json")
     om.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 is fastest on a busy CPU)")
@@ -840,7 +841,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.paper:
         if args.n_way not in PAPER_OMNIGLOT:
             raise SystemExit(f"--paper knows n_way 5 and 20, not {args.n_way}")
-        settings.update(PAPER_OMNIGLOT[args.n_way])
+        explicit = {k for k, v in settings.items() if v != getattr(defaults, k)}  # flags given win over --paper
+        settings.update({k: v for k, v in PAPER_OMNIGLOT[args.n_way].items() if k not in explicit})
     _, meta = train_omniglot(OmniglotRun(**settings), args.out, command=command, hardware=args.hardware)
     print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "meta_loss_every_10")}, indent=2))
 

@@ -28,6 +28,16 @@ from helpers.maml_rl import (
     sample_goals,
 )
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: one thread is much faster than two contending on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- environment
 
 

@@ -286,3 +286,25 @@ def test_maml_outer_step_raises_the_return_after_adaptation():
     first, last = sum(history.post_return[:3]) / 3, sum(history.post_return[-3:]) / 3
     assert last > first + 0.3 * abs(first)
     assert last > sum(history.pre_return[-3:]) / 3
+
+
+def test_panel_reports_bad_settings_even_inside_a_kernel(monkeypatch):
+    # Inside Jupyter, ipywidgets' Output.__exit__ swallows exceptions (it prints a traceback);
+    # notebook 08's panel relies on Panel catching them first and answering in one line.
+    import ipywidgets.widgets.widget_output as widget_output
+
+    from helpers import widgets
+
+    class FakeShell:
+        def showtraceback(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(widget_output, "get_ipython", lambda: FakeShell())
+
+    def on_run(values):
+        widgets.check_positive("alpha", values["alpha"])
+
+    panel = widgets.Panel("t", {"alpha": widgets.float_box("alpha", 0.1)}, on_run)
+    assert panel.run() is True and panel.message.value == ""
+    panel.controls["alpha"].value = -0.1
+    assert panel.run() is False and "alpha=-0.1" in panel.message.value

@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
 import time  # noqa: E402
+import weakref  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -313,22 +314,50 @@ def train_siamese(
 # One-shot meta-testing
 
 
-def pair_similarities(model: keras.Model, query_images: np.ndarray, support_images: np.ndarray) -> np.ndarray:
+def pair_similarities(model: keras.Model, query_images: np.ndarray, support_images: np.ndarray, logits: bool = False) -> np.ndarray:
     """``(n_query, n_support)`` similarity of every query to every support image.
 
     Pairs each query with each support image explicitly and runs the twin on all the pairs.
+    ``logits=True`` returns ``w . |h(x1) - h(x2)| + b``, the head's input to the sigmoid: it
+    ranks the support images exactly as the probability does, but never saturates (a
+    well-trained twin gives many probabilities of exactly 0.0 or 1.0 in float32, which tie).
     """
     n_query, n_support = len(query_images), len(support_images)
     left = np.repeat(query_images, n_support, axis=0)   # q0 q0 q0 ... q1 q1 q1 ...
     right = np.tile(support_images, (n_query, 1, 1))     # s0 s1 s2 ... s0 s1 s2 ...
-    return predict_pairs(model, left, right).reshape(n_query, n_support)
+    if not logits:
+        return predict_pairs(model, left, right).reshape(n_query, n_support)
+    return pair_logits(model, left, right).reshape(n_query, n_support)
+
+
+_DISTANCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def pair_logits(model: keras.Model, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The head's pre-sigmoid score ``w . |h(x1) - h(x2)| + b`` for each pair, ``(n_pairs,)``."""
+    distance_model = _DISTANCE_MODELS.get(model)
+    if distance_model is None:  # built once per twin: a new model would be traced again each call
+        distance_model = _DISTANCE_MODELS[model] = keras.Model(model.inputs, model.get_layer("l1_distance").output)
+    weights, bias = model.get_layer("similarity").get_weights()
+    distances = predict_pairs_with(distance_model, left, right)
+    return (distances @ weights).reshape(-1) + bias[0]
+
+
+def predict_pairs_with(model: keras.Model, left: np.ndarray, right: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Any two-input model's outputs on pairs, batch by batch, in inference mode."""
+    left, right = as_float(left), as_float(right)
+    return np.concatenate([
+        keras.ops.convert_to_numpy(model.predict_on_batch([left[i : i + batch_size], right[i : i + batch_size]]))
+        for i in range(0, len(left), batch_size)
+    ])
 
 
 class SiameseOneShot(FewShotMethod):
     """N-way K-shot classification with a trained twin: the class of the most similar support.
 
     A class's score is the highest similarity between the query and that class's support
-    images (with K = 1, simply the similarity to its one example).
+    images (with K = 1, simply the similarity to its one example). Scores are the head's
+    logits (see :func:`pair_similarities`), so saturated probabilities cannot tie.
     """
 
     def __init__(self, model: keras.Model) -> None:
@@ -340,7 +369,7 @@ class SiameseOneShot(FewShotMethod):
         self.n_way = int(self.support_labels.max()) + 1
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        similarity = pair_similarities(self.model, _to_numpy_images(query_images), self.support_images)
+        similarity = pair_similarities(self.model, _to_numpy_images(query_images), self.support_images, logits=True)
         scores = np.full((len(similarity), self.n_way), -np.inf, dtype=np.float32)
         for label in range(self.n_way):
             scores[:, label] = similarity[:, self.support_labels == label].max(axis=1)
@@ -556,12 +585,14 @@ print(json.dumps({"backend": keras.backend.backend(), "pairs": len(pairs), "seco
 """
 
 
-def time_epochs_with_backend(backend: str, pairs_per_class: int | None = None, epochs: int = 2, timeout: float = 600) -> dict:
+def time_epochs_with_backend(backend: str, pairs_per_class: int | None = None, epochs: int = 2, timeout: float = 600, threads: int | None = None) -> dict:
     """Train the MNIST twin for ``epochs`` in a fresh Python process using ``backend``.
 
     A Keras backend is fixed when Keras is first imported, so comparing backends needs a
     separate process. Returns ``{"backend", "pairs", "seconds": [per epoch]}``; the first
-    epoch includes tracing/compilation, the later ones are the steady state.
+    epoch includes tracing/compilation, the later ones are the steady state. ``threads`` sets
+    ``OMP_NUM_THREADS`` for that process (on a CPU shared with other jobs, PyTorch's OpenMP
+    threads can spend most of their time waiting for each other).
     """
     import subprocess
     import sys
@@ -569,6 +600,8 @@ def time_epochs_with_backend(backend: str, pairs_per_class: int | None = None, e
     if backend not in ("tensorflow", "torch", "jax"):
         raise ValueError(f"backend={backend!r} must be 'tensorflow', 'torch' or 'jax'.")
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
         [sys.executable, "-c", EPOCH_TIMING_SCRIPT, backend, str(pairs_per_class or 0), str(epochs)],

@@ -136,7 +136,11 @@ def test_one_shot_scores_equal_explicit_pair_predictions():
     for q in range(4):
         for s in range(3):
             expected = siamese.predict_pairs(model, query[q : q + 1], support[s : s + 1])[0]
-            assert np.isclose(scores[q, s], expected, atol=1e-6)
+            # scores are the head's logits: the sigmoid of a score is the pair's probability
+            assert np.isclose(1 / (1 + np.exp(-scores[q, s])), expected, atol=1e-5)
+    probabilities = siamese.pair_similarities(model, query, support)
+    assert np.allclose(probabilities, 1 / (1 + np.exp(-scores)), atol=1e-5)
+    assert np.array_equal(probabilities.argmax(axis=1), scores.argmax(axis=1))
     # two support images of one class: its score is the better of the two
     method.process_support_set(torch.from_numpy(support).unsqueeze(1), torch.tensor([0, 0, 1]))
     two = method.scores(torch.from_numpy(query).unsqueeze(1)).numpy()
@@ -177,7 +181,7 @@ def test_short_training_beats_chance_on_held_out_pairs_and_one_shot():
 
 def test_pair_accuracy_counts_by_threshold():
     assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1])) == 0.5
-    assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]), threshold=0.3) == 0.5
+    assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]), threshold=0.3) == 0.75
     assert siamese.pair_accuracy(np.array([0.9, 0.2]), np.array([1, 0]), threshold=0.95) == 0.5
 
 

@@ -209,6 +209,32 @@ def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     return torch.cat([encoder(images[b : b + batch_size].to(device)) for b in range(0, len(images), batch_size)])
 
 
+class CachedEncoder(nn.Module):
+    """A frozen encoder that remembers the embedding of every image it has seen.
+
+    Evaluation draws the same evaluation images again and again (hundreds of episodes, two
+    similarities); with the weights fixed their embeddings never change, so each distinct
+    image is run through the network once. A speed trick only: the numbers are identical.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.out_features = getattr(encoder, "out_features", 64)
+        self.memory: dict[bytes, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        keys = [image.cpu().numpy().tobytes() for image in images]
+        missing = [i for i, k in enumerate(keys) if k not in self.memory]
+        if missing:
+            self.encoder.eval()
+            fresh = self.encoder(images[missing]).cpu()
+            for i, row in zip(missing, fresh):
+                self.memory[keys[i]] = row
+        return torch.stack([self.memory[k] for k in keys]).to(images.device)
+
+
 # --------------------------------------------------------------------------------------------
 # the database: one stored embedding per class, identification by the nearest one
 

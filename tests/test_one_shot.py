@@ -142,3 +142,16 @@ def test_committed_checkpoint_beats_pixels(evaluation):
     assert learned > pixels + 0.2 and learned > 0.75
     record = checkpoint_record()
     assert {"command", "hardware", "wall_time_s", "val_accuracy_964_way"} <= set(record)
+
+
+def test_cached_encoder_gives_identical_embeddings(evaluation):
+    from helpers.one_shot import CachedEncoder
+
+    encoder = random_encoder(3)
+    cached = CachedEncoder(encoder)
+    images = as_images(evaluation, np.arange(12))
+    first = cached(images[:8])
+    again = cached(images[4:])  # 4 remembered, 4 new
+    assert len(cached.memory) == 12
+    assert torch.allclose(again, embed(encoder, images[4:]), atol=1e-6)
+    assert torch.allclose(first, embed(encoder, images[:8]), atol=1e-6)

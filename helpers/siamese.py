@@ -450,8 +450,11 @@ def plot_similarity_histograms(similarities: np.ndarray, same: np.ndarray, ax=No
     return ax
 
 
-def show_pairs(left: np.ndarray, right: np.ndarray, same: np.ndarray, similarities: np.ndarray, columns: int = 8):
-    """A grid of pairs, the two images side by side, titled truth and similarity; red when wrong."""
+def show_pairs(left: np.ndarray, right: np.ndarray, same: np.ndarray, similarities: np.ndarray | None = None, columns: int = 8):
+    """A grid of pairs, the two images side by side, titled truth and similarity; red when wrong.
+
+    Without ``similarities`` only the truth ("same" / "different") is shown.
+    """
     import matplotlib.pyplot as plt
 
     n = len(left)
@@ -462,8 +465,11 @@ def show_pairs(left: np.ndarray, right: np.ndarray, same: np.ndarray, similariti
     for i, ax in enumerate(axes.flat[:n]):
         gap = np.full((left[i].shape[0], 2), np.nan)
         ax.imshow(np.concatenate([left[i], gap, right[i]], axis=1), cmap="gray_r")
-        correct = (similarities[i] > 0.5) == (same[i] > 0.5)
         truth = "same" if same[i] > 0.5 else "different"
+        if similarities is None:
+            ax.set_title(truth, fontsize=8)
+            continue
+        correct = (similarities[i] > 0.5) == (same[i] > 0.5)
         ax.set_title(f"{truth}, p={similarities[i]:.2f}", fontsize=7, color="#1b5e20" if correct else "#b00020")
     fig.tight_layout()
     return fig

@@ -216,6 +216,11 @@ BACKEND_SCRIPT = textwrap.dedent(
     model.save(path)
     again = siamese.load_checkpoint(path)
     assert np.allclose(p, siamese.predict_pairs(again, images[:5], images[5:10]), atol=1e-6)
+    import torch
+    method = siamese.SiameseOneShot(again)
+    method.process_support_set(torch.from_numpy(images[:4, None]), torch.arange(4))
+    scores = method.scores(torch.from_numpy(images[4:7, None])).numpy()
+    assert np.allclose(1 / (1 + np.exp(-scores)), siamese.pair_similarities(again, images[4:7], images[:4]), atol=1e-5)
     print("ok", keras.backend.backend())
     """
 )

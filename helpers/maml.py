@@ -152,14 +152,14 @@ def resolve_mode(mode: str, device: torch.device | str, model: nn.Module | None 
     """The path to run a meta-batch on: ``"auto"`` becomes the faster one for ``device`` and ``model``.
 
     Measured with ``benchmarks/bench_maml.py`` on the course's shared 2-core CPU (one torch
-    thread, other jobs running, so +-30 %): for Conv-4 with 15 queries per class and a meta-batch
-    of 8 the loop beat vmap (second order 9.5 s against 13.5 s per meta-step, first order 6.1 s
-    against 18.1 s); with 1 query per class and a meta-batch of 32 vmap was ahead (10.0 s against
-    15.0 s second order, 5.3 s against 5.7 s first order); for the sinusoid MLP vmap was about 5x
-    faster (32 ms against 152 ms). On a GPU, vmap is reported about 10x faster than the loop for
-    Conv-4 at meta-batch 32 (not measured here). So ``"auto"`` picks ``vmap`` on CUDA and, on
-    other devices, ``loop`` for convolutional networks and ``vmap`` otherwise. Both stay
-    selectable by name.
+    thread, load average about 2-3, Conv-4, meta-batch 32, 5-way 1-shot, one inner step): with
+    15 queries per class the loop took 5.3 s per second-order meta-step against 15.1 s for vmap
+    (first order 6.1 s against 15.7 s); with 1 query per class (the paper's training tasks) the
+    two were even (1.31 s against 1.28 s second order, 0.74 s against 0.87 s first order). For
+    the sinusoid MLP vmap was about 5x faster (32 ms against 152 ms, meta-batch 25). On a GPU,
+    vmap is reported about 10x faster than the loop for Conv-4 at meta-batch 32 (not measured
+    here). So ``"auto"`` picks ``vmap`` on CUDA and, on other devices, ``loop`` for
+    convolutional networks and ``vmap`` otherwise. Both stay selectable by name.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")

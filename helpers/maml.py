@@ -171,6 +171,24 @@ def resolve_mode(mode: str, device: torch.device | str, model: nn.Module | None 
     return "loop" if has_conv else "vmap"
 
 
+def _adapt_on_support(
+    model: nn.Module, params: Params, loss: LossFn, support_x: Tensor, support_y: Tensor,
+    inner_lr: float, steps: int, first_order: bool, functional: bool,
+) -> Params:
+    """One task's adapted parameters: ``steps`` inner steps on its support loss.
+
+    ``functional=True`` takes the ``torch.func.grad`` path that works inside ``vmap``; otherwise
+    the autograd path of :func:`inner_adapt` (the readable per-task loop).
+    """
+
+    def support_loss(q: Params) -> Tensor:
+        return loss(functional_call(model, q, (support_x,)), support_y)
+
+    if functional:
+        return inner_adapt_functional(support_loss, params, inner_lr, steps, first_order)
+    return inner_adapt(model, params, support_loss, inner_lr, steps, first_order)
+
+
 def adapted_query_losses(
     model: nn.Module,
     params: Params,
@@ -188,13 +206,7 @@ def adapted_query_losses(
     mode = resolve_mode(mode, batch.support_x.device, model)
 
     def task_query_loss(p: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, functional: bool) -> Tensor:
-        def support_loss(q: Params) -> Tensor:
-            return loss(functional_call(model, q, (sx,)), sy)
-
-        if functional:
-            adapted = inner_adapt_functional(support_loss, p, inner_lr, steps, first_order)
-        else:
-            adapted = inner_adapt(model, p, support_loss, inner_lr, steps, first_order)
+        adapted = _adapt_on_support(model, p, loss, sx, sy, inner_lr, steps, first_order, functional)
         return loss(functional_call(model, adapted, (qx,)), qy)
 
     if mode == "loop":
@@ -222,13 +234,7 @@ def adapted_query_outputs(
     start = {k: v.detach() for k, v in params.items()}
 
     def task_outputs(sx: Tensor, sy: Tensor, qx: Tensor, functional: bool) -> Tensor:
-        def support_loss(q: Params) -> Tensor:
-            return loss(functional_call(model, q, (sx,)), sy)
-
-        if functional:
-            adapted = inner_adapt_functional(support_loss, start, inner_lr, steps, first_order=True)
-        else:
-            adapted = inner_adapt(model, start, support_loss, inner_lr, steps, first_order=True)
+        adapted = _adapt_on_support(model, start, loss, sx, sy, inner_lr, steps, True, functional)
         return functional_call(model, adapted, (qx,)).detach()
 
     if mode == "loop":

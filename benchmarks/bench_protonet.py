@@ -58,6 +58,8 @@ def main() -> None:
     from helpers.training import DeviceEpisodeSampler, train_episodic
 
     device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the training command does
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {describe_device(device)}; torch {torch.__version__}")
     data = omniglot_dataset("vinyals-trainval")
     loss_function = protonet.make_episode_loss()

@@ -42,9 +42,12 @@ def cosine_similarities(query_embeddings: torch.Tensor, support_embeddings: torc
     return F.normalize(query_embeddings, dim=-1) @ F.normalize(support_embeddings, dim=-1).T
 
 
-def attention_weights(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor) -> torch.Tensor:
-    """``a(x_hat, x_i) = softmax_i( c(f(x_hat), g(x_i)) )``: ``(q, s)``, each row sums to 1."""
-    return cosine_similarities(query_embeddings, support_embeddings).softmax(dim=-1)
+def attention_weights(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``a(x_hat, x_i) = softmax_i( s * c(f(x_hat), g(x_i)) )``: ``(q, s)``, each row sums to 1.
+
+    ``scale`` (s, a temperature's inverse) sharpens the softmax: the paper's kernel is ``s = 1``.
+    """
+    return (scale * cosine_similarities(query_embeddings, support_embeddings)).softmax(dim=-1)
 
 
 def label_distribution(attention: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -152,6 +155,12 @@ class AttentionLSTM(nn.Module):
         return (h, reads) if return_reads else h
 
 
+def check_scale(scale: float) -> None:
+    """Raise ``ValueError`` unless the attention scale is a positive number."""
+    if isinstance(scale, bool) or not np.isfinite(float(scale)) or float(scale) <= 0:
+        raise ValueError(f"scale={scale} must be a positive number (1 is the paper's cosine softmax; try 1 to 30).")
+
+
 def check_processing_steps(processing_steps: int) -> None:
     """Raise ``ValueError`` unless T is a whole number >= 1."""
     if isinstance(processing_steps, bool) or not float(processing_steps).is_integer() or processing_steps < 1:
@@ -177,16 +186,33 @@ class MatchingNetwork(FewShotMethod, nn.Module):
     each class. Call ``.eval()`` before evaluating so batch norm uses its running statistics.
     """
 
-    def __init__(self, encoder: nn.Module | None = None, fce: bool = False, processing_steps: int = 5) -> None:
+    def __init__(
+        self, encoder: nn.Module | None = None, fce: bool = False, processing_steps: int = 5,
+        scale: float = 1.0, learn_scale: bool = False,
+    ) -> None:
         nn.Module.__init__(self)
         self.encoder = encoder if encoder is not None else Conv4()
         dim = getattr(self.encoder, "out_features", 64)
         self.fce = bool(fce)
         self.processing_steps = int(processing_steps)
         check_processing_steps(processing_steps)
+        check_scale(scale)
+        # the attention is softmax(s * cosine); s is stored as log s, so that it stays positive
+        # when it is learned, and it is saved in the checkpoint either way
+        self.log_scale = nn.Parameter(torch.tensor(float(np.log(scale))), requires_grad=bool(learn_scale))
         if self.fce:
             self.support_context = SupportContextEncoder(dim)
             self.query_context = AttentionLSTM(dim, processing_steps)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if "log_scale" not in state_dict:  # saved before the scale existed: the paper's kernel, s = 1
+            state_dict = {**state_dict, "log_scale": torch.tensor(0.0)}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """``s`` in ``softmax(s * cosine)``: 1 is the paper's kernel, larger is sharper."""
+        return self.log_scale.exp()
 
     @property
     def device(self) -> torch.device:  # follows the weights wherever .to() puts them
@@ -214,20 +240,26 @@ class MatchingNetwork(FewShotMethod, nn.Module):
         return self.query_context(query_embeddings, support_context) if self.fce else query_embeddings
 
     def similarities(self, support_images: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
-        """``c(f(x_hat, S), g(x_i, S))``: cosine of every query with every support image, ``(q, s)``."""
-        support_context = self.embed_support(support_images)
-        return cosine_similarities(self.embed_queries(query_images, support_context), support_context)
+        """``c(f(x_hat, S), g(x_i, S))``: cosine of every query with every support image, ``(q, s)``.
+
+        Support and query images go through Conv-4 in one batch, so that in training mode batch
+        norm normalises both with the same statistics.
+        """
+        n_support = len(support_images)
+        embeddings = self.encoder(torch.cat([support_images, query_images]))
+        support_context = self.support_in_context(embeddings[:n_support])
+        return cosine_similarities(self.queries_in_context(embeddings[n_support:], support_context), support_context)
 
     def forward(
         self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor, n_way: int | None = None
     ) -> torch.Tensor:
         """``log y_hat``: ``(q, n_way)`` log-probabilities of each class for each query."""
         n_way = n_way or int(support_labels.max()) + 1
-        return log_label_distribution(self.similarities(support_images, query_images), support_labels, n_way)
+        return log_label_distribution(self.scale * self.similarities(support_images, query_images), support_labels, n_way)
 
     def attention(self, support_images: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
         """The attention ``a(x_hat, x_i)`` of every query over the support set, ``(q, s)``."""
-        return self.similarities(support_images, query_images).softmax(dim=-1)
+        return (self.scale * self.similarities(support_images, query_images)).softmax(dim=-1)
 
     # ---- the shared few-shot interface -------------------------------------------------------
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
@@ -239,7 +271,7 @@ class MatchingNetwork(FewShotMethod, nn.Module):
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             queries = self.embed_queries(query_images, self._support_context)
-            attention = attention_weights(queries, self._support_context)
+            attention = attention_weights(queries, self._support_context, self.scale)
             return label_distribution(attention, self._support_labels, self._n_way)
 
 
@@ -281,7 +313,7 @@ def evaluate_embedded(model: MatchingNetwork, embeddings: torch.Tensor, episodes
             support = model.support_in_context(embeddings[rows[:n_support]])
             queries = model.queries_in_context(embeddings[rows[n_support:]], support)
             labels = episode.support_labels.to(device)
-            y_hat = label_distribution(attention_weights(queries, support), labels, episode.n_way)
+            y_hat = label_distribution(attention_weights(queries, support, model.scale), labels, episode.n_way)
             accuracies.append(float((y_hat.argmax(dim=-1).cpu() == episode.query_labels.cpu()).float().mean()))
     mean, ci95 = confidence_interval(accuracies)
     return EvalResult(mean, ci95, np.array(accuracies))
@@ -314,12 +346,14 @@ def main(argv: list[str] | None = None) -> None:
     import time
 
     from .device import describe_device, pick_device
-    from .episodes import EpisodeSampler, omniglot_dataset, sample_episodes
-    from .training import train_episodic
+    from .episodes import omniglot_dataset, sample_episodes
+    from .training import DeviceEpisodeSampler, train_episodic
 
     parser = argparse.ArgumentParser(prog="python -m helpers.matching", description=main.__doc__)
     parser.add_argument("--fce", action="store_true", help="use full context embeddings")
     parser.add_argument("--processing-steps", type=int, default=5, help="T of the attention LSTM")
+    parser.add_argument("--scale", type=float, default=10.0, help="s in softmax(s * cosine), its starting value when learned (the paper: 1)")
+    parser.add_argument("--fixed-scale", action="store_true", help="keep s fixed instead of learning it")
     parser.add_argument("--n-way", type=int, default=20)
     parser.add_argument("--k-shot", type=int, default=1)
     parser.add_argument("--n-query", type=int, default=5)
@@ -333,16 +367,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=None, help="time budget: stop (validate, save) after it")
     parser.add_argument("--hardware", default=None, help="how to describe the machine in the .json")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (print each validation instead)")
+    parser.add_argument(
+        "--keep", choices=("best", "last"), default=None,
+        help="weights to save; default: 'last' when the validation classes are inside the training split, else 'best'",
+    )
     parser.add_argument("--out", required=True, help="checkpoint path, e.g. data/checkpoints/matching_fce.pt")
     args = parser.parse_args(argv)
 
-    device = pick_device()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every episode has the same shapes
     torch.manual_seed(args.seed)
-    model = MatchingNetwork(fce=args.fce, processing_steps=args.processing_steps).to(device)
+    model = MatchingNetwork(fce=args.fce, processing_steps=args.processing_steps, scale=args.scale, learn_scale=not args.fixed_scale).to(device)
     train = omniglot_dataset(args.train_split)
     val = omniglot_dataset(args.val_split)
-    sampler = EpisodeSampler(train, args.n_way, args.k_shot, args.n_query, seed=args.seed)
-    val_episodes = sample_episodes(val, args.n_way, args.k_shot, args.n_query, args.val_episodes, seed=args.seed + 1)
+    overlap = bool(set(train.class_names) & set(val.class_names))
+    keep = args.keep or ("last" if overlap else "best")
+    # the images live on the training device and episodes are gathered there
+    sampler = DeviceEpisodeSampler(train, args.n_way, args.k_shot, args.n_query, device=device, seed=args.seed)
+    val_episodes = [e.to(device) for e in sample_episodes(val, args.n_way, args.k_shot, args.n_query, args.val_episodes, seed=args.seed + 1)]
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_halve_every, gamma=0.5)
     metadata = {
@@ -350,14 +398,18 @@ def main(argv: list[str] | None = None) -> None:
         "arguments": vars(args),
         "hardware": args.hardware or f"{platform.machine()} {describe_device(device)}",
         "torch": torch.__version__,
-        "validation": f"{args.val_episodes} {args.n_way}-way {args.k_shot}-shot episodes of {args.val_split}",
+        "validation": f"{args.val_episodes} {args.n_way}-way {args.k_shot}-shot episodes of {args.val_split}"
+        + (" (these classes are inside the training split: a monitor, not a held-out score)" if overlap else " (held-out classes)"),
+        "keep": keep,
     }
     start = time.perf_counter()
     history = train_episodic(
         model, matching_loss, sampler, args.episodes, optimizer, scheduler,
         val_method=model, val_episodes=val_episodes, val_every=args.val_every,
-        checkpoint=args.out, device=device, seed=args.seed, metadata=metadata,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        checkpoint=args.out, device=device, seed=args.seed, metadata=metadata, keep=keep,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, progress=not args.no_progress,
+        on_validation=lambda h: print(f"episode {h.val_episode[-1]}: validation {100 * h.val_accuracy[-1]:.2f} ± {100 * h.val_ci95[-1]:.2f} %, "
+                                      f"scale {model.scale.item():.2f}, {h.episodes_per_second:.1f} episodes/s", flush=True),
     )
     # the loop wrote the best weights and their metadata; add the whole run's wall time and curves
     import json
@@ -368,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     info["wall_seconds"] = round(time.perf_counter() - start, 1)
     info["interrupted"] = history.interrupted
     info["episodes_total"] = history.n_episodes  # "episodes_trained" counts those behind the saved weights
+    info["scale"] = round(float(torch.load(args.out, map_location="cpu", weights_only=True)["log_scale"].exp()), 4)
     block = 10  # the curves are stored as means over blocks of 10 episodes, to keep the file small
 
     def means(values: list[float]) -> list[float]:

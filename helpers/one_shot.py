@@ -366,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import shlex
     import sys
 
+    from .device import describe_device, pick_device
     from .episodes import omniglot_dataset
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -378,13 +379,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ONE_SHOT_CHECKPOINT))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-minutes", type=float, default=None)
-    parser.add_argument("--hardware", default=f"{torch.get_num_threads()}-thread CPU, no GPU")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    parser.add_argument("--hardware", default=None, help="how to describe the machine in the .json (default: the device found)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    args.hardware = args.hardware or f"{platform.machine()}, {describe_device(device)}" + ("; no GPU" if device.type == "cpu" else "")
     dataset = omniglot_dataset("background")
     result = pretrain_classifier(
         dataset, args.epochs, args.lr, args.batch_size, args.val_per_class, args.max_shift, args.seed,
-        max_minutes=args.max_minutes,
+        device=device, max_minutes=args.max_minutes,
     )
     record = {
         "what": "Conv-4 embedding of a softmax classifier over the 964 Omniglot background characters "

@@ -473,6 +473,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every episode has the same shapes
     torch.manual_seed(args.seed)
     train = omniglot_dataset(args.train_split)
     val = omniglot_dataset(args.val_split)

@@ -219,6 +219,7 @@ def train_episodic(
                 bar.set_postfix(loss=f"{np.mean(history.loss[-50:]):.3f}", acc=f"{np.mean(history.accuracy[-50:]):.3f}")
             out_of_time = max_seconds is not None and time.perf_counter() - clock > max_seconds
             if val_method is not None and (step % val_every == 0 or step == n_episodes or out_of_time):
+                flush()  # so that the history is complete when on_validation reads it
                 history.seconds = elapsed_before + time.perf_counter() - clock
                 validate(number)
             if out_of_time:

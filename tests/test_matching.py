@@ -177,7 +177,7 @@ def test_predictions_do_not_depend_on_support_order_given_g():
 
 def test_fce_model_shapes_gradients_and_interface():
     torch.manual_seed(9)
-    model = MatchingNetwork(encoder=Conv4(hidden=16), fce=True, processing_steps=3)
+    model = MatchingNetwork(encoder=Conv4(hidden=16), fce=True, processing_steps=3, scale=5.0, learn_scale=True)
     support, queries = torch.rand(10, 1, 28, 28), torch.rand(6, 1, 28, 28)
     labels = torch.arange(5).repeat_interleave(2)
     log_p = model(support, labels, queries)
@@ -237,3 +237,34 @@ def test_training_on_a_few_classes_beats_chance(needs_data, fce):
     assert history.loss[-20:] and sum(history.loss[-20:]) / 20 < sum(history.loss[:20]) / 20
     assert after > 0.45, f"5-way accuracy {after:.2f} is not far above chance (0.20)"
     assert after > before + 0.1, f"training did not help enough: {before:.2f} -> {after:.2f}"
+
+
+def test_the_scale_sharpens_the_attention_but_never_changes_a_one_shot_ranking():
+    torch.manual_seed(3)
+    support, queries = torch.rand(5, 1, 28, 28), torch.rand(8, 1, 28, 28)
+    paper = MatchingNetwork(encoder=Conv4(hidden=8)).eval()
+    sharp = MatchingNetwork(encoder=Conv4(hidden=8), scale=20.0).eval()
+    sharp.load_state_dict({**paper.state_dict(), "log_scale": torch.tensor(math.log(20.0))})
+    assert float(paper.scale) == 1.0 and abs(float(sharp.scale) - 20.0) < 1e-4
+    with torch.no_grad():
+        a_paper, a_sharp = paper.attention(support, queries), sharp.attention(support, queries)
+    assert torch.equal(a_paper.argsort(dim=1), a_sharp.argsort(dim=1))
+    assert (a_sharp.max(dim=1).values > a_paper.max(dim=1).values).all()
+    # the cosine kernel is bounded: with s = 1 no support image can take much more than its share
+    assert a_paper.max() < math.e / (math.e + 4 * math.exp(-1)) + 1e-6
+
+
+def test_a_learned_scale_is_trained_and_a_checkpoint_without_one_loads_with_the_papers_kernel():
+    model = MatchingNetwork(encoder=Conv4(hidden=8), scale=10.0, learn_scale=True)
+    assert model.log_scale.requires_grad and abs(float(model.scale) - 10.0) < 1e-4
+    fixed = MatchingNetwork(encoder=Conv4(hidden=8))
+    assert not fixed.log_scale.requires_grad
+    old = {k: v for k, v in model.state_dict().items() if k != "log_scale"}
+    fixed.load_state_dict(old)
+    assert float(fixed.scale) == 1.0
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True])
+def test_bad_scales_are_refused_with_a_sentence(bad):
+    with pytest.raises(ValueError, match="scale"):
+        MatchingNetwork(scale=bad)

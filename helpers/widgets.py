@@ -90,6 +90,11 @@ def float_box(name: str, value: float, step: float = 0.001) -> w.FloatText:
     return w.FloatText(value=value, step=step, description=name)
 
 
+def checkbox(name: str, value: bool) -> w.Checkbox:
+    """A labelled on/off switch."""
+    return w.Checkbox(value=bool(value), description=name, indent=False)
+
+
 def check_positive(name: str, value: float) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` > 0 (learning rates, step counts)."""
     if not value > 0:

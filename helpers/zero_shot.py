@@ -39,6 +39,7 @@ HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: so a quick run can skip importing sentence-transformers (slow on a busy 2-core machine).
 TEXT_CACHE = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "zeroshot_text_vectors.pt"
 VIEWS = ("descriptions", "names", "attributes", "both")
+FORMS = ("compatibility", "prototype", "conse")  # the three zero-shot models of fit_map
 
 #: One written description per Fashion-MNIST class, in the order of ``FASHION_CLASSES``.
 DESCRIPTIONS = (
@@ -375,6 +376,43 @@ class PrototypeMap(nn.Module):
         return -torch.cdist(self.image_to_embedding(features), self.prototypes(class_vectors)).pow(2)
 
 
+class ConSEMap(nn.Module):
+    """ConSE (Norouzi et al. 2014): zero-shot learning with no map to train.
+
+    The image encoder's own softmax over the *seen* classes says which seen classes an image
+    resembles; the image is then placed at the matching mixture of their class vectors,
+
+        z(x) = sum_t p(t | x) v_t      (t over the seen classes, unit-length v_t),
+
+    and scored like every other form, ``s * cos(z(x), v_k)``. An image the encoder is sure
+    about lands exactly on its class vector; an image of an unseen class lands between the
+    seen classes it looks like, which is where a good description of it should be.
+    ``top`` keeps only the ``top`` most probable seen classes (all when ``None``).
+    """
+
+    def __init__(self, head: nn.Linear, seen_vectors: torch.Tensor, scale: float = 10.0, top: int | None = None) -> None:
+        super().__init__()
+        if head.out_features != len(seen_vectors):
+            raise ValueError(f"the head has {head.out_features} outputs but {len(seen_vectors)} seen class vectors were given.")
+        if top is not None and not 1 <= top <= len(seen_vectors):
+            raise ValueError(f"top={top} must lie between 1 and the {len(seen_vectors)} seen classes.")
+        self.head = head
+        self.register_buffer("seen_vectors", F.normalize(seen_vectors.float(), dim=-1))
+        self.scale, self.top = scale, top
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """``z(x)``: the probability-weighted mixture of the seen class vectors, ``(n, class_dim)``."""
+        p = self.head(features).softmax(dim=-1)
+        if self.top is not None:
+            kept = p.topk(self.top, dim=-1)
+            p = torch.zeros_like(p).scatter(-1, kept.indices, kept.values)
+            p = p / p.sum(dim=-1, keepdim=True)
+        return p @ self.seen_vectors
+
+    def forward(self, features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+        return self.scale * cosine_scores(self.embed(features), class_vectors)
+
+
 def _check_training(lr: float, steps: int) -> None:
     if not (isinstance(lr, (int, float)) and lr > 0 and np.isfinite(lr)):
         raise ValueError(f"lr={lr} must be a positive number; try 0.01.")
@@ -637,9 +675,11 @@ def fit_map(prepared: PreparedSplit, vectors: torch.Tensor, form: str = "compati
     """Train the chosen zero-shot form on the prepared seen-class features."""
     if form == "compatibility":
         return train_compatibility(prepared.train_features, prepared.train_labels, prepared.split.seen, vectors, lr=lr, steps=steps, seed=seed, **kwargs)
+    if form == "conse":  # nothing to train: the encoder's seen-class softmax is the map
+        return ConSEMap(prepared.encoder.head, vectors[list(prepared.split.seen)], **kwargs).eval()
     if form == "prototype":
         return train_prototypes(prepared.train_features, prepared.train_labels, prepared.split.seen, vectors, lr=lr, steps=steps, seed=seed, **kwargs)
-    raise ValueError(f"form must be 'compatibility' or 'prototype', got {form!r}.")
+    raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}.")
 
 
 def validation_gamma(pseudo: PreparedSplit, model: nn.Module, vectors: torch.Tensor, gammas: Sequence[float]) -> tuple[float, list[GeneralisedResult]]:

@@ -103,6 +103,30 @@ def test_zero_shot_beats_chance(fashion):
     prototypes = zs.train_prototypes(train_features, fashion.train_labels[split.train_indices], split.seen, vectors, steps=150)
     accuracy = zs.conventional_accuracy(zs.zero_shot_scores(prototypes, test_features, vectors), fashion.test_labels[test_rows], unseen)
     assert accuracy > 0.6
+    conse = zs.ConSEMap(encoder.head, vectors[list(split.seen)])  # trains nothing: the encoder's softmax is the map
+    accuracy = zs.conventional_accuracy(zs.zero_shot_scores(conse, test_features, vectors), fashion.test_labels[test_rows], unseen)
+    assert accuracy > 0.75
+
+
+def test_conse_places_an_image_at_the_mixture_of_seen_class_vectors():
+    head = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(3, 2) * 100.0)  # feature i -> seen class i, almost surely
+        head.bias.zero_()
+    seen_vectors = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 5.0]])
+    conse = zs.ConSEMap(head, seen_vectors)
+    z = conse.embed(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    assert torch.allclose(z[0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)  # certain: exactly its (unit) class vector
+    assert torch.allclose(z[1], torch.full((3,), 1 / 3))  # undecided: the average of the three
+    unseen = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    scores = conse(torch.tensor([[0.1, 0.1]]), unseen)  # looks like seen classes 0 and 1 equally
+    assert scores.argmax().item() == 0 and torch.allclose(scores[0, 0], torch.tensor(10.0), atol=1e-3)
+    top1 = zs.ConSEMap(head, seen_vectors, top=1)
+    assert torch.allclose(top1.embed(torch.tensor([[0.02, 0.01]])), torch.tensor([[1.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="seen class vectors"):
+        zs.ConSEMap(head, seen_vectors[:2])
+    with pytest.raises(ValueError, match="top"):
+        zs.ConSEMap(head, seen_vectors, top=4)
 
 
 def test_cosine_and_prototype_scores_exact():

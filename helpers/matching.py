@@ -4,7 +4,11 @@ without full context embeddings (FCE).
 The whole method in one line: a query's label distribution is the attention-weighted sum of
 the support set's one-hot labels,
 
-    y_hat = sum_i a(x_hat, x_i) y_i,   a(x_hat, x_i) = softmax_i( cos( f(x_hat), g(x_i) ) ).
+    y_hat = sum_i a(x_hat, x_i) y_i,   a(x_hat, x_i) = softmax_i( s * cos( f(x_hat), g(x_i) ) ).
+
+The paper's kernel is ``s = 1``. Cosines are bounded, so with ``s = 1`` the softmax stays nearly
+flat and training stalls (notebook 04, section 2.1); the training command therefore learns ``s``
+(``--scale 10`` is its starting value, ``--scale 1 --fixed-scale`` reproduces the paper's kernel).
 
 Without FCE, ``f`` and ``g`` are the same Conv-4 encoder applied to one image at a time.
 With FCE, both see the whole support set S:
@@ -180,6 +184,8 @@ class MatchingNetwork(FewShotMethod, nn.Module):
     * ``fce=False``: f = g = Conv-4 (the paper's Omniglot model).
     * ``fce=True``: g = :class:`SupportContextEncoder` over Conv-4 embeddings and
       f = :class:`AttentionLSTM` with ``processing_steps`` T.
+    * ``scale``: s in ``softmax(s * cosine)``, 1 by default (the paper's kernel); with
+      ``learn_scale=True`` it is a parameter that training adjusts (stored as ``log s``).
 
     As a :class:`~helpers.fewshot.FewShotMethod`: ``process_support_set`` embeds the support
     set once and ``scores`` returns ``y_hat`` ``(n_query_total, n_way)``, the probability of

@@ -48,18 +48,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     from helpers import protonet
-    from helpers.device import describe_device, pick_device
+    from helpers.device import describe_device, training_device
     from helpers.episodes import omniglot_dataset
     from helpers.nets import Conv4
     from helpers.training import DeviceEpisodeSampler, train_episodic
 
-    device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the training command does
+    device = training_device(args.device, args.threads)  # as the training command does
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {describe_device(device)}; torch {torch.__version__}")
     data = omniglot_dataset("vinyals-trainval")
     loss_function = protonet.make_episode_loss()

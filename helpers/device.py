@@ -40,6 +40,20 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def training_device(prefer: str | None = None, threads: int | None = None) -> torch.device:
+    """The device of a training command: set the CPU threads, pick the device, tune cuDNN.
+
+    On CUDA, cuDNN may then time its convolution algorithms once and keep the fastest: every
+    episode of a training run has the same shapes, so that pays off from the second step.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(prefer)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
 def describe_device(device: torch.device) -> str:
     """A one-line, human description of ``device`` (GPU name, or CPU thread count)."""
     if device.type == "cuda":

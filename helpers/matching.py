@@ -351,9 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     import sys
     import time
 
-    from .device import describe_device, pick_device
+    from .device import describe_device, training_device
     from .episodes import omniglot_dataset, sample_episodes
-    from .training import DeviceEpisodeSampler, train_episodic
+    from .training import DeviceEpisodeSampler, report_validation, train_episodic
 
     parser = argparse.ArgumentParser(prog="python -m helpers.matching", description=main.__doc__)
     parser.add_argument("--fce", action="store_true", help="use full context embeddings")
@@ -383,11 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="checkpoint path, e.g. data/checkpoints/matching_fce.pt")
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every episode has the same shapes
+    device = training_device(args.device, args.threads)
     torch.manual_seed(args.seed)
     model = MatchingNetwork(fce=args.fce, processing_steps=args.processing_steps, scale=args.scale, learn_scale=not args.fixed_scale).to(device)
     train = omniglot_dataset(args.train_split)
@@ -414,8 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         val_method=model, val_episodes=val_episodes, val_every=args.val_every,
         checkpoint=args.out, device=device, seed=args.seed, metadata=metadata, keep=keep,
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, progress=not args.no_progress,
-        on_validation=lambda h: print(f"episode {h.val_episode[-1]}: validation {100 * h.val_accuracy[-1]:.2f} ± {100 * h.val_ci95[-1]:.2f} %, "
-                                      f"scale {model.scale.item():.2f}, {h.episodes_per_second:.1f} episodes/s", flush=True),
+        on_validation=lambda h: report_validation(h, f"scale {model.scale.item():.2f}"),
     )
     # the loop wrote the best weights and their metadata; add the whole run's wall time and curves
     import json

@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import shlex
     import sys
 
-    from .device import describe_device, pick_device
+    from .device import describe_device, training_device
     from .episodes import omniglot_dataset
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -382,10 +382,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--hardware", default=None, help="how to describe the machine in the .json (default: the device found)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = training_device(args.device, args.threads)
     args.hardware = args.hardware or f"{platform.machine()}, {describe_device(device)}" + ("; no GPU" if device.type == "cpu" else "")
     dataset = omniglot_dataset("background")
     result = pretrain_classifier(

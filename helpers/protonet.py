@@ -464,17 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from .device import pick_device
+    from .device import training_device
     from .episodes import omniglot_dataset, sample_episodes
     from .nets import Conv4
-    from .training import DeviceEpisodeSampler, train_episodic
+    from .training import DeviceEpisodeSampler, report_validation, train_episodic
 
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every episode has the same shapes
+    device = training_device(args.device, args.threads)
     torch.manual_seed(args.seed)
     train = omniglot_dataset(args.train_split)
     val = omniglot_dataset(args.val_split)
@@ -504,8 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
         val_method=ProtoNet(encoder, args.distance, args.cosine_scale), val_episodes=val_episodes, val_every=args.val_every,
         checkpoint=args.checkpoint, device=device, progress=not args.no_progress, seed=args.seed, metadata=metadata, keep=keep,
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-        on_validation=lambda h: print(f"episode {h.val_episode[-1]}: validation {100 * h.val_accuracy[-1]:.2f} ± {100 * h.val_ci95[-1]:.2f} %, "
-                                      f"{h.episodes_per_second:.1f} episodes/s", flush=True),
+        on_validation=report_validation,
     )
     wall = time.perf_counter() - start
     info = {"episodes": len(history.episode), "wall_seconds": round(wall, 1), "episodes_per_second": round(history.episodes_per_second, 2), "interrupted": history.interrupted}

@@ -236,6 +236,12 @@ def train_episodic(
     return history
 
 
+def report_validation(history: History, extra: str = "") -> None:
+    """Print one line about the latest validation (the training commands' ``on_validation``)."""
+    print(f"episode {history.val_episode[-1]}: validation {100 * history.val_accuracy[-1]:.2f} ± {100 * history.val_ci95[-1]:.2f} %, "
+          + (f"{extra}, " if extra else "") + f"{history.episodes_per_second:.1f} episodes/s", flush=True)
+
+
 class DeviceEpisodeSampler:
     """Like :class:`helpers.episodes.EpisodeSampler`, but the images live on ``device``.
 

@@ -72,3 +72,17 @@ def test_exercise_checks_say_right_or_wrong(capsys):
     assert exercises.check_true(True, "truth", "never shown")
     out = capsys.readouterr().out
     assert out.count("✅") == 2 and out.count("❌") == 2 and "replace the `...`" in out and "look at the order" in out
+
+
+def test_training_device_sets_threads_and_picks_the_device(capsys):
+    from helpers.device import training_device
+    from helpers.training import History, report_validation
+
+    before = torch.get_num_threads()
+    try:
+        assert training_device("cpu", 1).type == "cpu" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    history = History(episode=[1, 2], loss=[1.0, 0.5], accuracy=[0.5, 0.6], val_episode=[2], val_accuracy=[0.875], val_ci95=[0.0125], seconds=1.0)
+    report_validation(history, "scale 10.00")
+    assert capsys.readouterr().out == "episode 2: validation 87.50 ± 1.25 %, scale 10.00, 2.0 episodes/s\n"

@@ -40,6 +40,15 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def hardware_description(device: torch.device) -> str:
+    """The machine a training command ran on, for the ``.json`` beside its checkpoint."""
+    import platform
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    machine = f"{describe_device(device)}; {cores} CPU cores visible; {platform.processor() or platform.machine()}; {platform.system()}"
+    return machine + ("; no GPU" if device.type == "cpu" else "")
+
+
 def training_device(prefer: str | None = None, threads: int | None = None) -> torch.device:
     """The device of a training command: set the CPU threads, pick the device, tune cuDNN.
 

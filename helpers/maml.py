@@ -377,11 +377,8 @@ class MAMLClassifier(FewShotMethod):
 
     def process_support_set(self, support_images: Tensor, support_labels: Tensor) -> None:
         start = {k: v.detach() for k, v in parameters_of(self.model).items()}
-
-        def support_loss(p: Params) -> Tensor:
-            return F.cross_entropy(functional_call(self.model, p, (support_images,)), support_labels)
-
-        adapted = inner_adapt(self.model, start, support_loss, self.inner_lr, self.steps, first_order=True)
+        adapted = _adapt_on_support(self.model, start, F.cross_entropy, support_images, support_labels,
+                                    self.inner_lr, self.steps, first_order=True, functional=False)
         self.adapted = {k: v.detach() for k, v in adapted.items()}
 
     def scores(self, query_images: Tensor) -> Tensor:

@@ -346,12 +346,11 @@ def main(argv: list[str] | None = None) -> None:
     accuracy. Ctrl-C (or ``timeout -s INT``) stops training and keeps the best weights so far.
     """
     import argparse
-    import platform
     import shlex
     import sys
     import time
 
-    from .device import describe_device, training_device
+    from .device import hardware_description, training_device
     from .episodes import omniglot_dataset, sample_episodes
     from .training import DeviceEpisodeSampler, report_validation, train_episodic
 
@@ -398,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     metadata = {
         "command": "python -m helpers.matching " + shlex.join(sys.argv[1:] if argv is None else argv),
         "arguments": vars(args),
-        "hardware": args.hardware or f"{platform.machine()} {describe_device(device)}",
+        "hardware": args.hardware or hardware_description(device),
         "torch": torch.__version__,
         "validation": f"{args.val_episodes} {args.n_way}-way {args.k_shot}-shot episodes of {args.val_split}"
         + (" (these classes are inside the training split: a monitor, not a held-out score)" if overlap else " (held-out classes)"),

@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import shlex
     import sys
 
-    from .device import describe_device, training_device
+    from .device import hardware_description, training_device
     from .episodes import omniglot_dataset
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hardware", default=None, help="how to describe the machine in the .json (default: the device found)")
     args = parser.parse_args(argv)
     device = training_device(args.device, args.threads)
-    args.hardware = args.hardware or f"{platform.machine()}, {describe_device(device)}" + ("; no GPU" if device.type == "cpu" else "")
+    args.hardware = args.hardware or hardware_description(device)
     dataset = omniglot_dataset("background")
     result = pretrain_classifier(
         dataset, args.epochs, args.lr, args.batch_size, args.val_per_class, args.max_shift, args.seed,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import platform
 import shlex
 import sys
 import time
@@ -421,13 +420,6 @@ def training_panel(train_dataset, test_dataset, device: torch.device, n_query: i
 # ----------------------------------------------------------------------------- training command
 
 
-def hardware_description(device: torch.device) -> str:
-    from .device import describe_device
-
-    cores = len(__import__("os").sched_getaffinity(0)) if hasattr(__import__("os"), "sched_getaffinity") else "?"
-    return f"{describe_device(device)}; {cores} CPU cores visible; {platform.processor() or platform.machine()}; {platform.system()}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.protonet",
@@ -464,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from .device import training_device
+    from .device import hardware_description, training_device
     from .episodes import omniglot_dataset, sample_episodes
     from .nets import Conv4
     from .training import DeviceEpisodeSampler, report_validation, train_episodic
@@ -484,7 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m helpers.protonet " + shlex.join(sys.argv[1:] if argv is None else argv)
     metadata = {
         "command": command.strip(),
-        "hardware": hardware_description(device) + ("; no GPU" if device.type == "cpu" else ""),
+        "hardware": hardware_description(device),
         "note": args.note,
         "torch": torch.__version__,
         "model": "Conv4 (4 x [conv3x3 64, batch norm, ReLU, max-pool 2]) -> 64-d",

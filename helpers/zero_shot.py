@@ -420,6 +420,14 @@ def _check_training(lr: float, steps: int) -> None:
         raise ValueError(f"steps={steps} must be at least 1.")
 
 
+def _check_seen_only(labels: np.ndarray, seen: Sequence[int], who: str) -> np.ndarray:
+    """``labels`` as an array, after making sure every one of them is a seen class."""
+    labels = np.asarray(labels)
+    if not np.isin(labels, list(seen)).all():
+        raise ValueError(f"{who} got an image of an unseen class: zero-shot training may only see seen classes.")
+    return labels
+
+
 def train_compatibility(
     features: torch.Tensor,
     labels: np.ndarray,
@@ -438,9 +446,7 @@ def train_compatibility(
     rows are read.
     """
     _check_training(lr, steps)
-    labels = np.asarray(labels)
-    if np.isin(labels, [c for c in range(len(vectors)) if c not in seen]).any():
-        raise ValueError("train_compatibility got an image of an unseen class: zero-shot training may only see seen classes.")
+    labels = _check_seen_only(labels, seen, "train_compatibility")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     seen = list(seen)
@@ -476,9 +482,7 @@ def train_prototypes(
     seen = list(seen)
     if not 2 <= n_way <= len(seen):
         raise ValueError(f"n_way={n_way} must lie between 2 and the {len(seen)} seen classes.")
-    labels = np.asarray(labels)
-    if not np.isin(labels, seen).all():
-        raise ValueError("train_prototypes got an image of an unseen class: zero-shot training may only see seen classes.")
+    labels = _check_seen_only(labels, seen, "train_prototypes")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     members = {c: np.flatnonzero(labels == c) for c in seen}

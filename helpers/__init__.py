@@ -5,7 +5,13 @@ methods -> ``fewshot`` (the shared interface and evaluation) -> ``plots``, ``wid
 ``exercises``. Nothing lower imports anything higher.
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+#: The committed checkpoints (``data/checkpoints/`` beside ``helpers/``). Notebooks find them
+#: here, never through the working directory, so they run from any folder (Colab, nbgrader).
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 
 #: Where the course lives; the Colab badge and the Colab install cell of every notebook use it.
 COURSE_REPO = "https://github.com/meta-learning-course/course"

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import CHECKPOINT_DIR
 from .episodes import FewShotDataset
 from .fewshot import FewShotMethod
 from .nets import Conv4
 
 METRICS = ("cosine", "euclidean")
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 ONE_SHOT_CHECKPOINT = CHECKPOINT_DIR / "oneshot_conv4_background.pt"
 
 

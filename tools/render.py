@@ -5,6 +5,9 @@
     python tools/render.py 01 06           # only notebooks whose name starts with 01 or 06
     python tools/render.py --clear         # strip outputs from notebooks/ (before committing)
 
+Each run prints the notebook's wall time and its kernel's peak resident memory (Binder gives a
+kernel 2 GB).
+
 Executed notebooks and their HTML go to build/ (ignored by git); the sources stay clean.
 """
 
@@ -29,17 +32,43 @@ def clear_outputs(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def render(path: Path, out_dir: Path, quick: bool) -> float:
+# Appended to the executed copy only, then removed again: the kernel's peak resident memory.
+_PEAK_MEMORY_CELL = """
+import resource, sys
+_scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, kilobytes on Linux
+print("peak kernel memory (MB):", max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * _scale / 2**20)
+"""
+
+
+def render(path: Path, out_dir: Path, quick: bool) -> tuple[float, float | None]:
+    """Execute ``path`` into ``out_dir`` and write its HTML; return (seconds, peak kernel MB)."""
     import papermill
     from nbconvert import HTMLExporter
+    from nbformat.v4 import new_code_cell
 
     executed = out_dir / path.name
+    source = nbformat.read(path, as_version=4)
+    measure = sys.platform != "win32"  # the resource module is POSIX only
+    if measure:
+        source.cells.append(new_code_cell(_PEAK_MEMORY_CELL.strip()))
+    staged = out_dir / f".{path.stem}.input.ipynb"
+    nbformat.write(source, staged)
     start = time.perf_counter()
-    papermill.execute_notebook(str(path), str(executed), parameters={"QUICK": quick}, cwd=str(NOTEBOOKS), kernel_name="python3")
+    try:
+        papermill.execute_notebook(str(staged), str(executed), parameters={"QUICK": quick}, cwd=str(NOTEBOOKS), kernel_name="python3")
+    finally:
+        staged.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    nb = nbformat.read(executed, as_version=4)
+    peak = None
+    if measure:
+        last = nb.cells.pop()
+        text = "".join(o.get("text", "") for o in last.get("outputs", []))
+        peak = float(text.rsplit(":", 1)[1]) if "peak kernel memory" in text else None
+        nbformat.write(nb, executed)
+    body, _ = HTMLExporter().from_notebook_node(nb)
     executed.with_suffix(".html").write_text(body, encoding="utf-8")
-    return seconds
+    return seconds, peak
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) / ("quick" if args.quick else "full")
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in paths:
-        seconds = render(path, out_dir, args.quick)
-        print(f"{path.name}: {seconds:.0f} s -> {out_dir / path.with_suffix('.html').name}")
+        seconds, peak = render(path, out_dir, args.quick)
+        memory = "" if peak is None else f", peak kernel memory {peak:,.0f} MB"
+        print(f"{path.name}: {seconds:.0f} s{memory} -> {out_dir / path.with_suffix('.html').name}", flush=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""helpers.device, helpers.nets, helpers.widgets, helpers.exercises."""
+"""helpers.device, helpers.nets, helpers.widgets (helpers.exercises: tests/test_exercises.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import exercises, nets, widgets
+from helpers import nets, widgets
 from helpers.device import pick_device, seed_everything
 from helpers.episodes import FewShotDataset
 from helpers.fewshot import PixelNearestNeighbour
@@ -63,15 +63,6 @@ def test_episode_panel_answers_impossible_settings_in_one_line(monkeypatch):
 def test_check_positive_names_the_parameter():
     with pytest.raises(ValueError, match="inner_lr=-0.1 must be positive"):
         widgets.check_positive("inner_lr", -0.1)
-
-
-def test_exercise_checks_say_right_or_wrong(capsys):
-    assert exercises.check_close(torch.tensor([1.0, 2.0]), np.array([1.0, 2.0]), "vector", "hint")
-    assert not exercises.check_close(..., 3.0, "placeholder", "fill it in")
-    assert not exercises.check_equal([1, 2], [2, 1], "order", "look at the order")
-    assert exercises.check_true(True, "truth", "never shown")
-    out = capsys.readouterr().out
-    assert out.count("✅") == 2 and out.count("❌") == 2 and "replace the `...`" in out and "look at the order" in out
 
 
 def test_training_device_sets_threads_and_picks_the_device(capsys):

@@ -67,6 +67,20 @@ class FewShotDataset:
         """Indices into :attr:`images` of every image of class ``class_id``."""
         return self._members[class_id]
 
+    def episode(self, class_ids: np.ndarray, support_indices: np.ndarray, query_indices: np.ndarray) -> Episode:
+        """The :class:`Episode` of these classes and image rows (grouped by class, in label order)."""
+        n_way = len(class_ids)
+        return Episode(
+            _as_float(self.images[support_indices]),
+            torch.arange(n_way).repeat_interleave(len(support_indices) // n_way),
+            _as_float(self.images[query_indices]),
+            torch.arange(n_way).repeat_interleave(len(query_indices) // n_way),
+            class_ids,
+            tuple(self.class_names[c] for c in class_ids),
+            support_indices,
+            query_indices,
+        )
+
     def subset(self, class_ids: Sequence[int], name: str | None = None) -> FewShotDataset:
         """A dataset holding only ``class_ids`` (renumbered in the order given)."""
         class_ids = list(class_ids)
@@ -216,6 +230,13 @@ class EpisodeSampler:
         self.rng = np.random.default_rng(seed)
 
     def sample(self) -> Episode:
+        return self.dataset.episode(*self.draw())
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next episode as indices only: its classes, support rows and query rows.
+
+        ``sample()`` is ``dataset.episode(*draw())``; both advance the same random stream.
+        """
         classes = self.rng.choice(self.dataset.n_classes, size=self.n_way, replace=False)
         per_class = self.k_shot + self.n_query
         # one random key per (class, member); padding gets +inf so it is never among the smallest
@@ -224,17 +245,7 @@ class EpisodeSampler:
         keys[np.arange(keys.shape[1]) >= sizes[:, None]] = np.inf
         chosen = np.argsort(keys, axis=1)[:, :per_class]  # a uniform draw without replacement per class
         picks = np.take_along_axis(self.dataset._table[classes], chosen, axis=1)
-        support, query = picks[:, : self.k_shot].reshape(-1), picks[:, self.k_shot :].reshape(-1)
-        return Episode(
-            _as_float(self.dataset.images[support]),
-            torch.arange(self.n_way).repeat_interleave(self.k_shot),
-            _as_float(self.dataset.images[query]),
-            torch.arange(self.n_way).repeat_interleave(self.n_query),
-            classes,
-            tuple(self.dataset.class_names[c] for c in classes),
-            support,
-            query,
-        )
+        return classes, picks[:, : self.k_shot].reshape(-1), picks[:, self.k_shot :].reshape(-1)
 
     def __iter__(self) -> Iterator[Episode]:
         while True:
@@ -252,8 +263,37 @@ def _as_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
 
 
+class EpisodeList(Sequence[Episode]):
+    """A fixed list of episodes that keeps only their image indices.
+
+    Indexing or iterating gives full :class:`Episode` objects, their pixels read from the dataset
+    at that moment, so a thousand 20-way 5-shot episodes take kilobytes, not the 600 MB their
+    float images would. The episodes are the same on every pass.
+    """
+
+    def __init__(self, dataset: FewShotDataset, draws: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        self.dataset, self._draws = dataset, list(draws)
+
+    def __len__(self) -> int:
+        return len(self._draws)
+
+    def __getitem__(self, index):  # an int gives an Episode, a slice another EpisodeList
+        if isinstance(index, slice):
+            return EpisodeList(self.dataset, self._draws[index])
+        return self.dataset.episode(*self._draws[index])
+
+    def __repr__(self) -> str:
+        return f"EpisodeList({len(self)} episodes of {self.dataset.name})"
+
+
 def sample_episodes(
     dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, count: int, seed: int = 0
-) -> list[Episode]:
-    """A fixed, seeded list of ``count`` episodes: the same tasks for every method compared."""
-    return EpisodeSampler(dataset, n_way, k_shot, n_query, seed=seed).take(count)
+) -> EpisodeList:
+    """A fixed, seeded list of ``count`` episodes: the same tasks for every method compared.
+
+    They are the first ``count`` episodes of ``EpisodeSampler(dataset, ..., seed=seed)``.
+    """
+    sampler = EpisodeSampler(dataset, n_way, k_shot, n_query, seed=seed)
+    if count < 1:
+        raise EpisodeError(f"count={count} must be at least 1.")
+    return EpisodeList(dataset, [sampler.draw() for _ in range(count)])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,9 +118,10 @@ def evaluate(method: FewShotMethod, episodes: Iterable[Episode], progress: bool 
     """Accuracy of ``method`` on each episode, averaged, with a 95 % confidence interval."""
     from tqdm.auto import tqdm
 
-    episodes = list(episodes)
-    if not episodes:
+    # Iterated, never copied into a list: an EpisodeList reads each episode's pixels as it comes.
+    total = len(episodes) if isinstance(episodes, Sized) else None
+    accuracies = np.array([episode_accuracy(method, e) for e in tqdm(episodes, total=total, desc=desc, disable=not progress, leave=False)])
+    if not len(accuracies):
         raise ValueError("evaluate needs at least one episode.")
-    accuracies = np.array([episode_accuracy(method, e) for e in tqdm(episodes, desc=desc, disable=not progress, leave=False)])
     mean, ci95 = confidence_interval(accuracies)
     return EvalResult(mean, ci95, accuracies)

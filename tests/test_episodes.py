@@ -48,6 +48,22 @@ def test_same_seed_same_episodes_other_seed_other_episodes():
     assert any(not torch.equal(x.query_images, y.query_images) for x, y in zip(a, c))
 
 
+def test_sample_episodes_are_the_samplers_episodes_kept_as_indices():
+    data = toy_dataset()
+    stored = sample_episodes(data, 4, 2, 3, count=6, seed=5)
+    drawn = EpisodeSampler(data, 4, 2, 3, seed=5).take(6)
+    assert len(stored) == 6 and all(isinstance(d, tuple) for d in stored._draws)  # no pixels kept
+    for twice in (list(stored), list(stored)):  # the same episodes on every pass
+        for mine, theirs in zip(twice, drawn, strict=True):
+            assert torch.equal(mine.support_images, theirs.support_images) and torch.equal(mine.query_images, theirs.query_images)
+            assert torch.equal(mine.query_labels, theirs.query_labels) and np.array_equal(mine.class_ids, theirs.class_ids)
+    tail = stored[2:4]
+    assert len(tail) == 2 and torch.equal(tail[1].query_images, drawn[3].query_images)
+    assert torch.equal(stored[-1].support_images, drawn[-1].support_images)
+    with pytest.raises(EpisodeError, match="count=0"):
+        sample_episodes(data, 4, 2, 3, count=0)
+
+
 def test_every_class_gets_drawn_over_many_episodes():
     data = toy_dataset()
     seen = np.concatenate([e.class_ids for e in sample_episodes(data, 2, 1, 1, count=200, seed=0)])

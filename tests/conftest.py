@@ -30,3 +30,48 @@ def needs_data() -> None:
     """Skip with a clear reason when neither the cache nor a mirror holds the datasets."""
     if not _data_available():
         pytest.skip("datasets not available offline: set METALEARN_DATA_MIRROR to a mirror folder")
+
+
+class QuickRuns:
+    """Each notebook of notebooks/ executed at most once per test session, with QUICK=True.
+
+    ``quick_runs(path)`` runs ``path`` through papermill the first time (as a student would
+    run it, from notebooks/) and returns the executed copy; later calls return the same file,
+    or raise the same error. tests/test_notebooks.py and the grading tests share these runs.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._done: dict[Path, tuple[Path | None, BaseException | None]] = {}
+
+    def __call__(self, path: Path) -> Path:
+        if path not in self._done:
+            import time
+
+            import papermill
+
+            executed = self.folder / path.name
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(path),
+                    str(executed),
+                    parameters={"QUICK": True},
+                    cwd=str(path.parent),
+                    kernel_name="python3",
+                    progress_bar=False,
+                    execution_timeout=600,
+                )
+                self._done[path] = (executed, None)
+            except Exception as error:  # kept, so every test that needs this run reports it
+                self._done[path] = (None, error)
+            print(f"{path.name}: {time.perf_counter() - start:.1f} s with QUICK=True")
+        executed, error = self._done[path]
+        if error is not None:
+            raise error
+        return executed
+
+
+@pytest.fixture(scope="session")
+def quick_runs(tmp_path_factory: pytest.TempPathFactory) -> QuickRuns:
+    return QuickRuns(tmp_path_factory.mktemp("quick-runs"))

@@ -38,5 +38,7 @@ def test_common_shape(path: Path):
     assert not [c for c in cells if c["cell_type"] == "code" and c.get("outputs")], "commit notebooks without outputs"
     text = "\n".join(_source(c) for c in cells)
     assert text.count("### BEGIN SOLUTION") >= 3 and text.count("### BEGIN SOLUTION") == text.count("### END SOLUTION")
+    prose = "\n".join(_source(c) for c in cells if c["cell_type"] != "code")
+    assert "BEGIN SOLUTION" not in prose and "HIDDEN TESTS" not in prose, "nbgrader reads markers in markdown too"
     assert "exercises.check" in text, "exercises need self-check cells"
     assert ".cuda()" not in text and "import " + "torchvision" not in text  # split so the check does not match itself

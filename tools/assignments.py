@@ -61,9 +61,7 @@ NOTEBOOKS = ROOT / "notebooks"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 DEFAULT_OUT = ROOT / "build" / "student"
 
-BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
-BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
-# nbgrader looks for these anywhere in a line of any cell, markdown included
+# nbgrader looks for these words anywhere in a line of any cell, markdown included
 SOLUTION_WORDS = ("BEGIN SOLUTION", "END SOLUTION")
 HIDDEN_WORDS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 CHECK_CALL = re.compile(r"\bcheck_(?:true|close|equal|shape)\s*\(")
@@ -275,22 +273,22 @@ def _region_lines(text: str, begin: str, end: str) -> tuple[list[str], list[str]
 
 
 def without_hidden_tests(text: str) -> str:
-    return "\n".join(_region_lines(text, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")[0])
+    return "\n".join(_region_lines(text, *HIDDEN_WORDS)[0])
 
 
 def solution_lines(text: str) -> list[str]:
     """The lines between the solution markers of a cell."""
-    return _region_lines(text, "BEGIN SOLUTION", "END SOLUTION")[1]
+    return _region_lines(text, *SOLUTION_WORDS)[1]
 
 
 def hidden_lines(text: str) -> list[str]:
     """The lines between the hidden-test markers of a cell."""
-    return _region_lines(text, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")[1]
+    return _region_lines(text, *HIDDEN_WORDS)[1]
 
 
 def public_lines(text: str) -> list[str]:
     """The lines outside every solution and hidden-test region: what both editions show."""
-    outside = "\n".join(_region_lines(text, "BEGIN SOLUTION", "END SOLUTION")[0])
+    outside = "\n".join(_region_lines(text, *SOLUTION_WORDS)[0])
     return without_hidden_tests(outside).split("\n")
 
 
@@ -337,7 +335,7 @@ def check_notebook(path: Path) -> list[str]:
             )
         if index in solution_cells:
             inside = solution_lines(text)
-            balanced = _region_lines(text, "BEGIN SOLUTION", "END SOLUTION")[2]
+            balanced = _region_lines(text, *SOLUTION_WORDS)[2]
             if not balanced or not any(line.strip() for line in inside):
                 problems.append(
                     f"{where}: solution markers must pair up around a non-empty solution"
@@ -349,7 +347,7 @@ def check_notebook(path: Path) -> list[str]:
         if index in check_cells:
             if _has_any(text, SOLUTION_WORDS):
                 problems.append(f"{where}: solution markers in a check cell")
-            if not _region_lines(text, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")[2]:
+            if not _region_lines(text, *HIDDEN_WORDS)[2]:
                 problems.append(f"{where}: hidden-test markers do not pair up")
             visible = without_hidden_tests(text)
             if not CHECK_CALL.search(visible):
@@ -414,11 +412,9 @@ def student_edition(nb: dict, label: str) -> dict:
         text = cell_source(cell)
         if meta.get("solution"):
             stub = STUB.replace(STUB_NAME, _exercise_title(meta["grade_id"], label))
-            set_cell_source(cell, _replace_regions(text, "BEGIN SOLUTION", "END SOLUTION", stub))
+            set_cell_source(cell, _replace_regions(text, *SOLUTION_WORDS, stub))
         elif meta.get("grade"):
-            set_cell_source(
-                cell, _replace_regions(text, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", None)
-            )
+            set_cell_source(cell, _replace_regions(text, *HIDDEN_WORDS, None))
         if meta.get("solution") or meta.get("grade") or meta.get("locked"):
             cell["metadata"]["deletable"] = False  # as nbgrader's LockCells does
         if meta.get("locked") and not meta.get("solution"):

@@ -8,31 +8,54 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 
 import numpy as np
 import torch
+
+DEVICE_VARIABLE = "METALEARN_DEVICE"
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for (by argument or by ``METALEARN_DEVICE``) that cannot be used."""
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
     """Return the best available device: CUDA, then MPS, then CPU.
 
     ``prefer`` (or the environment variable ``METALEARN_DEVICE``) forces one, e.g. ``"cpu"``
-    to compare timings; asking for a device that is not there raises a clear error.
+    to compare timings; a name that is not a device, or a device that is not there, raises
+    :class:`DeviceError` with one sentence naming the argument or the variable.
     """
-    prefer = prefer or os.environ.get("METALEARN_DEVICE") or None
+    source, prefer = "device", prefer or None
+    if prefer is None and os.environ.get(DEVICE_VARIABLE):
+        prefer, source = os.environ[DEVICE_VARIABLE], DEVICE_VARIABLE
     if prefer is not None:
-        name = str(prefer).lower()
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} was asked for but PyTorch sees no CUDA GPU; use 'cpu' or leave it unset.")
-        if name == "mps" and not _mps_available():
-            raise RuntimeError("device 'mps' was asked for but Apple's MPS backend is not available; use 'cpu' or leave it unset.")
+        name = check_device_name(prefer, source)
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device_name(prefer: str, source: str = "device") -> str:
+    """``prefer`` as a device name, if it is one that is there; else :class:`DeviceError`
+    with one sentence naming ``source`` (the argument, the option or the variable)."""
+    name = str(prefer).strip().lower()
+    unset = " or unset it" if source == DEVICE_VARIABLE else " or leave it unset"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise DeviceError(f"{source}={prefer!r} is not a device name; use cpu, cuda (or cuda:0, cuda:1, ...) or mps,{unset}.")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"{source}={prefer!r} asks for a GPU but PyTorch sees no CUDA GPU; use 'cpu'{unset}.")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise DeviceError(f"{source}={prefer!r} names GPU {name[5:]} but PyTorch sees {torch.cuda.device_count()}; "
+                          f"use cuda:0 up to cuda:{torch.cuda.device_count() - 1}.")
+    if name == "mps" and not _mps_available():
+        raise DeviceError(f"{source}={prefer!r} was asked for but Apple's MPS backend is not available; use 'cpu'{unset}.")
+    return name
 
 
 def _mps_available() -> bool:
@@ -55,8 +78,10 @@ def training_device(prefer: str | None = None, threads: int | None = None) -> to
     On CUDA, cuDNN may then time its convolution algorithms once and keep the fastest: every
     episode of a training run has the same shapes, so that pays off from the second step.
     """
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None:
+        from .checks import whole_number
+
+        torch.set_num_threads(whole_number("threads", threads, 1))
     device = pick_device(prefer)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -73,9 +98,15 @@ def describe_device(device: torch.device) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (and Keras, if the notebook already imported it)."""
+    """Seed Python, NumPy and PyTorch (and Keras, if the notebook already imported it).
+
+    ``seed`` is a whole number from 0 to 2**32 - 1; anything else raises ``ValueError`` naming it.
+    """
+    from .checks import seed as check_seed
+
+    seed = check_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     if "keras" in sys.modules:  # never import TensorFlow just to seed it
         sys.modules["keras"].utils.set_random_seed(seed)

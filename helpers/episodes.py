@@ -24,6 +24,18 @@ OMNIGLOT_SPLITS = (
     "vinyals-trainval",
     "vinyals-test",
 )
+#: Classes in each Omniglot split (rotations count as classes in the Vinyals splits), and the
+#: drawings of every class: what the training commands check their settings against before
+#: loading any data (``tests/test_episodes.py`` checks these numbers against the data).
+OMNIGLOT_CLASSES = {
+    "background": 964,
+    "evaluation": 659,
+    "vinyals-train": 4112,
+    "vinyals-val": 688,
+    "vinyals-trainval": 4800,
+    "vinyals-test": 1692,
+}
+OMNIGLOT_DRAWINGS = 20
 
 
 class EpisodeError(ValueError):

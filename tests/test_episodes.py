@@ -124,3 +124,11 @@ def test_mnist_digits_can_be_held_out(needs_data):
     assert seen.class_names == tuple("0123456") and seen.n_classes == 7
     episode = EpisodeSampler(seen, 5, 1, 5, seed=0).sample()
     assert set(episode.class_names) <= set("0123456")
+
+
+def test_the_split_sizes_commands_check_against_match_the_data(needs_data):
+    from helpers.episodes import OMNIGLOT_CLASSES, OMNIGLOT_DRAWINGS
+
+    for split, n_classes in OMNIGLOT_CLASSES.items():
+        data = omniglot_dataset(split)
+        assert data.n_classes == n_classes and set(data.class_sizes()) == {OMNIGLOT_DRAWINGS}, split

@@ -12,7 +12,6 @@ episode there, so on a GPU drawing an episode costs one small index copy and one
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import checkpoints, runs
 from .device import seed_everything
 from .episodes import Episode, FewShotDataset, check_episode_settings
 from .fewshot import FewShotMethod, evaluate
@@ -75,33 +75,49 @@ class History:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def blocks(self, block: int = 10) -> dict[str, Any]:
+        """The curves for a checkpoint record, small: training loss and accuracy as means over
+        blocks of ``block`` episodes (``episode`` is each block's last), validations in full."""
+        starts = range(0, len(self.episode), block)
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict) -> None:
-    """Save ``model``'s weights to ``path`` and ``metadata`` to ``path`` with suffix ``.json``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    torch.save(state, path)
-    path.with_suffix(".json").write_text(json.dumps(metadata, indent=2, default=_jsonable) + "\n")
+        def means(values: list[float]) -> list[float | None]:
+            out = []
+            for i in starts:
+                part = [v for v in values[i : i + block] if math.isfinite(v)]
+                out.append(round(sum(part) / len(part), 4) if part else None)
+            return out
+
+        return {
+            "block": block,
+            "episode": [self.episode[min(i + block, len(self.episode)) - 1] for i in starts],
+            "loss": means(self.loss),
+            "accuracy": means(self.accuracy),
+            "val_episode": list(self.val_episode),
+            "val_accuracy": list(self.val_accuracy),
+            "val_ci95": list(self.val_ci95),
+        }
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict) -> dict:
+    """Save ``model``'s weights to ``path`` and ``metadata`` beside it (``.json``), atomically.
+
+    Both files are written to staging names and renamed together (:func:`helpers.checkpoints.write_pair`),
+    so a reader never sees new weights with an old record; the record written (with the
+    weights' SHA-256 added) is returned.
+    """
+    return checkpoints.write_pair(path, checkpoints.torch_writer(model.state_dict()), metadata)
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: Any = None) -> dict:
-    """Load weights saved by :func:`save_checkpoint` into ``model``; return the metadata."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}; train one first (see its .json for the command).")
-    state = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-    model.load_state_dict(state)
-    meta = path.with_suffix(".json")
-    return json.loads(meta.read_text()) if meta.exists() else {}
+    """Load weights saved by :func:`save_checkpoint` into ``model``; return the metadata.
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, (Path, torch.device)):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
+    A missing file raises :class:`helpers.checkpoints.MissingCheckpoint` (a ``FileNotFoundError``);
+    a truncated file, weights of another architecture or weights that do not match their
+    record raise :class:`helpers.checkpoints.CheckpointError`; each message is one sentence.
+    """
+    reader = checkpoints.torch_reader(model, map_location)
+    _, record = checkpoints.load(path, reader, f"the weights of a {type(model).__name__}")
+    return record
 
 
 def train_episodic(
@@ -114,7 +130,7 @@ def train_episodic(
     val_method: FewShotMethod | None = None,
     val_episodes: list[Episode] | None = None,
     val_every: int = 500,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | checkpoints.Saver | None = None,
     device: torch.device | None = None,
     progress: bool = True,
     seed: int | None = 0,
@@ -123,24 +139,33 @@ def train_episodic(
     keep: str = "best",
     on_validation: Callable[[History], None] | None = None,
     max_seconds: float | None = None,
+    should_stop: Callable[[], bool] = runs.stop_requested,
+    save_on_interrupt: bool = True,
 ) -> History:
     """Train ``model`` for ``n_episodes`` episodes, one optimiser step per episode.
 
     ``episode_loss(model, episode)`` returns ``(loss, accuracy)`` for an episode already on
-    ``device``, with the model in train mode. Every ``val_every`` episodes (and at the end)
-    ``val_method`` is evaluated on ``val_episodes`` with the model in eval mode. With a
-    ``checkpoint`` path, ``keep="best"`` saves the weights of the best validation (or the last
-    weights when there is no validation) and ``keep="last"`` saves the final weights;
-    ``metadata`` (e.g. the command and hardware) is stored in the ``.json`` beside it.
+    ``device``, with the model in train mode. Every ``val_every`` episodes (counted over the
+    whole run, so a continued ``history`` keeps the schedule) and at the end ``val_method`` is
+    evaluated on ``val_episodes`` with the model in eval mode. With a ``checkpoint`` (a path,
+    or a :class:`helpers.checkpoints.Saver` that decides where this run may save),
+    ``keep="best"`` saves the weights of the best validation (or the last weights when there
+    is no validation) and ``keep="last"`` saves the final weights; ``metadata`` (e.g. the
+    command and hardware) is stored in the ``.json`` beside them. Every save is atomic.
     ``on_validation(history)`` is called after each validation (live plots).
     ``max_seconds`` is a time budget: training stops (validating once more) when it runs out.
-    Ctrl-C (KeyboardInterrupt) stops the loop cleanly: the history so far is returned with
-    ``interrupted=True``.
+
+    A loss that is not a finite number stops training with :class:`helpers.runs.NonFiniteLoss`
+    (checked every 50 episodes and before every validation), and weights that are not finite
+    are never saved. Ctrl-C (KeyboardInterrupt) or ``should_stop()`` turning true (the
+    commands' Ctrl-C and SIGTERM, between two episodes) stops the loop cleanly: the history so
+    far is returned with ``interrupted=True`` (and, unless ``save_on_interrupt=False``, the
+    last weights are saved when they would have been at the end).
     """
-    if not isinstance(n_episodes, (int, np.integer)) or n_episodes < 0:
+    if not isinstance(n_episodes, (int, np.integer)) or isinstance(n_episodes, bool) or n_episodes < 0:
         raise ValueError(f"n_episodes={n_episodes!r} must be a whole number >= 0.")
-    if val_every < 1:
-        raise ValueError(f"val_every={val_every} must be at least 1.")
+    if not isinstance(val_every, (int, np.integer)) or isinstance(val_every, bool) or val_every < 1:
+        raise ValueError(f"val_every={val_every!r} must be a whole number >= 1.")
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}.")
     if (val_method is None) != (not val_episodes):
@@ -158,6 +183,9 @@ def train_episodic(
     best = history.best_validation()
     best_accuracy = best[1] if best else -math.inf
     metadata = dict(metadata or {})
+    saver = checkpoint if isinstance(checkpoint, checkpoints.Saver) or checkpoint is None else (
+        checkpoints.Saver(checkpoint, metadata.get("run_id") or checkpoints.new_run_id()))
+    saved: list[str] = []
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # read back in batches: fewer GPU syncs
 
     def flush() -> None:
@@ -167,22 +195,34 @@ def train_episodic(
             history.loss.extend(values[:, 0].tolist())
             history.accuracy.extend(values[:, 1].tolist())
             pending.clear()
+            bad = [i for i, v in enumerate(values[:, 0].tolist()) if not math.isfinite(v)]
+            if bad:
+                raise runs.NonFiniteLoss(history.episode[len(history.episode) - len(values) + bad[0]], values[bad[0], 0].item())
 
     def save(tag: str) -> None:
-        if checkpoint is None:
+        if saver is None:
             return
+        state = model.state_dict()
+        if not runs.all_finite(state.values()):
+            raise runs.NonFiniteLoss(history.n_episodes, float("nan"), "weights")
         last = history.best_validation() if tag == "best" else None
+        val_accuracy = last[1] if last else (history.val_accuracy[-1] if history.val_accuracy else None)
+        val_ci95 = last[2] if last else (history.val_ci95[-1] if history.val_ci95 else None)
+        episode = last[0] if last else history.n_episodes
         info = {
             **metadata,
             "saved": tag,
-            "episode": last[0] if last else history.n_episodes,
-            "val_accuracy": last[1] if last else (history.val_accuracy[-1] if history.val_accuracy else None),
-            "val_ci95": last[2] if last else (history.val_ci95[-1] if history.val_ci95 else None),
+            "episode": episode,
+            "val_accuracy": val_accuracy,
+            "val_ci95": val_ci95,
             "val_episodes": len(val_episodes or []),
+            "val_score": checkpoints.score(val_accuracy, val_ci95, episode),
             "train_seconds": round(history.seconds, 1),
             "episodes_trained": history.n_episodes,
+            "status": "interrupted",  # until the run ends (a killed run's record stays so)
         }
-        save_checkpoint(checkpoint, model, info)
+        saver.save(checkpoints.torch_writer(state), info)
+        saved.append(tag)
 
     def validate(episode_number: int) -> None:
         nonlocal best_accuracy
@@ -204,6 +244,9 @@ def train_episodic(
     model.train()
     try:
         for step in range(1, n_episodes + 1):
+            if should_stop():
+                history.interrupted = True
+                break
             number = start_episode + step
             episode = sampler.sample().to(device)
             loss, accuracy = episode_loss(model, episode)
@@ -218,7 +261,7 @@ def train_episodic(
                 bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{np.mean(history.loss[-50:]):.3f}", acc=f"{np.mean(history.accuracy[-50:]):.3f}")
             out_of_time = max_seconds is not None and time.perf_counter() - clock > max_seconds
-            if val_method is not None and (step % val_every == 0 or step == n_episodes or out_of_time):
+            if val_method is not None and (number % val_every == 0 or step == n_episodes or out_of_time):
                 flush()  # so that the history is complete when on_validation reads it
                 history.seconds = elapsed_before + time.perf_counter() - clock
                 validate(number)
@@ -227,12 +270,16 @@ def train_episodic(
     except KeyboardInterrupt:
         history.interrupted = True
     finally:
-        flush()
-        bar.close()
-        model.train()
-        history.seconds = elapsed_before + time.perf_counter() - clock
-    if keep == "last" or not history.val_accuracy:
+        try:
+            flush()
+        finally:
+            bar.close()
+            model.train()
+            history.seconds = elapsed_before + time.perf_counter() - clock
+    if (keep == "last" or not history.val_accuracy) and (save_on_interrupt or not history.interrupted):
         save("last")
+    if saved and not history.interrupted:
+        checkpoints.update_record(saver.path, status="complete", episodes_total=history.n_episodes)
     return history
 
 

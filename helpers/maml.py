@@ -33,7 +33,6 @@ adaptation, the query set when scoring). :func:`maml_conv4` builds such a networ
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -118,10 +117,12 @@ def inner_adapt_functional(
 
 
 def _check_inner(inner_lr: float, steps: int) -> None:
-    if not (isinstance(inner_lr, (int, float)) and math.isfinite(inner_lr) and inner_lr > 0):
-        raise ValueError(f"inner_lr (alpha)={inner_lr} must be a positive number such as 0.01.")
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps={steps} must be a whole number >= 0 (0 means no adaptation).")
+    from .checks import is_number, is_whole, show
+
+    if not (is_number(inner_lr) and math.isfinite(inner_lr) and inner_lr > 0):
+        raise ValueError(f"inner_lr (alpha)={show(inner_lr)} must be a positive number such as 0.01.")
+    if not is_whole(steps) or steps < 0:
+        raise ValueError(f"steps={show(steps)} must be a whole number >= 0 (0 means no adaptation).")
 
 
 # ----------------------------------------------------------------------------- meta-batches
@@ -316,13 +317,15 @@ class MAML:
         loss: LossFn = F.mse_loss,
         mode: str = "auto",
     ) -> None:
+        from .checks import is_number, show
+
         _check_inner(inner_lr, inner_steps)
-        if not (isinstance(outer_lr, (int, float)) and math.isfinite(outer_lr) and outer_lr > 0):
-            raise ValueError(f"outer_lr (beta)={outer_lr} must be a positive number such as 0.001.")
+        if not (is_number(outer_lr) and math.isfinite(outer_lr) and outer_lr > 0):
+            raise ValueError(f"outer_lr (beta)={show(outer_lr)} must be a positive number such as 0.001.")
         resolve_mode(mode, "cpu")
         self.model, self.inner_lr, self.outer_lr = model, float(inner_lr), float(outer_lr)
         self.inner_steps, self.first_order, self.loss, self.mode = int(inner_steps), bool(first_order), loss, mode
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=outer_lr)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.outer_lr)
 
     @property
     def params(self) -> Params:
@@ -507,11 +510,13 @@ def pretrain_jointly(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[float]:
     """The paper's baseline: one regressor trained on points of all tasks mixed together (MSE, Adam).
 
     It learns the *average* function (close to zero, since phases are spread over [0, pi]) and
     is then fine-tuned on a new task's K points exactly like MAML's initialisation.
+    ``should_stop()`` turning true ends the loop early (fewer losses than ``steps``).
     """
     from tqdm.auto import tqdm
 
@@ -520,6 +525,8 @@ def pretrain_jointly(
     device = next(model.parameters()).device
     losses = []
     for _ in tqdm(range(steps), desc="pretraining", disable=not progress, leave=False):
+        if should_stop is not None and should_stop():
+            break
         batch, _, _ = tasks.sample(n_tasks, k, 1, generator)
         loss = F.mse_loss(model(batch.support_x.to(device)), batch.support_y.to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -537,25 +544,35 @@ def train_maml(
     desc: str = "meta-training",
     callback: Callable[[int, float], None] | None = None,
     time_limit: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    first_step: int = 1,
 ) -> list[float]:
     """Run ``meta_steps`` outer updates on meta-batches from ``sample_batch()``; the meta-losses.
 
     ``callback(step, loss)`` runs after each step (for live plots and validation);
-    ``time_limit`` (seconds) stops early, keeping what was learned.
+    ``time_limit`` (seconds) stops early, keeping what was learned, and so does
+    ``should_stop()`` turning true (checked before each step: the training commands' Ctrl-C and
+    SIGTERM). A meta-loss that is not a finite number raises :class:`helpers.runs.NonFiniteLoss`.
+    Steps are numbered from ``first_step`` (a continued run counts on).
     """
     from tqdm.auto import tqdm
+
+    from .runs import check_finite
 
     losses: list[float] = []
     start = time.perf_counter()
     bar = tqdm(range(meta_steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
-        losses.append(learner.meta_step(sample_batch()))
+        if should_stop is not None and should_stop():
+            break
+        losses.append(check_finite(first_step + step, learner.meta_step(sample_batch()), "meta-loss"))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
         if callback is not None:
-            callback(step + 1, losses[-1])
+            callback(first_step + step, losses[-1])
         if time_limit is not None and time.perf_counter() - start > time_limit:
             break
+    bar.close()
     return losses
 
 
@@ -655,29 +672,101 @@ class OmniglotRun:
     seed: int = 0
 
 
+#: Query images per class in the validation episodes: 15 (the usual protocol) where the
+#: support set leaves that many of a class's 20 drawings, else all that are left.
+VAL_QUERIES = 15
+
+
+def validation_queries(k_shot: int) -> int:
+    """Queries per class of the validation episodes for ``k_shot`` (``k_shot + queries <= 20``)."""
+    from .episodes import OMNIGLOT_DRAWINGS
+
+    return min(VAL_QUERIES, OMNIGLOT_DRAWINGS - int(k_shot))
+
+
+def check_omniglot_run(run: OmniglotRun, name: Callable[[str], str] = str) -> None:
+    """Raise ``ValueError`` (one sentence) unless ``run`` can train; ``name`` spells each setting
+    in the message (``str`` for the field, :func:`helpers.commands.flag` for the option)."""
+    from . import checks
+    from .episodes import OMNIGLOT_CLASSES, OMNIGLOT_DRAWINGS
+
+    for field_name in ("inner_lr", "meta_lr"):
+        checks.positive_number(name(field_name), getattr(run, field_name), 0.4 if field_name == "inner_lr" else 0.001)
+    if run.minutes is not None:
+        checks.positive_number(name("minutes"), run.minutes, 20)
+    for field_name, low in (("train_steps", 0), ("eval_steps", 0), ("meta_batch", 1), ("meta_steps", 1), ("val_every", 1),
+                            ("val_episodes", 1), ("k_shot", 1), ("n_query", 1)):
+        checks.whole_number(name(field_name), getattr(run, field_name), low)
+    checks.whole_number(name("n_way"), run.n_way, 2, min(OMNIGLOT_CLASSES["vinyals-train"], OMNIGLOT_CLASSES["vinyals-val"]))
+    if run.k_shot + run.n_query > OMNIGLOT_DRAWINGS:
+        raise ValueError(f"{name('k_shot')} {run.k_shot} plus {name('n_query')} {run.n_query} is {run.k_shot + run.n_query} "
+                         f"images per class, but every Omniglot class has {OMNIGLOT_DRAWINGS}; use at most {OMNIGLOT_DRAWINGS} together.")
+    checks.seed(run.seed, name("seed"))
+    resolve_mode(run.mode, "cpu")
+
+
 def train_omniglot(
-    run: OmniglotRun, out: str | Path | None = None, progress: bool = True, command: str = "", hardware: str = ""
+    run: OmniglotRun, out: str | Path | None = None, progress: bool = True, command: str = "", hardware: str = "",
+    device: torch.device | str | None = None, files=None,
 ) -> tuple[nn.Module, dict]:
     """Meta-train a Conv-4 on Omniglot (Vinyals train classes), validating on the Vinyals val classes.
 
-    Keeps the weights with the best validation accuracy; saves them to ``out`` (with a
-    ``.json`` of settings, hardware, wall time and accuracy) when ``out`` is given.
+    Keeps the weights with the best validation accuracy and saves them, atomically, every time
+    the validation improves, to ``out`` (with a ``.json`` of settings, hardware, wall time and
+    accuracy) when ``out`` is given; another run's checkpoint there is protected as
+    :class:`helpers.checkpoints.Saver` says. ``files`` (a :class:`helpers.commands.RunFiles`,
+    from the command) adds Ctrl-C / SIGTERM handling and ``--resume``: the run continues from
+    its saved state exactly as if it had not stopped.
     """
-    from .device import describe_device, pick_device, seed_everything
+    from . import checkpoints, runs
+    from .device import hardware_description, pick_device, seed_everything
     from .episodes import omniglot_dataset, sample_episodes
     from .fewshot import evaluate
-    from .training import DeviceEpisodeSampler, save_checkpoint
+    from .training import DeviceEpisodeSampler
 
+    check_omniglot_run(run)
+    started = time.perf_counter()
     seed_everything(run.seed)
-    device = pick_device()
+    device = torch.device(device) if device is not None else pick_device()
     model = maml_conv4(run.n_way).to(device)
     learner = MAML(model, run.inner_lr, run.meta_lr, run.train_steps, run.first_order, F.cross_entropy, run.mode)
     sampler = DeviceEpisodeSampler(omniglot_dataset("vinyals-train"), run.n_way, run.k_shot, run.n_query, device, seed=run.seed)
-    val = sample_episodes(omniglot_dataset("vinyals-val"), run.n_way, run.k_shot, 15, run.val_episodes, seed=run.seed + 1)
-    best = {"accuracy": -1.0, "ci95": float("nan"), "step": 0, "state": None}
-    history = {"step": [], "val_accuracy": [], "val_ci95": []}
+    val_query = validation_queries(run.k_shot)
+    val = sample_episodes(omniglot_dataset("vinyals-val"), run.n_way, run.k_shot, val_query, run.val_episodes, seed=run.seed + 1)
+    saver = files.saver if files is not None else (checkpoints.Saver(out, checkpoints.new_run_id()) if out is not None else None)
+    losses: list[float] = []
+    history: dict[str, list] = {"step": [], "val_accuracy": [], "val_ci95": []}
+    best: dict = {"accuracy": -1.0, "ci95": float("nan"), "step": 0}
+    best_state: dict | None = None
+    seconds_before, wall_before = 0.0, 0.0
+    state = files.state if files is not None else None
+    if state:
+        model.load_state_dict(state["model"])
+        learner.optimizer.load_state_dict(state["optimizer"])
+        runs.set_generator_state(sampler.rng, state["sampler"])
+        losses, history, best, best_state = list(state["losses"]), state["history"], state["best"], state["best_state"]
+        seconds_before, wall_before = float(state["train_seconds"]), float(state["wall_seconds"])
+        runs.set_rng_state(state["rng"])
+        print(f"resuming {files.resume_file} at meta-step {len(losses)} of {run.meta_steps}", flush=True)
+    description = hardware_description(device) + (f"; {hardware}" if hardware else "")
+    val_text = f"omniglot/vinyals-val, {run.val_episodes} episodes {run.n_way}-way {run.k_shot}-shot, {val_query} queries per class"
+
+    def record(status: str, train_seconds: float) -> dict:
+        done = len(losses)
+        return checkpoints.make_record(
+            "maml", command=command, hardware=description, settings=dict(run.__dict__), status=status,
+            run_id=saver.run_id if saver is not None else None, validation=val_text,
+            val_score=checkpoints.score(best["accuracy"], best["ci95"], best["step"]) if best["step"] else None,
+            history=history, results={"meta_steps_done": done, "best_step": best["step"]},
+            wall_seconds=wall_before + time.perf_counter() - started, train_seconds=train_seconds,
+            meta_steps_done=done, seconds_per_meta_step=round(train_seconds / max(1, done), 3), best_step=best["step"],
+            val_accuracy=round(best["accuracy"], 4), val_ci95=round(best["ci95"], 4), val_episodes=run.val_episodes,
+            val_split=f"omniglot/vinyals-val, {val_query} queries per class", train_split="omniglot/vinyals-train",
+            meta_loss_every_10=[round(float(np.mean(losses[i : i + 10])), 4) for i in range(0, done, 10)],
+        )
 
     def validate(step: int) -> None:
+        nonlocal best_state
         result = evaluate(MAMLClassifier(model, run.inner_lr, run.eval_steps), val, progress=False)
         history["step"].append(step)
         history["val_accuracy"].append(result.mean)
@@ -685,51 +774,65 @@ def train_omniglot(
         if progress:
             print(f"step {step}: validation {result}", flush=True)
         if result.mean > best["accuracy"]:
-            best.update(accuracy=result.mean, ci95=result.ci95, step=step, state={k: v.detach().clone() for k, v in model.state_dict().items()})
+            best.update(accuracy=result.mean, ci95=result.ci95, step=step)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if saver is not None:  # keep-best, atomically: a killed run keeps its best weights so far
+                saver.save(checkpoints.torch_writer(best_state), record("interrupted", seconds_before + time.perf_counter() - start))
 
     def callback(step: int, _loss: float) -> None:
         if step % run.val_every == 0:
             validate(step)
 
     start = time.perf_counter()
-    losses = train_maml(
-        learner, lambda: episodes_to_batch(sampler.take(run.meta_batch)), run.meta_steps, progress, callback=callback,
-        time_limit=None if run.minutes is None else 60 * run.minutes,
-    )
-    train_seconds = time.perf_counter() - start
+    time_limit = None if run.minutes is None else max(0.0, 60 * run.minutes - seconds_before)
+    stop = runs.stop_requested if files is not None else None
+    try:
+        losses += train_maml(
+            learner, lambda: episodes_to_batch(sampler.take(run.meta_batch)), run.meta_steps - len(losses), progress,
+            callback=callback, time_limit=time_limit, should_stop=stop, first_step=len(losses) + 1,
+        )
+    except runs.NonFiniteLoss as exc:
+        if files is None:
+            raise
+        from .commands import nonfinite, own_checkpoint
+
+        raise nonfinite(exc, "the step sizes --inner-lr or --meta-lr are probably too large",
+                        saver.path if own_checkpoint(files) else None) from None
+    train_seconds = seconds_before + time.perf_counter() - start
+    if files is not None and runs.stop_requested() and len(losses) < run.meta_steps:
+        from .commands import own_checkpoint
+
+        files.save_state({
+            "model": model.state_dict(), "optimizer": learner.optimizer.state_dict(), "sampler": runs.generator_state(sampler.rng),
+            "rng": runs.rng_state(), "losses": losses, "history": history, "best": best, "best_state": best_state,
+            "train_seconds": train_seconds, "wall_seconds": wall_before + time.perf_counter() - started,
+        }, record("resumable", train_seconds))
+        raise files.interrupted(f"meta-step {len(losses)} of {run.meta_steps}", command, own_checkpoint(files))
     if not history["step"] or history["step"][-1] != len(losses):
         validate(len(losses))
-    model.load_state_dict(best["state"])
-    meta = {
-        "settings": run.__dict__,
-        "command": command,
-        "hardware": f"{hardware}; torch saw {describe_device(device)}".lstrip("; "),
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "train_seconds": round(train_seconds, 1),
-        "meta_steps_done": len(losses),
-        "seconds_per_meta_step": round(train_seconds / max(1, len(losses)), 3),
-        "best_step": best["step"],
-        "val_accuracy": round(best["accuracy"], 4),
-        "val_ci95": round(best["ci95"], 4),
-        "val_episodes": run.val_episodes,
-        "val_split": "omniglot/vinyals-val, 15 queries per class",
-        "train_split": "omniglot/vinyals-train",
-        "history": history,
-        "meta_loss_every_10": [round(float(np.mean(losses[i : i + 10])), 4) for i in range(0, len(losses), 10)],
-    }
-    if out is not None:
-        save_checkpoint(out, model, meta)
+    model.load_state_dict(best_state)
+    meta = record("complete", train_seconds)
+    if saver is not None:
+        meta = saver.save(checkpoints.torch_writer(best_state), meta)
+    if files is not None:
+        files.finish()
     return model, meta
 
 
 def load_omniglot_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A Conv-4 MAML network and its metadata from a checkpoint written by :func:`train_omniglot`."""
-    from .training import load_checkpoint
+    from . import checkpoints
 
-    meta = json.loads(Path(path).with_suffix(".json").read_text())
-    model = maml_conv4(meta["settings"]["n_way"])
-    load_checkpoint(path, model)
-    return model.to(device), meta
+    command = "python -m helpers.maml omniglot --out " + str(path)
+    record = checkpoints.read_record(path)
+    if record is None or "n_way" not in record.get("settings", {}):
+        where = "no record" if record is None else "a record without settings.n_way"
+        raise checkpoints.MissingCheckpoint(
+            f"{checkpoints.record_path(path)} is missing or incomplete ({where}): expected the record of a MAML Conv-4 "
+            f"checkpoint that says its n_way; {checkpoints.how_to_make(record, command)}.")
+    model = maml_conv4(record["settings"]["n_way"])
+    _, record = checkpoints.load(path, checkpoints.torch_reader(model), f"a {record['settings']['n_way']}-way MAML Conv-4", command)
+    return model.to(device), record
 
 
 def sinusoid_report(
@@ -753,26 +856,58 @@ def sinusoid_report(
 def train_sinusoid(
     meta_steps: int = 70000, meta_batch: int = 25, k: int = 10, inner_lr: float = 0.01, inner_steps: int = 1,
     outer_lr: float = 1e-3, first_order: bool = False, minutes: float | None = None, seed: int = 0,
-    progress: bool = True,
+    progress: bool = True, files=None, command: str = "",
 ) -> tuple[MAML, nn.Module, dict]:
-    """Meta-train the paper's sinusoid regressor, and a jointly pretrained baseline for as many steps."""
+    """Meta-train the paper's sinusoid regressor, and a jointly pretrained baseline for as many steps.
+
+    ``files`` (from the command) adds Ctrl-C / SIGTERM handling and ``--resume``: a run stopped
+    during meta-training continues exactly; one stopped during the (seeded) pretraining keeps
+    its meta-trained weights and pretrains again from the start, with the same result.
+    """
+    from . import checkpoints, runs
     from .device import seed_everything
 
     seed_everything(seed)
     tasks, generator = SinusoidTasks(), torch.Generator().manual_seed(seed)
     learner = MAML(sinusoid_net(), inner_lr, outer_lr, inner_steps, first_order, F.mse_loss)
-    start = time.perf_counter()
-    losses = train_maml(
-        learner, lambda: tasks.sample(meta_batch, k, k, generator)[0], meta_steps, progress, time_limit=None if minutes is None else 60 * minutes
-    )
-    maml_seconds = time.perf_counter() - start
+    losses: list[float] = []
+    maml_seconds = 0.0
+    state = files.state if files is not None else None
+    if state:
+        learner.model.load_state_dict(state["model"])
+        learner.optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        losses, maml_seconds = list(state["losses"]), float(state["maml_seconds"])
+        runs.set_rng_state(state["rng"])
+    stop = runs.stop_requested if files is not None else None
+    settings = dict(meta_steps=meta_steps, meta_batch=meta_batch, k=k, inner_lr=inner_lr, inner_steps=inner_steps,
+                    outer_lr=outer_lr, first_order=first_order, minutes=minutes, seed=seed)
+
+    def stopped(phase: str, done: int, of: int) -> Exception:
+        files.save_state({"phase": phase, "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
+                          "generator": generator.get_state() if phase == "maml" else state_generator, "losses": losses,
+                          "maml_seconds": maml_seconds, "rng": rng_after_maml if phase == "pretrain" else runs.rng_state()},
+                         checkpoints.make_record("maml", command=command, hardware="", settings=settings, status="resumable"))
+        what = "meta-step" if phase == "maml" else "pretraining step"
+        return files.interrupted(f"{what} {done} of {of}", command, False)
+
+    if not state or state.get("phase", "maml") == "maml":
+        start = time.perf_counter()
+        time_limit = None if minutes is None else max(0.0, 60 * minutes - maml_seconds)
+        losses += train_maml(learner, lambda: tasks.sample(meta_batch, k, k, generator)[0], meta_steps - len(losses), progress,
+                             time_limit=time_limit, should_stop=stop, first_step=len(losses) + 1)
+        maml_seconds += time.perf_counter() - start
+        if files is not None and runs.stop_requested() and len(losses) < meta_steps:
+            raise stopped("maml", len(losses), meta_steps)
+    state_generator, rng_after_maml = generator.get_state(), runs.rng_state()
     seed_everything(seed + 1)
     pretrained = sinusoid_net()
     start = time.perf_counter()
-    pretrain_jointly(pretrained, tasks, len(losses), meta_batch, k, outer_lr, seed + 1, progress)
+    done = pretrain_jointly(pretrained, tasks, len(losses), meta_batch, k, outer_lr, seed + 1, progress, should_stop=stop)
+    if files is not None and len(done) < len(losses):
+        raise stopped("pretrain", len(done), len(losses))
     meta = {
-        "settings": dict(meta_steps=meta_steps, meta_batch=meta_batch, k=k, inner_lr=inner_lr, inner_steps=inner_steps,
-                         outer_lr=outer_lr, first_order=first_order, minutes=minutes, seed=seed),
+        "settings": settings,
         "meta_steps_done": len(losses),
         "maml_seconds": round(maml_seconds, 1),
         "pretrain_seconds": round(time.perf_counter() - start, 1),
@@ -783,71 +918,131 @@ def train_sinusoid(
 
 def load_sinusoid_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """A sinusoid regressor (MAML's or the pretrained baseline's) and its metadata."""
-    from .training import load_checkpoint
+    from . import checkpoints
 
     model = sinusoid_net()
-    return model, load_checkpoint(path, model)
+    _, record = checkpoints.load(path, checkpoints.torch_reader(model), "a sinusoid regressor (MLP 1-40-40-1)",
+                                 "python -m helpers.maml sinusoid --out " + str(path).replace("_pretrained", ""))
+    return model, record
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m helpers.maml omniglot --n-way 5 --k-shot 1 --minutes 20 --out ...``."""
-    import shlex
-    import sys
+# ----------------------------------------------------------------------------- the command
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.maml", description="Meta-train MAML on Omniglot.")
-    sub = parser.add_subparsers(dest="task", required=True)
+PROG = "python -m helpers.maml"
+
+
+def build_parser():
+    """``python -m helpers.maml omniglot ...`` and ``python -m helpers.maml sinusoid ...``."""
+    from .commands import Parser, add_run_options
+
+    parser = Parser(PROG, description="Meta-train MAML on Omniglot or on the paper's sinusoids. "
+                    "Ctrl-C or SIGTERM saves the run; --resume continues it.")
+    sub = parser.add_subparsers(dest="task", required=True, parser_class=Parser)
     om = sub.add_parser("omniglot", help="Conv-4 on Omniglot; defaults are the paper's 5-way 1-shot settings")
     defaults = OmniglotRun()
     for name, value in defaults.__dict__.items():
         flag = "--" + name.replace("_", "-")
+        if name == "seed":
+            continue  # add_run_options has it
         if isinstance(value, bool):
             om.add_argument(flag, action="store_true")
         elif name == "minutes":
             om.add_argument(flag, type=float, default=None, help="stop after this many minutes of training")
+        elif name == "mode":
+            om.add_argument(flag, choices=MODES, default=value)
         else:
             om.add_argument(flag, type=type(value), default=value)
     om.add_argument("--paper", action="store_true",
                     help="the paper's alpha, inner steps, meta-batch and meta-steps for --n-way (flags given explicitly win)")
-    om.add_argument("--out", type=Path, default=None)
-    om.add_argument("--hardware", default="", help="a description of the machine, stored in the .json")
-    om.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 is fastest on a busy CPU)")
+    om.add_argument("--out", type=Path, default=Path("data/checkpoints/maml_omniglot.pt"), help="the checkpoint to write")
+    om.add_argument("--no-progress", action="store_true")
     si = sub.add_parser("sinusoid", help="the paper's sinusoid regression (and the jointly pretrained baseline)")
     si.add_argument("--meta-steps", type=int, default=70000)
     si.add_argument("--meta-batch", type=int, default=25)
     si.add_argument("--k", type=int, default=10)
     si.add_argument("--inner-lr", type=float, default=0.01)
     si.add_argument("--minutes", type=float, default=None)
-    si.add_argument("--seed", type=int, default=0)
     si.add_argument("--out", type=Path, required=True, help="MAML weights; the baseline goes beside it with _pretrained")
-    for p in (si,):
-        p.add_argument("--hardware", default="", help="a description of the machine, stored in the .json")
-        p.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    command = "python3 -m helpers.maml " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.task == "sinusoid":
-        from .device import describe_device
-        from .training import save_checkpoint
+    si.add_argument("--no-progress", action="store_true")
+    for p in (om, si):
+        p.add_argument("--hardware", default="", help="a note on the machine, added to the recorded hardware")
+        add_run_options(p)
+    return parser
 
-        start = time.perf_counter()
-        learner, pretrained, meta = train_sinusoid(args.meta_steps, args.meta_batch, args.k, args.inner_lr, minutes=args.minutes, seed=args.seed)
-        report = sinusoid_report({"maml": (learner.model, learner.params), "pretrained": (pretrained, parameters_of(pretrained))})
-        meta.update(command=command, hardware=f"{args.hardware}; torch saw {describe_device(torch.device('cpu'))}".lstrip("; "),
-                    wall_seconds=round(time.perf_counter() - start, 1), test_mse=report,
-                    test="600 new tasks per K, adapted with alpha=0.01 on K points, MSE on 100 fresh points")
-        save_checkpoint(args.out, learner.model, {**meta, "model": "maml"})
-        save_checkpoint(args.out.with_name(args.out.stem + "_pretrained.pt"), pretrained, {**meta, "model": "pretrained"})
-        print(json.dumps({k: v for k, v in meta.items() if k != "meta_loss_every_100"}, indent=1))
-        return
+
+def _omniglot_settings(args) -> dict:
+    defaults = OmniglotRun()
     settings = {k: getattr(args, k) for k in defaults.__dict__}
     if args.paper:
-        if args.n_way not in PAPER_OMNIGLOT:
-            raise SystemExit(f"--paper knows n_way 5 and 20, not {args.n_way}")
         explicit = {k for k, v in settings.items() if v != getattr(defaults, k)}  # flags given win over --paper
         settings.update({k: v for k, v in PAPER_OMNIGLOT[args.n_way].items() if k not in explicit})
-    _, meta = train_omniglot(OmniglotRun(**settings), args.out, command=command, hardware=args.hardware)
-    print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "meta_loss_every_10")}, indent=2))
+    return settings
+
+
+def validate_arguments(args) -> None:
+    """Every argument, checked before any data is loaded (``ValueError``)."""
+    from . import checks, commands
+
+    commands.run_options(args)
+    if args.task == "sinusoid":
+        commands.positive(args, "inner_lr", example=0.01)
+        commands.positive(args, "minutes", example=17)
+        commands.whole(args, "meta_steps", 1)
+        commands.whole(args, "meta_batch", 1)
+        commands.whole(args, "k", 1)
+    else:
+        if args.paper and args.n_way not in PAPER_OMNIGLOT:
+            raise ValueError(f"--paper knows the paper's settings for --n-way 5 and 20, not {checks.show(args.n_way)}.")
+        check_omniglot_run(OmniglotRun(**_omniglot_settings(args)), commands.flag)
+    commands.writable_target(Path(args.out))
+
+
+def train_command(args, device: torch.device, command: str) -> dict:
+    from . import checkpoints, commands
+
+    if args.task == "omniglot":
+        settings = _omniglot_settings(args)
+        files = commands.RunFiles(args.out, args, settings)
+        _, meta = train_omniglot(OmniglotRun(**settings), args.out, progress=not args.no_progress, command=command,
+                                 hardware=args.hardware, device=device, files=files)
+        print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "meta_loss_every_10", "settings")}, indent=2))
+        print(f"checkpoint: {files.saver.path}")
+        return meta
+    from .device import hardware_description
+
+    settings = {k: getattr(args, k) for k in ("meta_steps", "meta_batch", "k", "inner_lr", "minutes", "seed")}
+    files = commands.RunFiles(args.out, args, settings)
+    learner, pretrained, meta = train_sinusoid(args.meta_steps, args.meta_batch, args.k, args.inner_lr, minutes=args.minutes,
+                                               seed=args.seed, progress=not args.no_progress, files=files, command=command)
+    report = sinusoid_report({"maml": (learner.model, learner.params), "pretrained": (pretrained, parameters_of(pretrained))})
+    test = "600 new tasks per K, adapted with alpha=0.01 on K points, MSE on 100 fresh points"
+    written = {}
+    for name, model, saver in (
+        ("maml", learner.model, files.saver),
+        ("pretrained", pretrained, checkpoints.Saver(args.out.with_name(args.out.stem + "_pretrained.pt"), files.run_id, args.overwrite)),
+    ):
+        record = checkpoints.make_record(
+            "maml", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
+            settings=meta["settings"], validation=f"test MSE after 1 step at K=5 ({test})",
+            val_score=checkpoints.score(report[name][5][1], metric="mse", higher_is_better=False),
+            history={"meta_loss_every_100": meta["meta_loss_every_100"]}, results={"test_mse": report},
+            wall_seconds=commands.wall_seconds(files, args), train_seconds=meta["maml_seconds"] + meta["pretrain_seconds"],
+            run_id=files.run_id, **{k: v for k, v in meta.items() if k != "settings"}, test_mse=report, test=test, model=name,
+        )
+        written[name] = saver.save(checkpoints.torch_writer(model.state_dict()), record)
+    files.finish()
+    print(json.dumps({k: v for k, v in written["maml"].items() if k not in ("meta_loss_every_100", "history", "results")}, indent=1))
+    return written["maml"]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command line: ``python -m helpers.maml omniglot --n-way 5 --k-shot 1 --minutes 20 --out ...``.
+
+    Every failure is one line on stderr with exit status 2; see ``--help``.
+    """
+    from .commands import main as run_command
+
+    return run_command(PROG, build_parser(), validate_arguments, train_command, argv)
 
 
 if __name__ == "__main__":

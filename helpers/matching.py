@@ -337,24 +337,17 @@ def matching_loss(model: MatchingNetwork, episode: Episode) -> tuple[torch.Tenso
 # The training command behind the committed checkpoints
 # --------------------------------------------------------------------------------------------
 
+PROG = "python -m helpers.matching"
+#: arguments that are not settings of the run (where to save, how to talk)
+NOT_SETTINGS = ("out", "hardware", "no_progress", "resume", "overwrite", "debug", "started")
 
-def main(argv: list[str] | None = None) -> None:
-    """Train a Matching Network episodically on Omniglot and save the best-validation weights.
 
-    The checkpoints in ``data/checkpoints/matching_*.pt`` were made with this command; its
-    ``.json`` records the exact arguments, the hardware, the wall time and the validation
-    accuracy. Ctrl-C (or ``timeout -s INT``) stops training and keeps the best weights so far.
-    """
-    import argparse
-    import shlex
-    import sys
-    import time
+def build_parser():
+    """The options of ``python -m helpers.matching``."""
+    from .commands import Parser, add_run_options
 
-    from .device import hardware_description, training_device
-    from .episodes import omniglot_dataset, sample_episodes
-    from .training import DeviceEpisodeSampler, report_validation, train_episodic
-
-    parser = argparse.ArgumentParser(prog="python -m helpers.matching", description=main.__doc__)
+    parser = Parser(PROG, description="Train a Matching Network episodically on Omniglot and save the best-validation weights "
+                    "with a record (.json: command, hardware, time, validation). Ctrl-C or SIGTERM saves the run; --resume continues it.")
     parser.add_argument("--fce", action="store_true", help="use full context embeddings")
     parser.add_argument("--processing-steps", type=int, default=5, help="T of the attention LSTM")
     parser.add_argument("--scale", type=float, default=10.0, help="s in softmax(s * cosine), its starting value when learned (the paper: 1)")
@@ -369,70 +362,93 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-split", default="vinyals-val")
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--val-episodes", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=None, help="time budget: stop (validate, save) after it")
-    parser.add_argument("--hardware", default=None, help="how to describe the machine in the .json")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--hardware", default=None, help="a note on the machine, added to the recorded hardware")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (print each validation instead)")
     parser.add_argument(
         "--keep", choices=("best", "last"), default=None,
         help="weights to save; default: 'last' when the validation classes are inside the training split, else 'best'",
     )
     parser.add_argument("--out", required=True, help="checkpoint path, e.g. data/checkpoints/matching_fce.pt")
-    args = parser.parse_args(argv)
+    add_run_options(parser)
+    return parser
 
-    device = training_device(args.device, args.threads)
+
+def validate_arguments(args) -> None:
+    """Every argument of the command, checked before any data is loaded (``ValueError``)."""
+    from pathlib import Path
+
+    from . import commands
+
+    commands.run_options(args)
+    commands.positive(args, "lr", example=0.001)
+    commands.positive(args, "scale", example=10)
+    commands.positive(args, "max_minutes", example=30)
+    for dest in ("processing_steps", "episodes", "lr_halve_every", "val_episodes", "val_every"):
+        commands.whole(args, dest, 1)
+    commands.omniglot_episodes(args.train_split, args.n_way, args.k_shot, args.n_query)
+    commands.omniglot_episodes(args.val_split, args.n_way, args.k_shot, args.n_query)
+    commands.writable_target(Path(args.out))
+
+
+def train_command(args, device: torch.device, command: str) -> dict:
+    """Train as the arguments say; save (atomically, keep-best) and record the run."""
+    from . import checkpoints, commands
+    from .device import hardware_description
+    from .episodes import omniglot_dataset, sample_episodes
+    from .training import DeviceEpisodeSampler, report_validation
+
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    files = commands.RunFiles(args.out, args, settings)
     torch.manual_seed(args.seed)
     model = MatchingNetwork(fce=args.fce, processing_steps=args.processing_steps, scale=args.scale, learn_scale=not args.fixed_scale).to(device)
     train = omniglot_dataset(args.train_split)
     val = omniglot_dataset(args.val_split)
     overlap = bool(set(train.class_names) & set(val.class_names))
     keep = args.keep or ("last" if overlap else "best")
+    settings["keep"] = keep
     # the images live on the training device and episodes are gathered there
     sampler = DeviceEpisodeSampler(train, args.n_way, args.k_shot, args.n_query, device=device, seed=args.seed)
     val_episodes = [e.to(device) for e in sample_episodes(val, args.n_way, args.k_shot, args.n_query, args.val_episodes, seed=args.seed + 1)]
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_halve_every, gamma=0.5)
-    metadata = {
-        "command": "python -m helpers.matching " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "arguments": vars(args),
-        "hardware": args.hardware or hardware_description(device),
-        "torch": torch.__version__,
-        "validation": f"{args.val_episodes} {args.n_way}-way {args.k_shot}-shot episodes of {args.val_split}"
+    record = checkpoints.make_record(
+        "matching", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
+        settings=settings, run_id=files.run_id,
+        validation=f"{args.val_episodes} {args.n_way}-way {args.k_shot}-shot episodes of {args.val_split}"
         + (" (these classes are inside the training split: a monitor, not a held-out score)" if overlap else " (held-out classes)"),
-        "keep": keep,
-    }
-    start = time.perf_counter()
-    history = train_episodic(
-        model, matching_loss, sampler, args.episodes, optimizer, scheduler,
-        val_method=model, val_episodes=val_episodes, val_every=args.val_every,
-        checkpoint=args.out, device=device, seed=args.seed, metadata=metadata, keep=keep,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, progress=not args.no_progress,
+        arguments=settings, torch=torch.__version__, keep=keep,
+    )
+    history = commands.episodic_run(
+        files, args, command, model=model, episode_loss=matching_loss, sampler=sampler, optimizer=optimizer,
+        scheduler=scheduler, val_method=model, val_episodes=val_episodes, record=record, keep=keep, device=device,
         on_validation=lambda h: report_validation(h, f"scale {model.scale.item():.2f}"),
     )
-    # the loop wrote the best weights and their metadata; add the whole run's wall time and curves
-    import json
-    from pathlib import Path
+    # the loop wrote the kept weights and their record; add the whole run's wall time and curves
+    saved_scale = torch.load(files.saver.path, map_location="cpu", weights_only=True)["log_scale"].exp()
+    checkpoints.update_record(
+        files.saver.path, wall_seconds=round(commands.wall_seconds(files, args), 1), interrupted=False,
+        episodes_total=history.n_episodes,  # "episodes_trained" counts those behind the saved weights
+        scale=round(float(saved_scale), 4), history=history.blocks(10),  # means over blocks of 10 episodes: a small file
+        results={"episodes_total": history.n_episodes, "scale": round(float(saved_scale), 4)},
+    )
+    files.finish()
+    print(f"best validation: {history.best_validation()}; {history.n_episodes} episodes in {history.seconds:.0f} s; "
+          f"checkpoint {files.saver.path}")
+    return {"checkpoint": str(files.saver.path), "episodes": history.n_episodes}
 
-    meta_path = Path(args.out).with_suffix(".json")
-    info = json.loads(meta_path.read_text())
-    info["wall_seconds"] = round(time.perf_counter() - start, 1)
-    info["interrupted"] = history.interrupted
-    info["episodes_total"] = history.n_episodes  # "episodes_trained" counts those behind the saved weights
-    info["scale"] = round(float(torch.load(args.out, map_location="cpu", weights_only=True)["log_scale"].exp()), 4)
-    block = 10  # the curves are stored as means over blocks of 10 episodes, to keep the file small
 
-    def means(values: list[float]) -> list[float]:
-        return [round(sum(values[i : i + block]) / len(values[i : i + block]), 4) for i in range(0, len(values), block)]
+def main(argv: list[str] | None = None) -> dict:
+    """Train a Matching Network episodically on Omniglot and save the best-validation weights.
 
-    info["history"] = {
-        "block": block, "episode": [history.episode[min(i + block, len(history.episode)) - 1] for i in range(0, len(history.episode), block)],
-        "loss": means(history.loss), "accuracy": means(history.accuracy),
-        "val_episode": history.val_episode, "val_accuracy": history.val_accuracy, "val_ci95": history.val_ci95,
-    }
-    meta_path.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"best validation: {history.best_validation()}; {history.n_episodes} episodes in {history.seconds:.0f} s")
+    The checkpoints in ``data/checkpoints/matching_*.pt`` were made with this command; its
+    ``.json`` records the exact arguments, the hardware, the wall time and the validation
+    accuracy. Ctrl-C or SIGTERM saves the run (``--resume`` continues it); every failure is
+    one line on stderr with exit status 2.
+    """
+    from .commands import main as run_command
+
+    return run_command(PROG, build_parser(), validate_arguments, train_command, argv)
 
 
 if __name__ == "__main__":

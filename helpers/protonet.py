@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shlex
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -420,12 +417,17 @@ def training_panel(train_dataset, test_dataset, device: torch.device, n_query: i
 # ----------------------------------------------------------------------------- training command
 
 
+PROG = "python -m helpers.protonet"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m helpers.protonet",
+    from .commands import Parser, add_run_options
+
+    parser = Parser(
+        PROG,
         description="Train a Prototypical Network (Conv-4) on Omniglot with episodes, as in Snell et al. (2017), "
-        "and save a checkpoint with its metadata (.json: command, hardware, time, validation accuracy).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "and save a checkpoint with its record (.json: command, hardware, time, validation accuracy). "
+        "Ctrl-C or SIGTERM saves the run; --resume continues it.",
     )
     parser.add_argument("--n-way", type=int, default=60, help="classes per training episode (paper: 60)")
     parser.add_argument("--k-shot", type=int, default=1, help="support images per class; match the test shot")
@@ -447,66 +449,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (validate, save) after this much training time")
     parser.add_argument("--checkpoint", default="data/checkpoints/protonet_omniglot.pt")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--note", default="", help="free text stored in the checkpoint metadata (e.g. how busy the machine was)")
+    parser.add_argument("--note", default="", help="free text stored in the checkpoint record (e.g. how busy the machine was)")
     parser.add_argument("--no-progress", action="store_true")
+    add_run_options(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from .device import hardware_description, training_device
+def validate_arguments(args: argparse.Namespace) -> None:
+    """Every argument of the command, checked before any data is loaded (``ValueError``)."""
+    from . import commands
+
+    commands.run_options(args)
+    commands.positive(args, "lr", example=0.001)
+    commands.positive(args, "cosine_scale", example=10)
+    commands.positive(args, "max_minutes", example=30)
+    for dest in ("episodes", "lr_step", "val_episodes", "val_every"):
+        commands.whole(args, dest, 1)
+    commands.omniglot_episodes(args.train_split, args.n_way, args.k_shot, args.n_query)
+    commands.omniglot_episodes(args.val_split, args.val_way, args.k_shot, args.val_query, ("--val-way", "--k-shot", "--val-query"))
+    commands.writable_target(Path(args.checkpoint))
+
+
+#: arguments that are not settings of the run (where to save, how to talk)
+NOT_SETTINGS = ("checkpoint", "note", "no_progress", "resume", "overwrite", "debug", "started")
+
+
+def train_command(args: argparse.Namespace, device: torch.device, command: str) -> dict:
+    from . import checkpoints, commands
+    from .device import hardware_description
     from .episodes import omniglot_dataset, sample_episodes
     from .nets import Conv4
-    from .training import DeviceEpisodeSampler, report_validation, train_episodic
+    from .training import DeviceEpisodeSampler, report_validation
 
-    args = build_parser().parse_args(argv)
-    device = training_device(args.device, args.threads)
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    files = commands.RunFiles(args.checkpoint, args, settings)
     torch.manual_seed(args.seed)
     train = omniglot_dataset(args.train_split)
     val = omniglot_dataset(args.val_split)
     overlap = bool(set(train.class_names) & set(val.class_names))
     keep = args.keep or ("last" if overlap else "best")
+    settings["keep"] = keep
     encoder = Conv4().to(device)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.5)
     sampler = DeviceEpisodeSampler(train, args.n_way, args.k_shot, args.n_query, device=device, seed=args.seed)
     val_episodes = [e.to(device) for e in sample_episodes(val, args.val_way, args.k_shot, args.val_query, args.val_episodes, seed=12345)]
-    command = "python -m helpers.protonet " + shlex.join(sys.argv[1:] if argv is None else argv)
-    metadata = {
-        "command": command.strip(),
-        "hardware": hardware_description(device),
-        "note": args.note,
-        "torch": torch.__version__,
-        "model": "Conv4 (4 x [conv3x3 64, batch norm, ReLU, max-pool 2]) -> 64-d",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("no_progress", "checkpoint", "note")} | {"keep": keep},
-        "validation": f"{args.val_episodes} episodes {args.val_way}-way {args.k_shot}-shot {args.val_query} queries from {args.val_split}"
+    record = checkpoints.make_record(
+        "protonet", command=command, hardware=hardware_description(device) + (f"; {args.note}" if args.note else ""),
+        settings=settings, run_id=files.run_id,
+        validation=f"{args.val_episodes} episodes {args.val_way}-way {args.k_shot}-shot {args.val_query} queries from {args.val_split}"
         + (" (these classes are inside the training split: a monitor, not a held-out score)" if overlap else " (held-out classes)"),
-    }
-    print(f"training on {train}\nvalidating on {val} ({'seen' if overlap else 'held-out'} classes); keeping the {keep} weights")
-    print(f"command: {metadata['command']}", flush=True)
-    start = time.perf_counter()
-    history = train_episodic(
-        encoder, make_episode_loss(args.distance, args.cosine_scale), sampler, args.episodes, optimizer, scheduler,
-        val_method=ProtoNet(encoder, args.distance, args.cosine_scale), val_episodes=val_episodes, val_every=args.val_every,
-        checkpoint=args.checkpoint, device=device, progress=not args.no_progress, seed=args.seed, metadata=metadata, keep=keep,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-        on_validation=report_validation,
+        note=args.note, torch=torch.__version__, model="Conv4 (4 x [conv3x3 64, batch norm, ReLU, max-pool 2]) -> 64-d",
     )
-    wall = time.perf_counter() - start
-    info = {"episodes": len(history.episode), "wall_seconds": round(wall, 1), "episodes_per_second": round(history.episodes_per_second, 2), "interrupted": history.interrupted}
-    # record the wall time (loading included) and the validation curve beside the weights
-    path = Path(args.checkpoint)
-    if path.with_suffix(".json").exists():
-        import json
-
-        meta = json.loads(path.with_suffix(".json").read_text())
-        meta.update(wall_seconds=info["wall_seconds"], episodes_per_second=info["episodes_per_second"], interrupted=history.interrupted,
-                    val_curve={"episode": history.val_episode, "accuracy": [round(a, 4) for a in history.val_accuracy]})
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"done: {info}; checkpoint {path}")
+    print(f"training on {train}\nvalidating on {val} ({'seen' if overlap else 'held-out'} classes); keeping the {keep} weights")
+    print(f"command: {command}", flush=True)
+    history = commands.episodic_run(
+        files, args, command, model=encoder, episode_loss=make_episode_loss(args.distance, args.cosine_scale), sampler=sampler,
+        optimizer=optimizer, scheduler=scheduler, val_method=ProtoNet(encoder, args.distance, args.cosine_scale),
+        val_episodes=val_episodes, record=record, keep=keep, device=device, on_validation=report_validation,
+    )
+    wall = commands.wall_seconds(files, args)
+    info = {"episodes": len(history.episode), "wall_seconds": round(wall, 1), "episodes_per_second": round(history.episodes_per_second, 2),
+            "interrupted": False, "checkpoint": str(files.saver.path)}
+    checkpoints.update_record(
+        files.saver.path, wall_seconds=round(wall, 1), episodes_per_second=info["episodes_per_second"], interrupted=False,
+        history=history.blocks(50), results={"episodes_total": history.n_episodes},
+        val_curve={"episode": history.val_episode, "accuracy": [round(a, 4) for a in history.val_accuracy]},
+    )
+    files.finish()
+    print(f"done: {len(history.episode)} episodes in {wall:.0f} s; checkpoint {files.saver.path}")
     return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m helpers.protonet ...``: see ``--help``; every failure is one line (exit status 2)."""
+    from .commands import main as run_command
+
+    return run_command(PROG, build_parser(), validate_arguments, train_command, argv)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,290 @@ def test_threads_must_be_a_whole_number():
     with pytest.raises(ValueError, match=r"^threads=0 must be a whole number >= 1\."):
         training_device("cpu", 0)
     assert torch.get_num_threads() >= 1
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def run_command(main, argv, capsys):
+    """``main(argv)`` as a user runs it: ``(exit status, stdout, stderr)``."""
+    try:
+        main(argv)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def modules():
+    from helpers import maml, matching, protonet
+
+    return {"protonet": protonet.main, "matching": matching.main, "maml": maml.main}
+
+
+BAD_INPUTS = [
+    # (command, arguments, what the one line must say)
+    ("protonet", ["--lr", "inf"], "--lr=inf must be a positive finite number"),
+    ("protonet", ["--lr", "0"], "--lr=0.0 must be a positive finite number"),
+    ("protonet", ["--lr", "nan"], "--lr=nan must be a positive finite number"),
+    ("protonet", ["--lr-step", "0"], "--lr-step=0 must be a whole number >= 1"),
+    ("protonet", ["--episodes", "0"], "--episodes=0 must be a whole number >= 1"),
+    ("protonet", ["--episodes", "-5"], "--episodes=-5 must be a whole number >= 1"),
+    ("protonet", ["--seed", "-1"], "--seed=-1 must be a whole number from 0 to 2**32 - 1"),
+    ("protonet", ["--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+    ("protonet", ["--n-way", "5000"], "--n-way=5000 is more than the 4800 classes of Omniglot's vinyals-trainval split"),
+    ("protonet", ["--n-way", "1"], "--n-way=1 must be a whole number >= 2"),
+    ("protonet", ["--k-shot", "6"], "--k-shot 6 plus --val-query 15 is 21 images per class"),
+    ("protonet", ["--n-query", "0"], "--n-query=0 must be a whole number between 1 and 19"),
+    ("protonet", ["--val-split", "vinyals-everything"], "split 'vinyals-everything' is not an Omniglot split"),
+    ("protonet", ["--threads", "0"], "--threads=0 must be a whole number >= 1"),
+    ("protonet", ["--device", "tpu"], "--device='tpu' is not a device name"),
+    ("protonet", ["--max-minutes", "-1"], "--max-minutes=-1.0 must be a positive finite number"),
+    ("protonet", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("protonet", ["--resume", "--overwrite"], "--resume continues an interrupted run and --overwrite starts afresh"),
+    ("matching", ["--out", "OUT", "--lr", "inf"], "--lr=inf must be a positive finite number"),
+    ("matching", ["--out", "OUT", "--processing-steps", "0"], "--processing-steps=0 must be a whole number >= 1"),
+    ("matching", ["--out", "OUT", "--scale", "-1"], "--scale=-1.0 must be a positive finite number"),
+    ("matching", ["--out", "OUT", "--lr-halve-every", "0"], "--lr-halve-every=0 must be a whole number >= 1"),
+    ("matching", [], "the following arguments are required: --out"),
+    ("maml", ["omniglot", "--out", "OUT", "--meta-steps", "-1"], "--meta-steps=-1 must be a whole number >= 1"),
+    ("maml", ["omniglot", "--out", "OUT", "--inner-lr", "0"], "--inner-lr=0.0 must be a positive finite number"),
+    ("maml", ["omniglot", "--out", "OUT", "--meta-lr", "inf"], "--meta-lr=inf must be a positive finite number"),
+    ("maml", ["omniglot", "--out", "OUT", "--k-shot", "15", "--n-query", "6"], "--k-shot 15 plus --n-query 6 is 21 images"),
+    ("maml", ["omniglot", "--out", "OUT", "--paper", "--n-way", "7"], "--paper knows the paper's settings for --n-way 5 and 20"),
+    ("maml", ["omniglot", "--out", "OUT", "--mode", "fast"], "argument --mode: invalid choice: 'fast'"),
+    ("maml", ["sinusoid", "--out", "OUT", "--k", "0"], "--k=0 must be a whole number >= 1"),
+    ("maml", ["sinusoid", "--out", "OUT", "--seed", "-3"], "--seed=-3 must be a whole number from 0 to 2**32 - 1"),
+    ("maml", ["bogus"], "argument task: invalid choice: 'bogus'"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "expected"), BAD_INPUTS, ids=[" ".join([c, *a]) for c, a, _ in BAD_INPUTS])
+def test_every_bad_argument_is_one_line_and_exit_status_2(command, argv, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("METALEARN_DEVICE", raising=False)
+    out = tmp_path / "checkpoints" / "x.pt"
+    argv = [str(out) if a == "OUT" else a for a in argv]
+    if command == "protonet":
+        argv = ["--checkpoint", str(out), *argv]
+    status, stdout, stderr = run_command(modules()[command], argv, capsys)
+    assert status == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"python -m helpers.{command}: error: ") and expected in lines[0], lines[0]
+    assert not (tmp_path / "checkpoints").exists()  # nothing written, not even the folder
+
+
+def test_the_device_variable_is_named_by_every_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("METALEARN_DEVICE", "gpu")
+    for command, argv in (("protonet", ["--checkpoint", str(tmp_path / "x.pt")]), ("maml", ["omniglot", "--out", str(tmp_path / "x.pt")])):
+        status, _, stderr = run_command(modules()[command], argv, capsys)
+        assert status == 2 and stderr.count("\n") == 1
+        assert "METALEARN_DEVICE='gpu' is not a device name; use cpu, cuda" in stderr
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    from helpers import protonet
+
+    with pytest.raises(ValueError, match="--lr=inf"):
+        protonet.main(["--checkpoint", str(tmp_path / "x.pt"), "--lr", "inf", "--debug"])
+
+
+def test_an_unwritable_checkpoint_folder_is_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    status, _, stderr = run_command(modules()["protonet"], ["--checkpoint", str(blocker / "x.pt")], capsys)
+    assert status == 2 and "is not a writable folder" in stderr and stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- stop, resume, the same run
+
+
+def toy_episodic(tmp_path, name, stop_at=None, resume=False):
+    """A tiny ProtoNet-style run through commands.episodic_run (no dataset needed)."""
+    import argparse
+    import time
+
+    from helpers import commands, runs
+    from helpers.episodes import FewShotDataset
+    from helpers.protonet import ProtoNet, make_episode_loss
+    from helpers.training import DeviceEpisodeSampler
+
+    rng = np.random.default_rng(0)
+    centres = rng.integers(0, 255, size=(6, 8, 8))
+    images = np.clip(np.repeat(centres, 10, axis=0) + rng.integers(-40, 40, size=(60, 8, 8)), 0, 255).astype(np.uint8)
+    data = FewShotDataset("toy", images, np.repeat(np.arange(6), 10), tuple("abcdef"))
+    args = argparse.Namespace(episodes=30, val_every=10, max_minutes=None, seed=0, no_progress=True, resume=resume,
+                              overwrite=False, started=time.perf_counter())
+    settings = {"episodes": 30, "val_every": 10, "seed": 0}
+    files = commands.RunFiles(tmp_path / f"{name}.pt", args, settings, say=print)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
+    sampler = DeviceEpisodeSampler(data, 3, 1, 2, seed=0)
+    if stop_at is not None:
+        draw, count = sampler.sample, {"n": 0}
+
+        def sample():
+            count["n"] += 1
+            if count["n"] == stop_at:
+                runs.request_stop("SIGINT")  # what the Ctrl-C handler does
+            return draw()
+
+        sampler.sample = sample
+    val = DeviceEpisodeSampler(data, 3, 1, 3, seed=99).take(5)
+    record = {"command": f"toy {name}", "method": "toy", "validation": "5 toy episodes"}
+    with runs.StopSignals(announce=False):
+        history = commands.episodic_run(files, args, f"toy {name}", model=model, episode_loss=make_episode_loss(),
+                                        sampler=sampler, optimizer=optimizer, scheduler=scheduler, val_method=ProtoNet(model),
+                                        val_episodes=val, record=record, keep="best", device=torch.device("cpu"))
+    files.finish()
+    return history, model, files
+
+
+def test_a_stopped_episodic_run_resumes_to_the_same_run(tmp_path):
+    from helpers import checkpoints, commands
+
+    whole, whole_model, whole_files = toy_episodic(tmp_path, "whole")
+    with pytest.raises(commands.Interrupted) as caught:
+        toy_episodic(tmp_path, "split", stop_at=15)
+    message = str(caught.value)
+    assert "stopped at episode 15 of 30" in message and "split.resume.pt" in message and "toy split --resume" in message
+    assert caught.value.exit_status == 130
+    assert checkpoints.resume_path(tmp_path / "split.pt").exists()
+    split, split_model, split_files = toy_episodic(tmp_path, "split", resume=True)
+    assert split.loss == whole.loss and split.val_accuracy == whole.val_accuracy and split.episode == list(range(1, 31))
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(), split_model.state_dict().values()))
+    a, b = (torch.load(f.saver.path, weights_only=True) for f in (whole_files, split_files))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same best weights were kept
+    assert not checkpoints.resume_path(tmp_path / "split.pt").exists()  # a finished run needs no resume state
+
+
+def test_a_fresh_run_over_an_interrupted_one_is_refused(tmp_path):
+    from helpers import commands
+
+    with pytest.raises(commands.Interrupted):
+        toy_episodic(tmp_path, "run", stop_at=5)
+    with pytest.raises(commands.CommandError, match="holds an interrupted run of this checkpoint; continue it with --resume"):
+        toy_episodic(tmp_path, "run")
+    with pytest.raises(commands.CommandError, match="--resume: there is no interrupted run"):
+        toy_episodic(tmp_path, "other", resume=True)
+
+
+def test_a_non_finite_loss_stops_training_and_saves_no_nan(tmp_path):
+    from helpers import runs
+    from helpers.episodes import FewShotDataset
+    from helpers.protonet import ProtoNet, make_episode_loss
+    from helpers.training import DeviceEpisodeSampler, load_checkpoint, train_episodic
+
+    images = np.random.default_rng(0).integers(0, 255, size=(40, 8, 8)).astype(np.uint8)
+    data = FewShotDataset("toy", images, np.repeat(np.arange(4), 10), tuple("abcd"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
+    val = DeviceEpisodeSampler(data, 3, 1, 3, seed=9).take(3)
+    with pytest.raises(runs.NonFiniteLoss, match=r"the loss became (nan|inf) at step \d+"):
+        train_episodic(model, make_episode_loss(), DeviceEpisodeSampler(data, 3, 1, 3), 200, torch.optim.SGD(model.parameters(), lr=1e12),
+                       val_method=ProtoNet(model), val_episodes=val, val_every=1, checkpoint=tmp_path / "x.pt", progress=False)
+    if (tmp_path / "x.pt").exists():  # an early validation may have saved: those weights are finite
+        fresh = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
+        load_checkpoint(tmp_path / "x.pt", fresh)
+        assert runs.all_finite(fresh.state_dict().values())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_data")
+def test_maml_omniglot_stopped_and_resumed_equals_the_uninterrupted_run(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from helpers import checkpoints, maml
+
+    losses: dict[str, list[float]] = {"whole": [], "split": []}
+    last_weights: dict[str, dict] = {}
+    current = {"run": "whole", "stop_after": None}
+    real_step = maml.MAML.meta_step
+
+    def spying_step(self, batch):
+        loss = real_step(self, batch)
+        losses[current["run"]].append(loss)
+        last_weights[current["run"]] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if len(losses[current["run"]]) == current["stop_after"]:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during meta-step 3 of 5
+        return loss
+
+    monkeypatch.setattr(maml.MAML, "meta_step", spying_step)
+    threads = torch.get_num_threads()
+
+    def run(name, *extra):
+        argv = ["omniglot", "--n-way", "3", "--k-shot", "1", "--n-query", "1", "--meta-batch", "2", "--meta-steps", "5",
+                "--val-every", "1", "--val-episodes", "2", "--eval-steps", "1", "--threads", "1", "--no-progress",
+                "--device", "cpu", "--out", str(tmp_path / f"{name}.pt"), *extra]
+        return run_command(maml.main, argv, capsys)
+
+    try:
+        assert run("whole")[0] == 0
+        current.update(run="split", stop_after=3)
+        status, _, stderr = run("split")
+        assert status == 130 and stderr.strip().splitlines()[-1].startswith("python -m helpers.maml: stopped at meta-step 3 of 5")
+        assert "--resume" in stderr and checkpoints.resume_path(tmp_path / "split.pt").exists()
+        current["stop_after"] = None
+        assert run("split", "--resume")[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert len(losses["whole"]) == 5 and losses["split"] == losses["whole"]  # the same losses, step for step
+    assert all(torch.equal(last_weights["whole"][k], last_weights["split"][k]) for k in last_weights["whole"])
+    whole, split = (checkpoints.read_record(tmp_path / f"{n}.pt") for n in ("whole", "split"))
+    assert whole["history"] == split["history"] and whole["val_score"] == split["val_score"] and split["status"] == "complete"
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not checkpoints.resume_path(tmp_path / "split.pt").exists()
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_maml_accepts_six_shots_with_one_query(tmp_path, capsys):
+    # validation episodes take the 14 drawings a class has left, not a fixed 15
+    from helpers import maml
+
+    threads = torch.get_num_threads()
+    try:
+        status, out, stderr = run_command(maml.main, [
+            "omniglot", "--k-shot", "6", "--n-query", "1", "--meta-batch", "1", "--meta-steps", "1", "--val-episodes", "1",
+            "--eval-steps", "1", "--threads", "1", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "m.pt")], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0, stderr
+    model, record = maml.load_omniglot_checkpoint(tmp_path / "m.pt")
+    assert "14 queries per class" in record["validation"] and record["settings"]["k_shot"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_data")
+def test_sigterm_saves_a_resumable_run_and_says_how_to_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from helpers import checkpoints
+
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "helpers.protonet", "--n-way", "5", "--episodes", "100000", "--val-way", "5",
+               "--val-episodes", "2", "--val-every", "20", "--keep", "best", "--threads", "1", "--no-progress", "--device", "cpu",
+               "--checkpoint", str(tmp_path / "x.pt")]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    for line in process.stdout:  # wait for the first validation: training has started
+        if line.startswith("episode 20:"):
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("python -m helpers.protonet: stopped at episode") and "Traceback" not in err
+    assert str(tmp_path / "x.resume.pt") in last and last.endswith("--checkpoint " + str(tmp_path / "x.pt") + " --resume")
+    state, record = checkpoints.load(tmp_path / "x.resume.pt", lambda p: torch.load(p, weights_only=True), "a resume state")
+    assert record["status"] == "resumable" and state["history"]["episode"][-1] >= 20
+    assert checkpoints.read_record(tmp_path / "x.pt")["status"] == "interrupted"  # the best weights so far, kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.pt", "x.resume.json", "x.resume.pt"]

@@ -873,17 +873,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "release":
             start = time.perf_counter()
-            written = release(
-                course_notebooks(args.prefixes),
-                Path(args.out),
-                use_nbgrader=False if args.without_nbgrader else None,
-            )
+            use_nbgrader = nbgrader_available() and not args.without_nbgrader
+            written = release(course_notebooks(args.prefixes), Path(args.out), use_nbgrader)
             for path in written:
                 print(f"wrote {path}")
-            print(
-                f"student edition of {len(written)} notebook(s) in {time.perf_counter() - start:.1f} s"
-            )
+            how = "nbgrader generate_assignment" if use_nbgrader else "without nbgrader"
+            seconds = time.perf_counter() - start
+            print(f"student edition of {len(written)} notebook(s), {how}, in {seconds:.1f} s")
         elif args.command == "grade":
+            if args.timeout <= 0:
+                raise UsageError(f"--timeout {args.timeout} must be a positive number of seconds")
+            if args.csv and not Path(args.csv).resolve().parent.is_dir():
+                raise UsageError(f"--csv {args.csv}: its folder does not exist")
             report = grade(
                 Path(args.submissions), quick=args.quick, keep=args.keep, timeout=args.timeout
             )

@@ -6,10 +6,12 @@ then Apple's MPS, then the CPU, so the same notebook runs on a laptop, on Colab 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -118,3 +120,33 @@ def setup(seed: int = 0, prefer: str | None = None) -> torch.device:
     device = pick_device(prefer)
     print(f"device: {describe_device(device)} | seed: {seed} | torch {torch.__version__}")
     return device
+
+
+@contextlib.contextmanager
+def quiet_tensorflow() -> Iterator[None]:
+    """Import TensorFlow (or Keras on it) inside this block to keep its start-up log out of sight.
+
+    In a notebook that log lands in pink stderr boxes that look like errors. Before TensorFlow is
+    imported this sets ``TF_CPP_MIN_LOG_LEVEL=2`` (its C++ info and warnings off, unless the
+    environment chose a level) and absl's Python logger to errors only. TensorFlow 2.21 still
+    writes its oneDNN notice through absl before absl's logging is set up, where no setting
+    reaches it, so the block also sends file descriptor 2 (the kernel's stderr) to /dev/null
+    while it runs; Python exceptions raised inside it are not affected.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from absl import logging as absl_logging  # comes with TensorFlow
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

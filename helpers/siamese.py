@@ -24,7 +24,6 @@ import os
 
 # TensorFlow is the default backend; a notebook or test may choose torch before importing us.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
 import time  # noqa: E402
@@ -33,11 +32,14 @@ from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .device import quiet_tensorflow  # noqa: E402
 from .fewshot import FewShotMethod  # noqa: E402
+
+with quiet_tensorflow():  # TensorFlow's start-up log would fill a notebook with stderr boxes
+    import keras
 
 # --------------------------------------------------------------------------------------------
 # Pairs

@@ -2,12 +2,14 @@
 
 Every notebook's panel is a :class:`Panel`. Bad settings raise ``ValueError`` (episode
 settings raise :class:`helpers.episodes.EpisodeError`, a ``ValueError``) somewhere in the
-helpers; the panel turns that into one line of text instead of a traceback.
+helpers; the panel turns that into one line of text instead of a traceback. A figure that is
+redrawn while a panel runs (a training curve) is a :class:`LivePlot`.
 """
 
 from __future__ import annotations
 
 import html
+import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +27,8 @@ class Panel:
     ``controls`` maps a parameter name to a widget with a ``.value``; ``on_run`` receives
     ``{name: value}`` and draws into the panel's output area. With ``auto=True`` the panel
     also runs whenever a control changes (for cheap actions such as drawing an episode).
+    Display the panel before running it, so that progress bars and live plots are seen while
+    they change.
     """
 
     def __init__(
@@ -37,16 +41,29 @@ class Panel:
     ) -> None:
         self.controls = dict(controls)
         self.on_run = on_run
+        #: The one-line refusal of the last run, or "" when it ran.
+        self.last_error = ""
+        self._holding = False  # True while try_values sets controls: no automatic runs then
         self.button = w.Button(description=run_label, button_style="primary", icon="play")
         self.message = w.HTML()
         self.output = w.Output()
         self.button.on_click(lambda _: self.run())
         if auto:
             for control in self.controls.values():
-                control.observe(lambda _: self.run(), names="value")
-        self.widget = w.VBox(
-            [w.HTML(f"<b>{html.escape(title)}</b>"), w.HBox(list(self.controls.values())[:4]), *_rows(list(self.controls.values())[4:]), w.HBox([self.button, self.message]), self.output]
-        )
+                control.observe(self._run_on_change, names="value")
+        for control in self.controls.values():
+            fit_label(control)
+            if control.layout.margin is None:
+                control.layout.margin = "2px 18px 2px 2px"  # space between a control and the next label
+        # The controls wrap onto further lines instead of being squeezed or cut at the right edge.
+        controls_row = w.HBox(list(self.controls.values()), layout=w.Layout(flex_flow="row wrap"))
+        run_row = w.HBox([self.button, self.message], layout=w.Layout(align_items="center"))
+        self.widget = w.VBox([w.HTML(f"<b>{html.escape(title)}</b>"), controls_row, run_row, self.output])
+        # Names for the parts, so that a browser test (tests/test_browser.py) can find them.
+        self.widget.add_class("metalearn-panel")
+        self.button.add_class("metalearn-panel-button")
+        self.message.add_class("metalearn-panel-message")
+        self.output.add_class("metalearn-panel-output")
 
     def values(self) -> dict[str, Any]:
         return {name: control.value for name, control in self.controls.items()}
@@ -54,6 +71,7 @@ class Panel:
     def run(self) -> bool:
         """Run once with the current values; return False (and say why) on bad settings."""
         self.message.value = ""
+        self.last_error = ""
         self.button.disabled = True
         error: Exception | None = None
         try:
@@ -65,29 +83,111 @@ class Panel:
                     self.on_run(self.values())
                 except (ValueError, DatasetError) as exc:
                     error = exc
+                if error is not None:
+                    # clear_output(wait=True) clears only once something new is drawn; a refusal
+                    # draws nothing, and the last good plot must not stand under its message.
+                    clear_output()
             if error is None:
                 return True
-            self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(str(error))}</span>"
+            self.last_error = str(error)
+            self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(self.last_error)}</span>"
             return False
         finally:
             self.button.disabled = False
+
+    def try_values(self, *tries: Mapping[str, Any]) -> list[str]:
+        """Run with each mapping of values in turn, then with the panel's own values again.
+
+        Each try sets its controls (``{"K": 18}``), runs, and puts the controls back. Returns the
+        one-line refusal of each try ("" for a try that ran). The final run leaves the panel as a
+        reader expects it: clean, with the plot of its own settings. A notebook's self-check
+        cell shows the refusals with it. Raises ``KeyError`` for a name that is not a control and
+        ``RuntimeError`` if the panel's own values are refused.
+        """
+        own = self.values()
+        for values in tries:
+            unknown = sorted(set(values) - set(self.controls))
+            if unknown:
+                raise KeyError(f"the panel has no control {unknown}; its controls are {list(self.controls)}")
+        messages = []
+        self._holding = True
+        try:
+            for values in tries:
+                try:
+                    for name, value in values.items():
+                        self.controls[name].value = value
+                    self.run()
+                    messages.append(self.last_error)
+                finally:
+                    for name in values:
+                        self.controls[name].value = own[name]
+        finally:
+            self._holding = False
+        if not self.run():
+            raise RuntimeError(f"the panel refused its own settings after the tries: {self.last_error}")
+        return messages
+
+    def _run_on_change(self, _change: Any) -> None:
+        if not self._holding:
+            self.run()
 
     def _ipython_display_(self) -> None:
         display(self.widget)
 
 
-def _rows(controls: list[w.Widget], per_row: int = 4) -> list[w.HBox]:
-    return [w.HBox(controls[i : i + per_row]) for i in range(0, len(controls), per_row)]
+class LivePlot:
+    """A matplotlib figure that redraws in place inside a panel, e.g. a curve during training.
+
+    ``display(fig, display_id=True)`` and ``handle.update(fig)`` do not work in a panel: its
+    ``ipywidgets.Output`` area keeps displayed outputs but drops display *updates*, so such a
+    plot stays as first drawn (blank). A LivePlot renders the figure to PNG and puts the bytes
+    into an ``ipywidgets.Image``: a widget state update, which every view of the image receives.
+
+    ``live = LivePlot(fig)``, ``display(live)``, then after drawing on ``fig``: ``live.update()``.
+    The figure is closed in pyplot, so that ``plt.show()`` or the inline backend do not show it
+    a second time.
+    """
+
+    def __init__(self, figure: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        self.figure = figure
+        plt.close(figure)
+        self.image = w.Image(format="png")
+        self.image.add_class("metalearn-live-plot")
+        self.update()
+
+    def update(self) -> None:
+        """Draw the figure as it is now into the image."""
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", bbox_inches="tight")
+        self.image.value = buffer.getvalue()
+
+    def _ipython_display_(self) -> None:
+        display(self.image)
+
+
+def fit_label(control: w.Widget) -> w.Widget:
+    """Give a control's description the width its text needs, and return the control.
+
+    ipywidgets gives every description the same fixed width and cuts longer ones ("images/cl...").
+    """
+    style = getattr(control, "style", None)
+    if style is not None and hasattr(style, "description_width"):
+        style.description_width = "initial"
+    if isinstance(control, w.Dropdown) and control.layout.width is None:
+        control.layout.width = "max-content"  # show the longest option whole
+    return control
 
 
 def int_slider(name: str, value: int, low: int, high: int, step: int = 1) -> w.IntSlider:
     """A labelled integer slider whose range deliberately allows impossible values to be tried."""
-    return w.IntSlider(value=value, min=low, max=high, step=step, description=name, continuous_update=False)
+    return fit_label(w.IntSlider(value=value, min=low, max=high, step=step, description=name, continuous_update=False))
 
 
 def float_box(name: str, value: float, step: float = 0.001) -> w.FloatText:
     """A labelled number box (learning rates: any value, including bad ones, can be typed)."""
-    return w.FloatText(value=value, step=step, description=name)
+    return fit_label(w.FloatText(value=value, step=step, description=name))
 
 
 def checkbox(name: str, value: bool) -> w.Checkbox:

@@ -77,3 +77,30 @@ def test_training_device_sets_threads_and_picks_the_device(capsys):
     history = History(episode=[1, 2], loss=[1.0, 0.5], accuracy=[0.5, 0.6], val_episode=[2], val_accuracy=[0.875], val_ci95=[0.0125], seconds=1.0)
     report_validation(history, "scale 10.00")
     assert capsys.readouterr().out == "episode 2: validation 87.50 ± 1.25 %, scale 10.00, 2.0 episodes/s\n"
+
+
+def test_quiet_tensorflow_keeps_the_block_off_stderr_and_sets_the_levels_first(monkeypatch, capfd):
+    import os
+
+    from absl import logging as absl_logging
+
+    from helpers.device import quiet_tensorflow
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    verbosity = absl_logging.get_verbosity()
+    try:
+        with quiet_tensorflow():
+            assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"  # set before anything in the block runs
+            assert absl_logging.get_verbosity() == absl_logging.ERROR
+            os.write(2, b"I0000 00:00:17.0 port.cc:153] oneDNN custom operations are on.\n")  # as C++ writes it
+        os.write(2, b"stderr works again\n")
+        with pytest.raises(ImportError), quiet_tensorflow():
+            raise ImportError("an import that fails still says so")
+        os.write(2, b"and after an error too\n")
+        err = capfd.readouterr().err
+        assert "oneDNN" not in err and "stderr works again" in err and "and after an error too" in err
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # a level chosen by the user is kept
+        with quiet_tensorflow():
+            assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    finally:
+        absl_logging.set_verbosity(verbosity)

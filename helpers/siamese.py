@@ -284,6 +284,31 @@ class EpochProgress(keras.callbacks.Callback):
         self.bar.close()
 
 
+class PairBatches(keras.utils.PyDataset):
+    """``((left, right), same)`` batches of ``pairs``, their float images made batch by batch.
+
+    With ``shuffle`` the order of the pairs is drawn again at the end of every epoch.
+    """
+
+    def __init__(self, images: np.ndarray, pairs: Pairs, batch_size: int, shuffle: bool, seed: int | None = None) -> None:
+        super().__init__()
+        self.images, self.pairs, self.batch_size, self.shuffle = images, pairs, batch_size, shuffle
+        self.rng = np.random.default_rng(np.random.randint(2**31) if seed is None else seed)
+        self.order = self.rng.permutation(len(pairs)) if shuffle else np.arange(len(pairs))
+
+    def __len__(self) -> int:
+        return -(-len(self.pairs) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        left, right = self.pairs.left[rows], self.pairs.right[rows]
+        return (as_float(self.images[left]), as_float(self.images[right])), self.pairs.same[rows].astype(np.float32)
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.pairs))
+
+
 def train_siamese(
     model: keras.Model,
     images: np.ndarray,
@@ -293,22 +318,23 @@ def train_siamese(
     validation: tuple[np.ndarray, Pairs] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    seed: int | None = None,
 ) -> tuple[dict[str, list[float]], list[float]]:
-    """Fit a compiled twin on ``pairs`` of ``images``; return (history, seconds per epoch)."""
+    """Fit a compiled twin on ``pairs`` of ``images``; return (history, seconds per epoch).
+
+    The pairs are shuffled every epoch (``seed``; ``None`` draws it from NumPy's global
+    generator, which :func:`helpers.device.seed_everything` seeds).
+    """
     if not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
         raise ValueError(f"epochs={epochs} must be a whole number >= 1.")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise ValueError(f"batch_size={batch_size} must be a whole number >= 1.")
-    left, right = pairs.images(images)
-    validation_data = None
-    if validation is not None:
-        val_images, val_pairs = validation
-        validation_data = ([*val_pairs.images(val_images)], val_pairs.same)
+    # Batches are cut from the uint8 images as they are needed: the float images of all
+    # 108,400 MNIST pairs would take 680 MB, and Keras would copy them again.
+    batches = PairBatches(images, pairs, int(batch_size), shuffle=True, seed=seed)
+    validation_data = None if validation is None else PairBatches(*validation, int(batch_size), shuffle=False)
     timer = EpochTimer()
-    fit = model.fit(
-        [left, right], pairs.same, batch_size=batch_size, epochs=int(epochs), shuffle=True,
-        validation_data=validation_data, callbacks=[timer, *callbacks], verbose=verbose,
-    )
+    fit = model.fit(batches, epochs=int(epochs), validation_data=validation_data, callbacks=[timer, *callbacks], verbose=verbose)
     return {k: [float(v) for v in vs] for k, vs in fit.history.items()}, timer.seconds
 
 
@@ -519,13 +545,36 @@ def within_alphabet_episodes(images: np.ndarray, alphabets: np.ndarray, n_way: i
     return episodes
 
 
-def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: float = 1e-3, seed: int = 0, validation_alphabets: int = 5, features: int = 256) -> dict:
+class _StopWhenAsked(keras.callbacks.Callback):
+    """Ends ``model.fit`` after the current batch once ``should_stop()`` is true (Ctrl-C, SIGTERM)."""
+
+    def __init__(self, should_stop) -> None:
+        super().__init__()
+        self.should_stop = should_stop
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.should_stop():
+            self.model.stop_training = True
+
+
+def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: float = 1e-3, seed: int = 0, validation_alphabets: int = 5,
+                              features: int = 256, saver=None, should_stop=None, resume: dict | None = None,
+                              progress: bool = True) -> dict:
     """Train the reduced Koch twin on the 30 background alphabets for a time budget.
 
     ``validation_alphabets`` of the 30 are held out of training to choose the best round by
     within-alphabet 20-way one-shot accuracy; the best weights are saved (without the
-    optimizer state) to ``out`` and a record to ``out`` with ``.json``.
+    optimizer state) to ``out`` and a record to ``out`` with ``.json``, as one atomic pair,
+    every time the validation improves (so a killed run keeps its best round). ``saver`` (a
+    :class:`helpers.checkpoints.Saver`) decides where a command's run may save.
+
+    ``should_stop()`` (the command's Ctrl-C and SIGTERM) ends the current round after its
+    batch; the returned record then has ``"stopped_state"``: weights, optimiser variables,
+    random state and log, which ``resume`` continues from the next round. (The run is
+    time-budgeted and TensorFlow shuffles each round, so a resumed run is not step-for-step
+    the run it would have been.)
     """
+    from . import checkpoints, runs
     from .datasets import load_omniglot
     from .fewshot import evaluate
 
@@ -544,38 +593,86 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     val_episodes = within_alphabet_episodes(omniglot.images[val_rows], alphabets[np.isin(alphabets, held_out)], seed=seed, per_alphabet=8) if len(val_rows) else []
 
     model = compile_siamese(build_siamese(koch_base((28, 28), features=features)), learning_rate)
-    start, best, log, round_ = time.perf_counter(), (-1.0, None), [], 0
-    while time.perf_counter() - start < 60 * minutes:
-        round_ += 1
-        pairs = make_pairs(char_labels, seed=seed + round_, groups=char_groups, same_group_fraction=0.5)
-        left = augment(as_float(train_images[pairs.left]), rng)
-        right = augment(as_float(train_images[pairs.right]), rng)
-        fit = model.fit([left, right], pairs.same, batch_size=128, epochs=1, shuffle=True, verbose=0)
-        entry = {"round": round_, "pairs": len(pairs), "loss": float(fit.history["loss"][-1]), "pair_accuracy": float(fit.history["accuracy"][-1]), "minutes": (time.perf_counter() - start) / 60}
-        if val_episodes:
-            entry["val_20way"] = evaluate(SiameseOneShot(model), val_episodes, progress=False).mean
-            if entry["val_20way"] > best[0]:
-                best = (entry["val_20way"], [w.copy() for w in model.get_weights()])
-        log.append(entry)
-        print(json.dumps(entry), flush=True)
-    final = build_siamese(koch_base((28, 28), features=features))
-    final.set_weights(best[1] if best[1] is not None else model.get_weights())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    final.save(out)
-    return {
+    best, log, round_, seconds_before = (-1.0, None), [], 0, 0.0
+    if resume is not None:
+        model.set_weights([np.asarray(w) for w in resume["weights"]])
+        model.optimizer.build(model.trainable_variables)
+        for variable, value in zip(model.optimizer.variables, resume["optimizer"], strict=True):
+            variable.assign(np.asarray(value))
+        best = (resume["best_accuracy"], [np.asarray(w) for w in resume["best_weights"]] if resume["best_weights"] else None)
+        log, round_, seconds_before = list(resume["log"]), int(resume["round"]), float(resume["seconds"])
+        runs.set_generator_state(rng, resume["rng"])
+    start = time.perf_counter() - seconds_before
+    callbacks = [_StopWhenAsked(should_stop)] if should_stop is not None else []
+    description = {
         "model": "reduced Koch et al. (2015) convolutional Siamese twin, 28x28 inputs",
         "base": f"Conv 32@5x5 - pool - Conv 64@3x3 - pool - Conv 64@3x3 - Dense {features} sigmoid",
         "training_classes": f"{len(train_rows)} characters of the {len(names) - len(held_out)} background alphabets not held out",
         "validation_alphabets": sorted(str(a) for a in held_out),
         "validation": f"within-alphabet 20-way one-shot, {len(val_episodes)} tasks, held-out background alphabets",
-        "best_validation_20way_accuracy": best[0],
-        "rounds": round_, "learning_rate": learning_rate, "batch_size": 128, "seed": seed,
+        "learning_rate": learning_rate, "batch_size": 128, "seed": seed,
         "augmentation": "random affine: rotation +-10 deg, shear +-0.15, scale 0.9-1.1, shift +-2 px",
         "negatives": "half of the different pairs from the same alphabet",
-        "wall_minutes": (time.perf_counter() - start) / 60,
         "keras_backend": keras.backend.backend(), "keras": keras.__version__,
-        "log": log,
     }
+
+    def record(status: str) -> dict:
+        minutes_so_far = (time.perf_counter() - start) / 60
+        return {
+            **description, "method": "siamese", "status": status,
+            "val_score": checkpoints.score(best[0]) if best[1] is not None else None,
+            "best_validation_20way_accuracy": best[0], "rounds": round_, "wall_minutes": minutes_so_far,
+            "train_seconds": round(60 * minutes_so_far, 1), "wall_seconds": None, "log": log,
+            "history": {key: [entry.get(key) for entry in log] for key in ("round", "loss", "pair_accuracy", "val_20way", "minutes")},
+            "results": {"rounds": round_, "best_validation_20way_accuracy": best[0]},
+        }
+
+    def final_model():
+        final = build_siamese(koch_base((28, 28), features=features))
+        final.set_weights(best[1] if best[1] is not None else model.get_weights())
+        return final
+
+    stopped = False
+    while time.perf_counter() - start < 60 * minutes:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        round_ += 1
+        pairs = make_pairs(char_labels, seed=seed + round_, groups=char_groups, same_group_fraction=0.5)
+        left = augment(as_float(train_images[pairs.left]), rng)
+        right = augment(as_float(train_images[pairs.right]), rng)
+        fit = model.fit([left, right], pairs.same, batch_size=128, epochs=1, shuffle=True, verbose=0, callbacks=callbacks)
+        loss = float(fit.history["loss"][-1])
+        runs.check_finite(round_, loss)
+        if should_stop is not None and should_stop():
+            stopped = True  # this round was cut short: it is not validated or logged
+            break
+        entry = {"round": round_, "pairs": len(pairs), "loss": loss, "pair_accuracy": float(fit.history["accuracy"][-1]), "minutes": (time.perf_counter() - start) / 60}
+        if val_episodes:
+            entry["val_20way"] = evaluate(SiameseOneShot(model), val_episodes, progress=False).mean
+            if entry["val_20way"] > best[0]:
+                best = (entry["val_20way"], [w.copy() for w in model.get_weights()])
+                if saver is not None:
+                    saver.save(final_model().save, record("interrupted"))
+        log.append(entry)
+        if progress:
+            print(json.dumps(entry), flush=True)
+    result = record("interrupted" if stopped else "complete")
+    if stopped:
+        result["stopped_state"] = {
+            "weights": [torch.from_numpy(np.array(w)) for w in model.get_weights()],
+            "optimizer": [torch.from_numpy(np.array(v)) for v in model.optimizer.variables],
+            "best_accuracy": best[0], "best_weights": [torch.from_numpy(w) for w in best[1]] if best[1] is not None else [],
+            "log": log, "round": len(log),  # rounds completed; a round cut short is run again
+            "seconds": time.perf_counter() - start, "rng": runs.generator_state(rng),
+        }
+        return result
+    final = final_model()
+    if saver is not None:
+        written = saver.save(final.save, result)
+    else:
+        written = checkpoints.write_pair(out, final.save, result)
+    return {**result, "weights": written["weights"], "saved_at": written["saved_at"]}
 
 
 EPOCH_TIMING_SCRIPT = """
@@ -620,29 +717,112 @@ def time_epochs_with_backend(backend: str, pairs_per_class: int | None = None, e
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+SIAMESE_COMMAND = "python -m helpers.siamese --minutes 18"
+
+
 def load_checkpoint(path: str | Path) -> keras.Model:
-    """Reload a saved twin (the registered :class:`L1Distance` makes this work)."""
-    return keras.models.load_model(path, compile=False)
+    """Reload a saved twin (the registered :class:`L1Distance` makes this work).
+
+    A missing, truncated or mismatched file raises :class:`helpers.checkpoints.CheckpointError`
+    with one sentence: which file, what was expected, and the command that makes it.
+    """
+    from . import checkpoints
+
+    model, _ = checkpoints.load(path, lambda p: keras.models.load_model(p, compile=False), "a Keras Siamese twin (.keras)",
+                                f"{SIAMESE_COMMAND} --out {path}")
+    return model
 
 
-def _main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-    import platform
-    import sys
+def checkpoint_record(path: str | Path) -> dict:
+    """The ``.json`` beside a twin's checkpoint (command, hardware, minutes, validation)."""
+    from . import checkpoints
 
-    parser = argparse.ArgumentParser(description="Train the reduced Koch Siamese twin on Omniglot's background alphabets.")
+    record = checkpoints.read_record(path)
+    if record is None:
+        raise checkpoints.MissingCheckpoint(f"no record {checkpoints.record_path(path)}: expected the record of a Siamese twin; "
+                                            f"make it with `{SIAMESE_COMMAND} --out {path}`.")
+    return record
+
+
+PROG = "python -m helpers.siamese"
+
+
+def build_parser():
+    from .commands import Parser, add_run_options
+
+    parser = Parser(PROG, description="Train the reduced Koch Siamese twin on Omniglot's background alphabets for a time "
+                    "budget and save the best round. Ctrl-C or SIGTERM saves the run; --resume continues it.")
     parser.add_argument("--out", type=Path, default=Path("data/checkpoints/siamese_omniglot_koch28.keras"))
     parser.add_argument("--minutes", type=float, default=18.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--features", type=int, default=256)
-    args = parser.parse_args(argv)
-    record = train_omniglot_checkpoint(args.out, args.minutes, args.learning_rate, args.seed, features=args.features)
-    record["command"] = "python -m helpers.siamese " + " ".join(sys.argv[1:] if argv is None else argv)
-    record["hardware"] = f"2-core CPU, no GPU ({platform.processor() or platform.machine()})"
-    record["file_bytes"] = args.out.stat().st_size
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in record.items() if k != "log"}, indent=2))
+    parser.add_argument("--validation-alphabets", type=int, default=5, help="background alphabets held out to pick the best round")
+    parser.add_argument("--hardware", default="", help="a note on the machine, added to the recorded hardware")
+    parser.add_argument("--no-progress", action="store_true")
+    add_run_options(parser, device=False)
+    return parser
+
+
+def validate_arguments(args) -> None:
+    from . import commands
+
+    commands.run_options(args)
+    commands.positive(args, "minutes", example=18)
+    commands.positive(args, "learning_rate", example=0.001)
+    commands.whole(args, "features", 1)
+    commands.whole(args, "validation_alphabets", 1, 29)
+    if args.out.suffix != ".keras":
+        raise ValueError(f"--out {args.out} must end in .keras (the format Keras saves a whole model in).")
+    commands.writable_target(args.out)
+
+
+def train_command(args, device, command: str) -> dict:
+    import platform
+
+    from . import checkpoints, commands, runs
+
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("out", "hardware", "no_progress", "resume", "overwrite", "debug", "started")}
+    files = commands.RunFiles(args.out, args, settings)
+    hardware = (f"CPU ({platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
+                f"cores visible), Keras {keras.__version__} on {keras.backend.backend()}" + (f"; {args.hardware}" if args.hardware else ""))
+    common = {"command": command, "hardware": hardware, "settings": settings, "run_id": files.run_id, "schema": checkpoints.SCHEMA_VERSION}
+    try:
+        result = train_omniglot_checkpoint(args.out, args.minutes, args.learning_rate, args.seed, args.validation_alphabets,
+                                           features=args.features, saver=_RecordingSaver(files.saver, common),
+                                           should_stop=runs.stop_requested, resume=files.state, progress=not args.no_progress)
+    except runs.NonFiniteLoss as exc:
+        raise commands.nonfinite(exc, "the learning rate --learning-rate is probably too large",
+                                 files.saver.path if commands.own_checkpoint(files) else None) from None
+    wall = commands.wall_seconds(files, args)
+    if "stopped_state" in result:
+        state = result.pop("stopped_state")
+        files.save_state({**state, "wall_seconds": wall}, {**result, **common, "wall_seconds": round(wall, 1)})
+        raise files.interrupted(f"round {state['round'] + 1}", command, commands.own_checkpoint(files))
+    written = checkpoints.update_record(files.saver.path, wall_seconds=round(wall, 1), file_bytes=result["weights"]["bytes"])
+    files.finish()
+    print(json.dumps({k: v for k, v in written.items() if k not in ("log", "history", "settings")}, indent=2))
+    return written
+
+
+class _RecordingSaver:
+    """A :class:`helpers.checkpoints.Saver` that adds the command's part of the record."""
+
+    def __init__(self, saver, common: dict) -> None:
+        self.saver, self.common = saver, common
+
+    def save(self, write_weights, record: dict) -> dict:
+        return self.saver.save(write_weights, {**record, **self.common})
+
+
+def _main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m helpers.siamese ...``: see ``--help``; every failure is one line (exit status 2)."""
+    from .commands import main as run_command
+
+    return run_command(PROG, build_parser(), validate_arguments, train_command, argv, device=False)
+
+
+main = _main
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ jointly: that is the *pretrained* baseline of the paper.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -469,32 +468,42 @@ def meta_train(
     optimizer: torch.optim.Optimizer | None = None,
     progress: bool = True,
     callback: Callable[[int, MetaHistory], None] | None = None,
+    generator: torch.Generator | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> MetaHistory:
     """MAML-RL: ``iterations`` outer steps, each on ``meta_batch`` fresh goals (``inner_steps=0``: pretraining).
 
     The outer step is one Adam step of size ``outer_lr`` (beta) on :func:`meta_loss`. Pass
     ``history`` and ``optimizer`` back in to continue a run; ``callback(i, history)`` is called
-    after every iteration (for live plots).
+    after every iteration (for live plots). ``generator`` (default: a fresh one seeded with
+    ``seed``) draws goals and actions; ``should_stop()`` turning true ends the loop before the
+    next iteration. A loss that is not finite raises :class:`helpers.runs.NonFiniteLoss`.
     """
     from tqdm.auto import tqdm
 
     _check_whole("iterations", iterations, 0)
     _check_whole("meta_batch", meta_batch, 1)
     _check_whole("inner_steps", inner_steps, 0)
+    from .checks import is_number, show
+    from .runs import check_finite
+
     for name, value in (("inner_lr (alpha)", inner_lr), ("outer_lr (beta)", outer_lr)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name}={value} must be a positive number, e.g. 0.1 for alpha or 0.001 for beta.")
+        if not (is_number(value) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}={show(value)} must be a positive number, e.g. 0.1 for alpha or 0.001 for beta.")
     settings = settings or RLSettings()
     history = history or MetaHistory()
-    optimizer = optimizer or torch.optim.Adam(policy.parameters(), lr=outer_lr)
-    generator = torch.Generator().manual_seed(seed)
+    optimizer = optimizer or torch.optim.Adam(policy.parameters(), lr=float(outer_lr))
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     device = next(policy.parameters()).device
     label = "MAML meta-training" if inner_steps else "pretraining (no inner step)"
     bar = tqdm(range(iterations), desc=label, disable=not progress)
     for i in bar:
+        if should_stop is not None and should_stop():
+            break
         start = time.perf_counter()
         goals = sample_goals(meta_batch, generator).to(device)
         loss, sampled = meta_loss(policy, parameters_of(policy), goals, inner_lr, inner_steps, settings, first_order, generator)
+        check_finite(len(history.pre_return) + 1, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -570,29 +579,45 @@ def adaptation_returns(
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_policy(policy: GaussianMLPPolicy, path: str | Path, record: dict) -> None:
-    """Write the policy's weights to ``path`` and ``record`` (command, time, results) beside it as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, path)
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+MAML_RL_COMMAND = "python -m helpers.maml_rl --inner-steps 1 --iterations 300 --max-minutes 19"
+
+
+def save_policy(policy: GaussianMLPPolicy, path: str | Path, record: dict, saver=None) -> dict:
+    """Write the policy's weights to ``path`` and ``record`` (command, time, results) beside it
+    as JSON, as one atomic pair (through ``saver``, a :class:`helpers.checkpoints.Saver`, when
+    a command's run decides where it may save). Returns the record as written."""
+    from . import checkpoints
+
+    writer = checkpoints.torch_writer({k: v.detach().cpu() for k, v in policy.state_dict().items()})
+    return saver.save(writer, record) if saver is not None else checkpoints.write_pair(path, writer, record)
 
 
 def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[GaussianMLPPolicy, dict]:
-    """A policy saved by :func:`save_policy`, and its JSON record."""
-    path = Path(path)
+    """A policy saved by :func:`save_policy`, and its JSON record.
+
+    ``wall_time_s`` (the name earlier records used, and notebook 08 reads) is filled in from
+    the schema's ``wall_seconds`` when a record has only the latter. A missing, truncated or
+    mismatched file raises :class:`helpers.checkpoints.CheckpointError` in one sentence.
+    """
+    from . import checkpoints
+
     policy = GaussianMLPPolicy()
-    policy.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    record = json.loads(path.with_suffix(".json").read_text())
+    _, record = checkpoints.load(path, checkpoints.torch_reader(policy), "a 2-D navigation policy (GaussianMLPPolicy 100-100)",
+                                 f"{MAML_RL_COMMAND} --out {path}")
+    if "wall_time_s" not in record and record.get("wall_seconds") is not None:
+        record["wall_time_s"] = record["wall_seconds"]
     return policy.to(device), record
 
 
-def _main(argv: Sequence[str] | None = None) -> None:
-    """Train a checkpoint: ``python -m helpers.maml_rl --inner-steps 1 --out data/checkpoints/x.pt``."""
-    from .device import seed_everything
-    from .fewshot import confidence_interval
+PROG = "python -m helpers.maml_rl"
+NOT_SETTINGS = ("out", "hardware", "resume", "overwrite", "debug", "started")
 
-    parser = argparse.ArgumentParser(description=_main.__doc__)
+
+def build_parser():
+    from .commands import Parser, add_run_options
+
+    parser = Parser(PROG, description="Train a 2-D navigation policy with MAML-RL (or the pretrained baseline with "
+                    "--inner-steps 0) and save it with its record. Ctrl-C or SIGTERM saves the run; --resume continues it.")
     parser.add_argument("--out", required=True)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--meta-batch", type=int, default=20)
@@ -604,15 +629,37 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--eval-goals", type=int, default=40)
     parser.add_argument("--select-goals", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=20.0, help="stop meta-training after this long")
-    parser.add_argument("--hardware", default="2-core CPU, no GPU (shared with other jobs)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--hardware", default="", help="a note on the machine, added to the recorded hardware")
+    add_run_options(parser)
+    parser.set_defaults(device="cpu")  # the policy is tiny: the CPU is the fastest place for it
+    return parser
 
+
+def validate_arguments(args) -> None:
+    from . import commands
+
+    commands.run_options(args)
+    commands.positive(args, "inner_lr", example=0.1)
+    commands.positive(args, "outer_lr", example=0.01)
+    commands.positive(args, "max_minutes", example=19)
+    for dest, low in (("iterations", 1), ("meta_batch", 1), ("inner_steps", 0), ("trajectories", 2), ("eval_goals", 1),
+                      ("select_goals", 1)):
+        commands.whole(args, dest, low)
+    commands.writable_target(Path(args.out))
+
+
+def train_command(args, device: torch.device, command: str) -> dict:
+    """Meta-train in chunks of 10 iterations, keep the best policy on the selection goals, save."""
+    from . import checkpoints, commands, runs
+    from .device import hardware_description, seed_everything
+    from .fewshot import confidence_interval
+
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    files = commands.RunFiles(args.out, args, settings)
     seed_everything(args.seed)
-    settings = RLSettings(n_trajectories=args.trajectories, reward=args.reward)
-    policy = GaussianMLPPolicy()
-    start = time.perf_counter()
+    rl = RLSettings(n_trajectories=args.trajectories, reward=args.reward)
+    policy = GaussianMLPPolicy().to(device)
     history, optimizer = MetaHistory(), torch.optim.Adam(policy.parameters(), lr=args.outer_lr)
     # Plain Adam at a fixed beta first learns fast and then drifts away again (no trust region,
     # unlike the paper's TRPO), so beta decays along a cosine and the weights kept are those with
@@ -621,18 +668,46 @@ def _main(argv: Sequence[str] | None = None) -> None:
     select_goals = sample_goals(args.select_goals, torch.Generator().manual_seed(20_000 + args.seed))
     select_steps = max(1, args.inner_steps)
     best = (-math.inf, 0, copy.deepcopy(policy.state_dict()))
-    selection = []
+    selection: list = []
+    seconds_before, chunk_generator = 0.0, None
+    if files.state:
+        state = files.state
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history = MetaHistory(**state["history"])
+        best, selection, seconds_before = (state["best"][0], state["best"][1], state["best"][2]), state["selection"], state["seconds"]
+        chunk_generator = torch.Generator()
+        chunk_generator.set_state(state["chunk_generator"])
+        runs.set_rng_state(state["rng"])
+        print(f"resuming {files.resume_file} at iteration {len(history.pre_return)} of {args.iterations}", flush=True)
+    start = time.perf_counter() - seconds_before
     # Chunks of 10 iterations (goal seeds kept apart from every evaluation seed) so that a time
     # budget can stop the run.
-    for chunk in range(math.ceil(args.iterations / 10)):
+    while len(history.pre_return) < args.iterations:
+        chunk, done = divmod(len(history.pre_return), 10)
         if time.perf_counter() - start > 60 * args.max_minutes:
             break
-        meta_train(
-            policy, min(10, args.iterations - 10 * chunk), args.meta_batch, args.inner_lr, args.outer_lr,
-            args.inner_steps, settings, args.first_order, seed=1_000_000 + args.seed * 10_007 + chunk,
-            history=history, optimizer=optimizer, progress=False, callback=lambda i, h: schedule.step(),
-        )
-        score = adaptation_returns(policy, select_goals, args.inner_lr, select_steps, settings, seed=2).mean_returns[-1]
+        if chunk_generator is None:
+            chunk_generator = torch.Generator().manual_seed(1_000_000 + args.seed * 10_007 + chunk)
+        try:
+            meta_train(
+                policy, min(10, args.iterations - 10 * chunk) - done, args.meta_batch, args.inner_lr, args.outer_lr,
+                args.inner_steps, rl, args.first_order, history=history, optimizer=optimizer, progress=False,
+                callback=lambda i, h: schedule.step(), generator=chunk_generator, should_stop=runs.stop_requested,
+            )
+        except runs.NonFiniteLoss as exc:
+            raise commands.nonfinite(exc, "the step sizes --inner-lr or --outer-lr are probably too large", None) from None
+        if runs.stop_requested() and len(history.pre_return) < min(args.iterations, 10 * (chunk + 1)):
+            record = checkpoints.make_record("maml_rl", command=command, hardware=hardware_description(device), settings=settings,
+                                             status="resumable", train_seconds=time.perf_counter() - start)
+            files.save_state({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                              "history": history.__dict__, "best": list(best), "selection": selection,
+                              "seconds": time.perf_counter() - start, "chunk_generator": chunk_generator.get_state(),
+                              "rng": runs.rng_state(), "wall_seconds": commands.wall_seconds(files, args)}, record)
+            raise files.interrupted(f"iteration {len(history.pre_return)} of {args.iterations}", command, False)
+        chunk_generator = None
+        score = adaptation_returns(policy, select_goals, args.inner_lr, select_steps, rl, seed=2).mean_returns[-1]
         selection.append([len(history.pre_return), round(score, 3)])
         if score > best[0]:
             best = (score, len(history.pre_return), copy.deepcopy(policy.state_dict()))
@@ -642,30 +717,42 @@ def _main(argv: Sequence[str] | None = None) -> None:
     policy.load_state_dict(best[2])
     # Held-out goals from a seed no training or selection batch used.
     goals = sample_goals(args.eval_goals, torch.Generator().manual_seed(10_000 + args.seed))
-    result = adaptation_returns(policy, goals, args.inner_lr, 3, settings, seed=1)
+    result = adaptation_returns(policy, goals, args.inner_lr, 3, rl, seed=1)
     validation = {str(k): dict(zip(("mean", "ci95"), confidence_interval(r.tolist()))) for k, r in enumerate(result.returns)}
-    record = {
-        "command": "python -m helpers.maml_rl " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-        "hardware": args.hardware,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "wall_time_s": round(seconds, 1),
-        "iterations_done": len(history.pre_return),
-        "kept_iteration": best[1],
-        "selection": f"every 10 iterations, mean return after {select_steps} step(s) on {args.select_goals} goals from sample_goals(seed={20_000 + args.seed})",
-        "selection_curve": selection,
-        "settings": vars(args),
-        "validation_goals": f"{args.eval_goals} goals from sample_goals(seed={10_000 + args.seed})",
-        "validation_return_after_steps": validation,
-        "history": {"pre_return": [round(x, 3) for x in history.pre_return], "post_return": [round(x, 3) for x in history.post_return]},
-    }
-    save_policy(policy, args.out, record)
-    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    selection_text = (f"every 10 iterations, mean return after {select_steps} step(s) on {args.select_goals} goals "
+                      f"from sample_goals(seed={20_000 + args.seed})")
+    record = checkpoints.make_record(
+        "maml_rl", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
+        settings=settings, run_id=files.run_id, validation=selection_text,
+        val_score=checkpoints.score(best[0], step=best[1], metric="return"),
+        history={"pre_return": [round(x, 3) for x in history.pre_return], "post_return": [round(x, 3) for x in history.post_return]},
+        results={"iterations_done": len(history.pre_return), "kept_iteration": best[1], "validation_return_after_steps": validation},
+        wall_seconds=commands.wall_seconds(files, args), train_seconds=seconds,
+        threads=torch.get_num_threads(), torch=torch.__version__, iterations_done=len(history.pre_return), kept_iteration=best[1],
+        selection=selection_text, selection_curve=selection,
+        validation_goals=f"{args.eval_goals} goals from sample_goals(seed={10_000 + args.seed})",
+        validation_return_after_steps=validation,
+    )
+    written = save_policy(policy, args.out, record, saver=files.saver)
+    files.finish()
+    print(json.dumps({k: v for k, v in written.items() if k not in ("history", "selection_curve", "settings", "results")}, indent=2))
+    return written
+
+
+def _main(argv: Sequence[str] | None = None) -> dict:
+    """Train a checkpoint: ``python -m helpers.maml_rl --inner-steps 1 --out data/checkpoints/x.pt``."""
+    from .commands import main as run_command
+
+    return run_command(PROG, build_parser(), validate_arguments, train_command, argv)
+
+
+main = _main
 
 
 def _check_whole(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value} must be a whole number >= {low}.")
+    from .checks import whole_number
+
+    whole_number(name, value, low)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ class PretrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     val_accuracy: float = float("nan")
     seconds: float = 0.0
+    #: when ``should_stop()`` ended training early: everything ``resume=`` needs to go on
+    stopped_state: dict | None = None
 
 
 def pretrain_classifier(
@@ -116,18 +118,29 @@ def pretrain_classifier(
     device: torch.device | str = "cpu",
     progress: bool = True,
     max_minutes: float | None = None,
+    should_stop=None,
+    resume: dict | None = None,
 ) -> PretrainResult:
     """Train :class:`SoftmaxClassifier` on every class of ``dataset`` (transfer-learning source).
 
     ``val_per_class`` images of each class are held out to measure ordinary classification
     accuracy (the same classes, unseen drawings). ``max_minutes`` stops training after the
     first epoch that ends past that wall time. Returns the model and its history.
+
+    ``should_stop()`` (the command's Ctrl-C and SIGTERM) is checked before every batch; when
+    it turns true the result carries ``stopped_state``, and passing that back as ``resume``
+    continues from the same batch exactly. A loss that is not finite raises
+    :class:`helpers.runs.NonFiniteLoss`.
     """
     from tqdm.auto import tqdm
 
-    for name, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):
-        if not value > 0:
-            raise ValueError(f"{name}={value} must be positive.")
+    from . import checks, runs
+
+    checks.whole_number("epochs", epochs, 1)
+    checks.positive_number("lr", lr, 0.002)
+    checks.whole_number("batch_size", batch_size, 1)
+    checks.whole_number("val_per_class", val_per_class, 0, int(dataset.class_sizes().min()) - 1)
+    checks.whole_number("max_shift", max_shift, 0)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = split_per_class(dataset, val_per_class, seed)
@@ -137,12 +150,30 @@ def pretrain_classifier(
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
     history: dict[str, list[float]] = {"loss": [], "train accuracy": [], "val accuracy": []}
-    start = time.time()
-    for _ in tqdm(range(epochs), desc="pretraining", disable=not progress):
+    first_epoch, seconds_before, carried = 0, 0.0, None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimiser.load_state_dict(resume["optimiser"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        history, first_epoch, seconds_before = resume["history"], int(resume["epoch"]), float(resume["seconds"])
+        carried = resume["order"], int(resume["next_batch"]), resume["sums"]
+        runs.set_rng_state(resume["rng"])
+    start = time.time() - seconds_before
+    for epoch in tqdm(range(first_epoch, epochs), desc="pretraining", disable=not progress, initial=first_epoch, total=epochs):
         model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
-        total, correct, loss_sum = 0, 0, 0.0
-        for b in range(0, len(order), batch_size):
+        if carried is not None:
+            order, first_batch, (total, correct, loss_sum) = carried
+            carried = None
+        else:
+            order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
+            first_batch, total, correct, loss_sum = 0, 0, 0, 0.0
+        for b in range(first_batch, len(order), batch_size):
+            if should_stop is not None and should_stop():
+                state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                         "generator": generator.get_state(), "history": history, "epoch": epoch, "order": torch.as_tensor(order),
+                         "next_batch": b, "sums": [total, correct, loss_sum], "seconds": time.time() - start, "rng": runs.rng_state()}
+                return PretrainResult(model, history, float("nan"), time.time() - start, stopped_state=state)
             batch = order[b : b + batch_size]
             x = _shift(images[batch], max_shift, generator).to(device)
             y = labels[batch].to(device)
@@ -151,7 +182,7 @@ def pretrain_classifier(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            loss_sum += float(loss.detach()) * len(batch)
+            loss_sum += runs.check_finite(len(history["loss"]) + 1, float(loss.detach())) * len(batch)
             correct += int((logits.argmax(1) == y).sum())
             total += len(batch)
         scheduler.step()
@@ -177,19 +208,33 @@ def classification_accuracy(model: nn.Module, images: torch.Tensor, labels: torc
     return correct / len(images)
 
 
-def save_encoder(model: SoftmaxClassifier, path: str | Path, record: dict) -> None:
-    """Save only the Conv-4 embedding (the head is useless for new classes) and a ``.json``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
-    torch.save(state, path)
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+def save_encoder(model: SoftmaxClassifier, path: str | Path, record: dict, saver=None) -> dict:
+    """Save only the Conv-4 embedding (the head is useless for new classes) and a ``.json``, atomically.
+
+    ``saver`` (a :class:`helpers.checkpoints.Saver`) decides where a command's run may save;
+    without one the pair is written at ``path``. Returns the record as written.
+    """
+    from . import checkpoints
+
+    writer = checkpoints.torch_writer({k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()})
+    if saver is not None:
+        return saver.save(writer, record)
+    return checkpoints.write_pair(path, writer, record)
+
+
+ONE_SHOT_COMMAND = "python -m helpers.one_shot --epochs 30 --batch-size 128 --lr 2e-3 --max-minutes 6"
 
 
 def load_encoder(path: str | Path = ONE_SHOT_CHECKPOINT, device: torch.device | str = "cpu") -> Conv4:
-    """The pretrained Conv-4 embedding, in eval mode, with gradients switched off."""
+    """The pretrained Conv-4 embedding, in eval mode, with gradients switched off.
+
+    A missing, truncated or mismatched file raises :class:`helpers.checkpoints.CheckpointError`
+    (one sentence: which file, what was expected, the command that makes it).
+    """
+    from . import checkpoints
+
     encoder = Conv4()
-    encoder.load_state_dict(torch.load(Path(path), map_location="cpu", weights_only=True))
+    checkpoints.load(path, checkpoints.torch_reader(encoder), "a pretrained Conv-4 embedding", f"{ONE_SHOT_COMMAND} --out {path}")
     encoder.to(device).eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
@@ -197,8 +242,20 @@ def load_encoder(path: str | Path = ONE_SHOT_CHECKPOINT, device: torch.device | 
 
 
 def checkpoint_record(path: str | Path = ONE_SHOT_CHECKPOINT) -> dict:
-    """What the ``.json`` beside a checkpoint says: command, hardware, time, accuracy."""
-    return json.loads(Path(path).with_suffix(".json").read_text())
+    """What the ``.json`` beside a checkpoint says: command, hardware, time, accuracy.
+
+    ``wall_time_s`` (the name earlier records used, and notebook 03 reads) is filled in from
+    the schema's ``wall_seconds`` when a record has only the latter.
+    """
+    from . import checkpoints
+
+    record = checkpoints.read_record(path)
+    if record is None:
+        raise checkpoints.MissingCheckpoint(f"no record {checkpoints.record_path(path)}: expected the record of a pretrained "
+                                            f"Conv-4 embedding; make it with `{ONE_SHOT_COMMAND} --out {path}`.")
+    if "wall_time_s" not in record and record.get("wall_seconds") is not None:
+        record["wall_time_s"] = record["wall_seconds"]
+    return record
 
 
 @torch.no_grad()
@@ -359,52 +416,93 @@ def evaluate_lake_runs(method: FewShotMethod, runs: Sequence) -> np.ndarray:
     return np.array(accuracies)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Train and save the committed checkpoint: ``python3 -m helpers.one_shot --epochs 12``."""
-    import argparse
-    import platform
-    import shlex
-    import sys
+PROG = "python -m helpers.one_shot"
+NOT_SETTINGS = ("out", "hardware", "no_progress", "resume", "overwrite", "debug", "started")
 
-    from .device import hardware_description, training_device
-    from .episodes import omniglot_dataset
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+def build_parser():
+    from .commands import Parser, add_run_options
+
+    parser = Parser(PROG, description="Pretrain the Conv-4 embedding of notebook 03: a softmax classifier over the 964 "
+                    "Omniglot background characters, saved without its head. Ctrl-C or SIGTERM saves the run; --resume continues it.")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--val-per-class", type=int, default=4)
-    parser.add_argument("--max-shift", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-per-class", type=int, default=4, help="drawings of each character held out for validation")
+    parser.add_argument("--max-shift", type=int, default=2, help="random shifts of up to this many pixels (augmentation)")
     parser.add_argument("--out", default=str(ONE_SHOT_CHECKPOINT))
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-minutes", type=float, default=None)
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    parser.add_argument("--hardware", default=None, help="how to describe the machine in the .json (default: the device found)")
-    args = parser.parse_args(argv)
-    device = training_device(args.device, args.threads)
-    args.hardware = args.hardware or hardware_description(device)
+    parser.add_argument("--hardware", default=None, help="a note on the machine, added to the recorded hardware")
+    parser.add_argument("--no-progress", action="store_true")
+    add_run_options(parser)
+    parser.set_defaults(threads=1)
+    return parser
+
+
+def validate_arguments(args) -> None:
+    from . import commands
+    from .episodes import OMNIGLOT_DRAWINGS
+
+    commands.run_options(args)
+    commands.positive(args, "lr", example=0.002)
+    commands.positive(args, "max_minutes", example=6)
+    commands.whole(args, "epochs", 1)
+    commands.whole(args, "batch_size", 1)
+    commands.whole(args, "val_per_class", 0, OMNIGLOT_DRAWINGS - 1)
+    commands.whole(args, "max_shift", 0, 13)
+    commands.writable_target(Path(args.out))
+
+
+def train_command(args, device: torch.device, command: str) -> dict:
+    """Train, save (atomically) and record the embedding the arguments describe."""
+    import platform
+
+    from . import checkpoints, commands, runs
+    from .device import hardware_description
+    from .episodes import omniglot_dataset
+
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    files = commands.RunFiles(args.out, args, settings)
     dataset = omniglot_dataset("background")
-    result = pretrain_classifier(
-        dataset, args.epochs, args.lr, args.batch_size, args.val_per_class, args.max_shift, args.seed,
-        device=device, max_minutes=args.max_minutes,
-    )
-    record = {
-        "what": "Conv-4 embedding of a softmax classifier over the 964 Omniglot background characters "
+    try:
+        result = pretrain_classifier(
+            dataset, args.epochs, args.lr, args.batch_size, args.val_per_class, args.max_shift, args.seed,
+            device=device, max_minutes=args.max_minutes, progress=not args.no_progress, should_stop=runs.stop_requested,
+            resume=files.state,
+        )
+    except runs.NonFiniteLoss as exc:
+        raise commands.nonfinite(exc, "the learning rate --lr is probably too large", None) from None
+    record = checkpoints.make_record(
+        "one_shot", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
+        settings=settings, run_id=files.run_id,
+        validation=f"964-way classification of {args.val_per_class} held-out drawings of each of the 964 background characters",
+        val_score=checkpoints.score(result.val_accuracy),
+        history={k: [round(v, 4) for v in vals] for k, vals in result.history.items()},
+        results={"epochs_run": len(result.history["loss"]), "val_accuracy_964_way": round(result.val_accuracy, 4)},
+        wall_seconds=commands.wall_seconds(files, args), train_seconds=result.seconds,
+        what="Conv-4 embedding of a softmax classifier over the 964 Omniglot background characters "
         "(30 background alphabets of Lake et al.; no evaluation alphabet seen)",
-        "command": "python3 -m helpers.one_shot " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "settings": vars(args),
-        "hardware": args.hardware,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "wall_time_s": round(result.seconds, 1),
-        "epochs_run": len(result.history["loss"]),
-        "val_accuracy_964_way": round(result.val_accuracy, 4),
-        "val_note": f"{args.val_per_class} held-out drawings of each of the 964 background characters",
-        "history": {k: [round(v, 4) for v in vals] for k, vals in result.history.items()},
-    }
-    save_encoder(result.model, args.out, record)
-    print(json.dumps({k: record[k] for k in ("wall_time_s", "val_accuracy_964_way")}))
+        python=platform.python_version(), torch=torch.__version__, epochs_run=len(result.history["loss"]),
+        val_accuracy_964_way=round(result.val_accuracy, 4) if result.stopped_state is None else None,
+        val_note=f"{args.val_per_class} held-out drawings of each of the 964 background characters",
+    )
+    if result.stopped_state is not None:
+        files.save_state({**result.stopped_state, "wall_seconds": commands.wall_seconds(files, args)}, record)
+        state = result.stopped_state
+        raise files.interrupted(f"epoch {state['epoch'] + 1} of {args.epochs} (batch {state['next_batch'] // args.batch_size})",
+                                command, False)
+    written = save_encoder(result.model, args.out, record, saver=files.saver)
+    files.finish()
+    print(json.dumps({"wall_seconds": written["wall_seconds"], "val_accuracy_964_way": written["val_accuracy_964_way"],
+                      "checkpoint": str(files.saver.path)}))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Train and save the committed checkpoint: ``python -m helpers.one_shot --epochs 12``."""
+    from .commands import main as run_command
+
+    return run_command(PROG, build_parser(), validate_arguments, train_command, argv)
 
 
 if __name__ == "__main__":

@@ -661,7 +661,7 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     if stopped:
         result["stopped_state"] = {
             "weights": [torch.from_numpy(np.array(w)) for w in model.get_weights()],
-            "optimizer": [torch.from_numpy(np.array(v)) for v in model.optimizer.variables],
+            "optimizer": [torch.from_numpy(np.array(keras.ops.convert_to_numpy(v))) for v in model.optimizer.variables],
             "best_accuracy": best[0], "best_weights": [torch.from_numpy(w) for w in best[1]] if best[1] is not None else [],
             "log": log, "round": len(log),  # rounds completed; a round cut short is run again
             "seconds": time.perf_counter() - start, "rng": runs.generator_state(rng),

@@ -12,7 +12,6 @@ precise than comparing two separate confidence intervals.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,17 +104,23 @@ class TrainingRecord:
 
 
 def training_record(path: str | Path) -> TrainingRecord:
-    """The wall time, hardware and command stored beside a checkpoint (any of the course's formats)."""
-    meta_path = Path(path).with_suffix(".json")
-    if not meta_path.exists():
-        raise FileNotFoundError(f"no metadata at {meta_path}; every committed checkpoint has a .json beside it.")
-    meta = json.loads(meta_path.read_text())
+    """The wall time, hardware and command stored beside a checkpoint.
+
+    The record schema (:mod:`helpers.checkpoints`) keeps the wall time in ``wall_seconds``;
+    records written before it used ``wall_time_s`` or ``wall_minutes``, which are read too.
+    """
+    from .checkpoints import MissingCheckpoint, read_record, record_path
+
+    meta = read_record(path)
+    if meta is None:
+        raise MissingCheckpoint(f"no record {record_path(path)}: every committed checkpoint has a .json beside it "
+                                "saying how it was trained; restore it from git.")
     for key, per_minute in (("wall_seconds", 60.0), ("wall_time_s", 60.0), ("wall_minutes", 1.0), ("train_seconds", 60.0)):
-        if key in meta:
+        if meta.get(key) is not None:
             minutes = float(meta[key]) / per_minute
             break
     else:
-        raise KeyError(f"{meta_path} records no wall time (wall_seconds, wall_time_s or wall_minutes).")
+        raise KeyError(f"{record_path(path)} records no wall time (wall_seconds, or wall_time_s / wall_minutes).")
     return TrainingRecord(minutes, str(meta.get("hardware", "not recorded")), str(meta.get("command", "not recorded")))
 
 

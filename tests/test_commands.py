@@ -87,9 +87,17 @@ def run_command(main, argv, capsys):
 
 
 def modules():
-    from helpers import maml, matching, protonet
+    from helpers import maml, maml_rl, matching, one_shot, protonet
 
-    return {"protonet": protonet.main, "matching": matching.main, "maml": maml.main}
+    found = {"protonet": protonet.main, "matching": matching.main, "maml": maml.main, "one_shot": one_shot.main,
+             "maml_rl": maml_rl.main}
+    return found
+
+
+def siamese_main(argv):
+    from helpers import siamese  # imports Keras and TensorFlow: only for the Siamese cases
+
+    return siamese.main(argv)
 
 
 BAD_INPUTS = [
@@ -126,6 +134,22 @@ BAD_INPUTS = [
     ("maml", ["sinusoid", "--out", "OUT", "--k", "0"], "--k=0 must be a whole number >= 1"),
     ("maml", ["sinusoid", "--out", "OUT", "--seed", "-3"], "--seed=-3 must be a whole number from 0 to 2**32 - 1"),
     ("maml", ["bogus"], "argument task: invalid choice: 'bogus'"),
+    ("one_shot", ["--out", "OUT", "--lr", "inf"], "--lr=inf must be a positive finite number"),
+    ("one_shot", ["--out", "OUT", "--epochs", "0"], "--epochs=0 must be a whole number >= 1"),
+    ("one_shot", ["--out", "OUT", "--batch-size", "-1"], "--batch-size=-1 must be a whole number >= 1"),
+    ("one_shot", ["--out", "OUT", "--val-per-class", "20"], "--val-per-class=20 must be a whole number between 0 and 19"),
+    ("one_shot", ["--out", "OUT", "--seed", "-1"], "--seed=-1 must be a whole number from 0 to 2**32 - 1"),
+    ("maml_rl", ["--out", "OUT", "--outer-lr", "inf"], "--outer-lr=inf must be a positive finite number"),
+    ("maml_rl", ["--out", "OUT", "--inner-lr", "0"], "--inner-lr=0.0 must be a positive finite number"),
+    ("maml_rl", ["--out", "OUT", "--iterations", "0"], "--iterations=0 must be a whole number >= 1"),
+    ("maml_rl", ["--out", "OUT", "--trajectories", "1"], "--trajectories=1 must be a whole number >= 2"),
+    ("maml_rl", ["--out", "OUT", "--inner-steps", "-1"], "--inner-steps=-1 must be a whole number >= 0"),
+    ("maml_rl", ["--out", "OUT", "--reward", "gold"], "argument --reward: invalid choice: 'gold'"),
+    ("siamese", ["--out", "OUT.keras", "--minutes", "0"], "--minutes=0.0 must be a positive finite number"),
+    ("siamese", ["--out", "OUT.keras", "--learning-rate", "inf"], "--learning-rate=inf must be a positive finite number"),
+    ("siamese", ["--out", "OUT.keras", "--validation-alphabets", "30"], "--validation-alphabets=30 must be a whole number between 1 and 29"),
+    ("siamese", ["--out", "OUT"], "must end in .keras"),
+    ("siamese", ["--out", "OUT.keras", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
 ]
 
 
@@ -133,10 +157,11 @@ BAD_INPUTS = [
 def test_every_bad_argument_is_one_line_and_exit_status_2(command, argv, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("METALEARN_DEVICE", raising=False)
     out = tmp_path / "checkpoints" / "x.pt"
-    argv = [str(out) if a == "OUT" else a for a in argv]
+    argv = [a.replace("OUT", str(out)) if a.startswith("OUT") else a for a in argv]
     if command == "protonet":
         argv = ["--checkpoint", str(out), *argv]
-    status, stdout, stderr = run_command(modules()[command], argv, capsys)
+    main = siamese_main if command == "siamese" else modules()[command]
+    status, stdout, stderr = run_command(main, argv, capsys)
     assert status == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
@@ -146,7 +171,8 @@ def test_every_bad_argument_is_one_line_and_exit_status_2(command, argv, expecte
 
 def test_the_device_variable_is_named_by_every_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("METALEARN_DEVICE", "gpu")
-    for command, argv in (("protonet", ["--checkpoint", str(tmp_path / "x.pt")]), ("maml", ["omniglot", "--out", str(tmp_path / "x.pt")])):
+    for command, argv in (("protonet", ["--checkpoint", str(tmp_path / "x.pt")]), ("maml", ["omniglot", "--out", str(tmp_path / "x.pt")]),
+                          ("one_shot", ["--out", str(tmp_path / "x.pt")]), ("matching", ["--out", str(tmp_path / "x.pt")])):
         status, _, stderr = run_command(modules()[command], argv, capsys)
         assert status == 2 and stderr.count("\n") == 1
         assert "METALEARN_DEVICE='gpu' is not a device name; use cpu, cuda" in stderr
@@ -357,3 +383,25 @@ def test_sigterm_saves_a_resumable_run_and_says_how_to_resume(tmp_path):
     assert record["status"] == "resumable" and state["history"]["episode"][-1] >= 20
     assert checkpoints.read_record(tmp_path / "x.pt")["status"] == "interrupted"  # the best weights so far, kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.pt", "x.resume.json", "x.resume.pt"]
+
+
+def test_pretraining_the_one_shot_embedding_stops_and_resumes_exactly():
+    from helpers.episodes import FewShotDataset
+    from helpers.one_shot import pretrain_classifier
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(60, 28, 28)).astype(np.uint8)
+    data = FewShotDataset("toy", images, np.repeat(np.arange(6), 10), tuple("abcdef"))
+    settings = dict(epochs=3, lr=1e-2, batch_size=16, val_per_class=2, max_shift=1, seed=0, progress=False)
+    whole = pretrain_classifier(data, **settings)
+    calls = {"n": 0}
+
+    def stop_at_batch_5():
+        calls["n"] += 1
+        return calls["n"] == 5
+
+    stopped = pretrain_classifier(data, **settings, should_stop=stop_at_batch_5)
+    assert stopped.stopped_state is not None and stopped.stopped_state["epoch"] == 1  # 3 batches per epoch
+    resumed = pretrain_classifier(data, **settings, resume=stopped.stopped_state)
+    assert resumed.stopped_state is None and resumed.history == whole.history
+    assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()))

@@ -268,7 +268,7 @@ def test_checkpoint_round_trip(tmp_path):
     policy = GaussianMLPPolicy(init_std=0.4)
     save_policy(policy, tmp_path / "p.pt", {"command": "test"})
     loaded, record = load_policy(tmp_path / "p.pt")
-    assert record == {"command": "test"}
+    assert record["command"] == "test" and record["weights"]["file"] == "p.pt"  # the record names its weights
     obs = torch.randn(5, 2)
     for a, b in zip(policy(obs), loaded(obs)):
         assert torch.equal(a, b)

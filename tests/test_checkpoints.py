@@ -260,3 +260,19 @@ def test_checkpoints_that_cannot_be_compared_are_kept(tmp_path, existing):
     saver.save(checkpoints.torch_writer(net(seed=2).state_dict()), record(0.99))
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert saver.path != path and saver.path.exists() and len(said) == 1
+
+
+def test_committed_checkpoints_follow_the_schema_and_their_weights_match():
+    records = sorted(COMMITTED.glob("*.json"))
+    assert len(records) >= 15
+    for path in records:
+        rec = json.loads(path.read_text())
+        missing = set(checkpoints.SCHEMA_KEYS) - set(rec)
+        assert not missing, f"{path.name} lacks {sorted(missing)}"
+        weights = COMMITTED / rec["weights"]["file"]
+        assert weights.exists() and checkpoints.file_sha256(weights) == rec["weights"]["sha256"], path.name
+        assert rec["status"] == "complete" and rec["command"] and rec["hardware"], path.name
+        if rec["method"] != "zero_shot":  # the text vectors are computed, not trained
+            assert isinstance(rec["wall_seconds"], (int, float)) and rec["val_score"] is not None, path.name
+        for key in ("wall_time_s", "wall_minutes", "maml_seconds"):  # one key for wall time (see the reader aliases)
+            assert key not in rec or path.name.startswith(("siamese_", "maml_sinusoid")), f"{path.name} still has {key}"

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,7 +206,11 @@ def _verified_record(folder: Path) -> Path:
 
 
 def verify(path: Path, remote: RemoteFile) -> bool:
-    """True when ``path`` holds ``remote``'s data: a known byte hash, or the known content hash."""
+    """True when ``path`` holds ``remote``'s data: a known byte hash, or the known content hash.
+
+    Never raises for a damaged file: whatever goes wrong while decoding it (``zlib.error``
+    and every other decompression error included) counts as a failed check.
+    """
     sha = file_digest(path, "sha256")
     if sha in remote.sha256 or (remote.md5 and file_digest(path, "md5") in remote.md5):
         return True
@@ -218,7 +223,8 @@ def verify(path: Path, remote: RemoteFile) -> bool:
         return True
     try:
         ok = omniglot_content_hash(path) == remote.content_sha256
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except Exception:  # an archive that fails to decode in any way is not the data
+        # (a damaged zip raises BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ...)
         return False
     if ok and os.access(path.parent, os.W_OK):
         seen[path.name] = sha
@@ -229,6 +235,24 @@ def verify(path: Path, remote: RemoteFile) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # fetching
+
+
+def writable(folder: Path) -> bool:
+    """True when files can be created in ``folder`` (made first, with its parents, if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def require_writable(folder: Path, what: str) -> None:
+    """Raise :class:`DatasetError` (one sentence naming ``METALEARN_DATA_DIR``) unless ``folder`` is writable."""
+    if not writable(folder):
+        raise DatasetError(
+            f"Cannot {what}: the data folder {folder} is not writable; set {DATA_DIR_VARIABLE} to a writable folder "
+            f"(or make {folder} writable)."
+        )
 
 
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -287,7 +311,13 @@ def fetch(dataset: str, name: str) -> Path:
     if cached.exists():
         if verify(cached, remote):
             return cached
-        cached.unlink()  # a corrupt or outdated cache entry is fetched again below
+        try:
+            cached.unlink()  # a corrupt or outdated cache entry is fetched again below
+        except OSError as exc:
+            raise DatasetError(
+                f"The cached {cached} is damaged and cannot be removed ({exc.strerror or exc}); delete it, or set "
+                f"{DATA_DIR_VARIABLE} to a writable folder."
+            ) from exc
     mirror = mirror_dir()
     if mirror is not None:
         for candidate in (mirror / dataset / name, mirror / name, mirror / remote.filename):
@@ -298,6 +328,7 @@ def fetch(dataset: str, name: str) -> Path:
                     f"The mirror file {candidate} does not match the checksum of {dataset}/{name}; "
                     f"replace it with the official file, or unset {MIRROR_VARIABLE} to download it."
                 )
+    require_writable(cached.parent, f"download {dataset}/{name}")
     _download(remote, cached)
     return cached
 
@@ -324,7 +355,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             payload = handle.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path} is not a readable idx file ({exc}); delete it so it is fetched again.") from exc
     zero, dtype_code, ndim = payload[0:2], payload[2], payload[3]
     if zero != b"\x00\x00" or dtype_code != 0x08:
@@ -428,6 +459,8 @@ def load_omniglot(image_size: int = 28, *, progress: bool = True) -> Omniglot:
         with contextlib.suppress(Exception), np.load(cache, allow_pickle=False) as stored:
             if str(stored["stamp"]) == stamp:
                 return Omniglot(stored["images"], tuple(stored["characters"].tolist()), stored["background"])
+    # Decoding takes a while; find out first whether its result can be kept.
+    require_writable(cache.parent, f"cache the decoded {image_size}px Omniglot arrays")
     from tqdm.auto import tqdm
 
     names, arrays, flags = [], [], []

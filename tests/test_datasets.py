@@ -199,3 +199,148 @@ def test_no_dataset_file_is_tracked_by_git():
     tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split()
     names = {f.filename for f in datasets.FILES.values()}
     assert not [t for t in tracked if os.path.basename(t) in names]
+
+
+# ----------------------------------------------------------------------------- damaged files heal
+
+
+def _tiny_omniglot_zip(path: Path) -> bytes:
+    """A few PNG drawings laid out like an Omniglot archive, deflated like the real one."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buffer = BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for c in range(2):
+            for d in range(3):
+                image = Image.fromarray((rng.random((12, 12)) > 0.5).astype(np.uint8) * 255).convert("1")
+                png = BytesIO()
+                image.save(png, format="PNG")
+                archive.writestr(f"images_evaluation/Alpha/character0{c + 1}/0{c + 1}0{d}_0{d + 1}.png", png.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def tiny_omniglot(tmp_path, monkeypatch):
+    """``omniglot/images_evaluation.zip`` replaced by a tiny archive checked by its content hash."""
+    good = tmp_path / "good" / "images_evaluation.zip"
+    payload = _tiny_omniglot_zip(good)
+    key = "omniglot/images_evaluation.zip"
+    remote = replace(datasets.FILES[key], urls=("http://127.0.0.1:9/images_evaluation.zip",), sha256=(), md5=(),
+                     content_sha256=datasets.omniglot_content_hash(good))
+    monkeypatch.setitem(datasets.FILES, key, remote)
+    return remote, payload
+
+
+def _zlib_breaking_corruption(payload: bytes, tmp_path: Path) -> bytes:
+    """The first single-byte corruption of ``payload`` that makes decoding raise ``zlib.error``."""
+    import zlib
+
+    probe = tmp_path / "probe.zip"
+    for i in range(len(payload)):
+        damaged = bytearray(payload)
+        damaged[i] ^= 0x55
+        probe.write_bytes(bytes(damaged))
+        try:
+            datasets.omniglot_content_hash(probe)
+        except zlib.error:
+            return bytes(damaged)
+        except Exception:
+            continue
+    raise AssertionError("no single-byte corruption broke the deflate stream")
+
+
+def test_every_single_byte_corruption_of_a_zip_is_a_failed_check_not_an_exception(tmp_path, tiny_omniglot):
+    import zlib
+
+    remote, payload = tiny_omniglot
+    path = tmp_path / "bad" / "images_evaluation.zip"
+    path.parent.mkdir()
+    outcomes = {True: 0, False: 0}
+    for i in range(len(payload)):  # about 1,600 corruptions of about 1,600 bytes
+        damaged = bytearray(payload)
+        damaged[i] ^= 0x55
+        path.write_bytes(bytes(damaged))
+        (path.parent / ".content-verified.json").unlink(missing_ok=True)
+        outcomes[datasets.verify(path, remote)] += 1  # must never raise (zlib.error used to escape)
+    assert outcomes[False] > len(payload) / 2
+    # the corruptions that pass change no pixel (time stamps, spare header bytes): the content hash holds;
+    # and among those that fail are the ones whose deflate stream breaks with zlib.error underneath
+    with pytest.raises(zlib.error):
+        datasets.omniglot_content_hash(_write(tmp_path / "z.zip", _zlib_breaking_corruption(payload, tmp_path)))
+    assert not datasets.verify(tmp_path / "z.zip", remote)
+
+
+def _write(path: Path, payload: bytes) -> Path:
+    path.write_bytes(payload)
+    return path
+
+
+def test_a_damaged_cached_zip_is_removed_and_fetched_again_from_the_mirror(tmp_path, tiny_omniglot, monkeypatch, empty_cache):
+    remote, payload = tiny_omniglot
+    mirror = tmp_path / "mirror"
+    _tiny_omniglot_zip(mirror / "omniglot" / "images_evaluation.zip")
+    monkeypatch.setenv(datasets.MIRROR_VARIABLE, str(mirror))
+    cached = empty_cache / "omniglot" / "images_evaluation.zip"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(_zlib_breaking_corruption(payload, tmp_path))
+    assert not datasets.verify(cached, remote)
+    path = datasets.fetch("omniglot", "images_evaluation.zip")
+    assert path == mirror / "omniglot" / "images_evaluation.zip" and not cached.exists()
+
+
+def test_a_damaged_cached_zip_is_downloaded_again(served_folder, tiny_omniglot, monkeypatch, empty_cache):
+    root, url = served_folder
+    remote, payload = tiny_omniglot
+    (root / "images_evaluation.zip").write_bytes(payload)
+    monkeypatch.delenv(datasets.MIRROR_VARIABLE, raising=False)
+    monkeypatch.setitem(datasets.FILES, "omniglot/images_evaluation.zip", replace(remote, urls=(url + "images_evaluation.zip",)))
+    cached = empty_cache / "omniglot" / "images_evaluation.zip"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(payload[:-40])  # truncated: its central directory is gone
+    assert datasets.fetch("omniglot", "images_evaluation.zip") == cached
+    assert cached.read_bytes() == payload
+    assert datasets.fetch("omniglot", "images_evaluation.zip") == cached  # and now it stays
+
+
+def test_a_read_only_data_folder_is_named_before_any_decoding(tmp_path, monkeypatch):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    monkeypatch.setenv(datasets.DATA_DIR_VARIABLE, str(folder))
+    monkeypatch.setattr(datasets, "writable", lambda path: False)  # as a read-only mount (root may write anywhere)
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoding started although its result could not be kept")
+
+    monkeypatch.setattr(datasets, "_character_members", must_not_decode)
+    monkeypatch.setattr(datasets, "fetch", lambda dataset, name: tmp_path / name)
+    monkeypatch.setattr(datasets, "file_digest", lambda path, algorithm="sha256": "0" * 64)
+    with pytest.raises(DatasetError) as caught:
+        datasets.load_omniglot()
+    message = str(caught.value)
+    assert datasets.DATA_DIR_VARIABLE in message and str(folder / "omniglot") in message and "\n" not in message
+
+
+def test_a_read_only_data_folder_is_named_before_a_download(monkeypatch, tmp_path):
+    monkeypatch.delenv(datasets.MIRROR_VARIABLE, raising=False)
+    monkeypatch.setenv(datasets.DATA_DIR_VARIABLE, str(tmp_path / "read-only"))
+    monkeypatch.setattr(datasets, "writable", lambda path: False)
+    monkeypatch.setattr(datasets, "_download", lambda *a: pytest.fail("downloaded into a folder it cannot write"))
+    with pytest.raises(DatasetError, match=f"not writable; set {datasets.DATA_DIR_VARIABLE} to a writable folder"):
+        datasets.fetch("mnist", "t10k-labels-idx1-ubyte.gz")
+
+
+def test_writable_is_false_for_a_folder_without_write_permission(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        expected = os.access(locked, os.W_OK)  # True only for a user (root) whom permissions do not stop
+        assert datasets.writable(locked) is expected
+        assert datasets.writable(tmp_path / "new" / "folder")
+    finally:
+        locked.chmod(0o700)

@@ -344,11 +344,11 @@ def tsne_map(query_embeddings, query_labels, prototypes, class_names, prediction
 
 def check_panel_settings(values: dict, train_dataset, test_dataset, n_query: int) -> None:
     """Raise ``ValueError`` (one sentence) unless the panel's settings can run."""
+    from .checks import positive_number, whole_number
     from .episodes import check_episode_settings
-    from .widgets import check_positive
 
-    check_positive("learning rate", values["lr"])
-    check_positive("episodes", values["episodes"])
+    positive_number("learning rate", values["lr"], 0.001)
+    whole_number("episodes", values["episodes"], 1)
     check_distance(values["distance"])
     check_episode_settings(train_dataset, values["train_n_way"], values["k_shot"], n_query)
     check_episode_settings(test_dataset, values["test_n_way"], values["k_shot"], n_query)

@@ -405,3 +405,42 @@ def test_pretraining_the_one_shot_embedding_stops_and_resumes_exactly():
     resumed = pretrain_classifier(data, **settings, resume=stopped.stopped_state)
     assert resumed.stopped_state is None and resumed.history == whole.history
     assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()))
+
+
+def test_the_protonet_panel_says_what_zero_episodes_needs():
+    from helpers.protonet import check_panel_settings
+
+    values = {"lr": 1e-3, "episodes": 0, "distance": "euclidean", "train_n_way": 5, "test_n_way": 5, "k_shot": 1}
+    with pytest.raises(ValueError, match=r"^episodes=0 must be a whole number >= 1\.$"):
+        check_panel_settings(values, None, None, 5)
+    with pytest.raises(ValueError, match=r"^learning rate=inf must be a positive finite number such as 0\.001\.$"):
+        check_panel_settings({**values, "lr": float("inf"), "episodes": 10}, None, None, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_data")
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_the_readme_command_keeps_the_committed_checkpoint(tmp_path, capsys, keep):
+    # The README's ProtoNet command names the committed checkpoint; a short run must not replace it.
+    import shutil
+    from pathlib import Path
+
+    from helpers import checkpoints, protonet
+
+    committed = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "protonet_omniglot_1shot"
+    for suffix in (".pt", ".json"):
+        shutil.copy(committed.with_suffix(suffix), tmp_path / f"protonet_omniglot_1shot{suffix}")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    threads = torch.get_num_threads()
+    try:
+        status, out, err = run_command(protonet.main, [
+            "--n-way", "5", "--k-shot", "1", "--episodes", "4", "--val-way", "5", "--val-episodes", "2", "--val-every", "2",
+            "--keep", keep, "--threads", "1", "--device", "cpu", "--no-progress",
+            "--checkpoint", str(tmp_path / "protonet_omniglot_1shot.pt")], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0, err
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before  # the committed pair, untouched
+    beside = [p for p in tmp_path.glob("protonet_omniglot_1shot_*.pt")]
+    assert len(beside) == 1 and f"this run saves to {beside[0]}" in out and "--overwrite" in out
+    assert checkpoints.read_record(beside[0])["status"] == "complete"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import datasets
+from .checks import seed as _checked_seed
 
 OMNIGLOT_SPLITS = (
     "background",
@@ -239,7 +240,7 @@ class EpisodeSampler:
     def __init__(self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int | None = 0) -> None:
         check_episode_settings(dataset, n_way, k_shot, n_query)
         self.dataset, self.n_way, self.k_shot, self.n_query = dataset, int(n_way), int(k_shot), int(n_query)
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(None if seed is None else _checked_seed(seed))
 
     def sample(self) -> Episode:
         return self.dataset.episode(*self.draw())

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import checkpoints, runs
+from .checks import seed as _checked_seed
 from .device import seed_everything
 from .episodes import Episode, FewShotDataset, check_episode_settings
 from .fewshot import FewShotMethod, evaluate
@@ -310,7 +311,7 @@ class DeviceEpisodeSampler:
         check_episode_settings(dataset, n_way, k_shot, n_query)
         self.dataset, self.n_way, self.k_shot, self.n_query = dataset, int(n_way), int(k_shot), int(n_query)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(None if seed is None else _checked_seed(seed))
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device)
         sizes = dataset.class_sizes()
         # members[c, j] = image row of the j-th image of class c; classes shorter than the

@@ -40,6 +40,18 @@ def test_bad_seeds_are_named(seed):
         seed_everything(seed)
 
 
+@pytest.mark.parametrize("seed", [-1, "3"])
+def test_episode_samplers_name_a_bad_seed(seed):
+    from helpers.episodes import EpisodeSampler, FewShotDataset
+    from helpers.training import DeviceEpisodeSampler
+
+    data = FewShotDataset("toy", np.zeros((20, 4, 4), np.uint8), np.repeat(np.arange(4), 5), tuple("abcd"))
+    for sampler in (EpisodeSampler, DeviceEpisodeSampler):
+        with pytest.raises(ValueError, match=r"^seed=.* must be a whole number from 0 to 2\*\*32 - 1"):
+            sampler(data, 2, 1, 1, seed=seed)
+    EpisodeSampler(data, 2, 1, 1, seed=None)  # None still means "fresh randomness"
+
+
 def test_numpy_numbers_are_numbers():
     seed_everything(np.int64(3))
     assert checks.positive_number("lr", np.float32(0.01)) == pytest.approx(0.01)

@@ -235,3 +235,18 @@ def test_model_trains_saves_and_reloads_under_each_backend(backend, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"ok {backend}" in done.stdout
+
+
+def test_a_missing_or_truncated_twin_is_one_sentence_with_the_command(tmp_path):
+    from helpers.checkpoints import CheckpointError, MissingCheckpoint
+
+    with pytest.raises(MissingCheckpoint) as caught:
+        siamese.load_checkpoint(tmp_path / "gone.keras")
+    assert "\n" not in str(caught.value) and "a Keras Siamese twin" in str(caught.value) and "python -m helpers.siamese" in str(caught.value)
+    model = siamese.build_siamese(siamese.koch_base((20, 20), filters=(4, 4, 4), features=8), image_shape=(20, 20))
+    model.save(tmp_path / "twin.keras")
+    data = (tmp_path / "twin.keras").read_bytes()
+    (tmp_path / "twin.keras").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as caught:
+        siamese.load_checkpoint(tmp_path / "twin.keras")
+    assert "\n" not in str(caught.value) and str(tmp_path / "twin.keras") in str(caught.value)

@@ -86,8 +86,6 @@ INTERACTIONS = {
     "09": Interaction("N"),
 }
 
-pytestmark = pytest.mark.browser
-
 TIMINGS: dict[str, dict[str, float]] = {}
 
 
@@ -105,14 +103,19 @@ def _missing_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser_available() -> None:
+def require_browser() -> None:
+    """Skip (one line) without Chromium or Playwright; fail instead if METALEARN_REQUIRE_BROWSER=1."""
     missing = _missing_browser()
     if missing is None:
         return
     if os.environ.get("METALEARN_REQUIRE_BROWSER") == "1":
         pytest.fail(f"METALEARN_REQUIRE_BROWSER=1 but {missing}")
     pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def browser_available() -> None:
+    require_browser()
 
 
 # --------------------------------------------------------------------------- JupyterLab
@@ -502,6 +505,7 @@ def _move_slider_and_run(page, panel, interaction: Interaction, timings: dict[st
 # --------------------------------------------------------------------------- the test
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_in_browser(
     path: Path, lab: JupyterLab, browser, copies: Path, needs_data: None
@@ -572,3 +576,56 @@ def test_notebook_in_browser(
         page.close()
         lab.shut_down_kernels()
     assert not failures, f"{stem}:\n  " + "\n  ".join(failures)
+
+
+# --------------------------------------------------------------------------- the test's own logic
+# (fast, no browser: these run with -m "not browser" too)
+
+
+def test_without_a_browser_the_test_skips_unless_it_is_required(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.delenv("METALEARN_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no Chromium at /nonexistent/chromium"):
+        require_browser()
+    monkeypatch.setenv("METALEARN_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="METALEARN_REQUIRE_BROWSER=1 but no Chromium"):
+        require_browser()
+
+
+def test_quick_copy_sets_quick_in_the_parameters_cell_only(tmp_path):
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": "QUICK = False  # not this one\n"},
+        {
+            "cell_type": "code",
+            "metadata": {"tags": ["parameters"]},
+            "source": ["QUICK = False  # tiny\n", "SEED = 0"],
+        },
+    ]
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "01_x.ipynb").write_text(json.dumps({"cells": cells, "metadata": {}}))
+    copy = quick_copy(source / "01_x.ipynb", tmp_path)
+    written = json.loads(copy.read_text())["cells"]
+    assert written[0]["source"] == "QUICK = False  # not this one\n"
+    assert "".join(written[1]["source"]) == "QUICK = True  # tiny\nSEED = 0"
+
+
+def test_a_plot_with_nothing_drawn_in_colour_is_blank():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def render(draw) -> np.ndarray:
+        fig, ax = plt.subplots(figsize=(3, 2))
+        draw(ax)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        return _as_array(buffer.getvalue())
+
+    white = np.full((50, 80, 3), 255, dtype=np.int16)
+    assert is_blank(white)
+    assert is_blank(render(lambda ax: None))  # empty axes: frame and ticks only
+    assert not is_blank(render(lambda ax: ax.plot([0, 1, 2], [0, 2, 1])))
+    assert not is_blank(render(lambda ax: ax.bar(["a", "b"], [1, 2])))

@@ -275,8 +275,13 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     saved: list[weakref.ref] = []
 
     def pack(t: Tensor) -> Tensor:
-        saved.append(weakref.ref(t))
-        return t
+        # Keep a detached view (same storage): handing autograd back ``t`` itself would tie an
+        # output to its own grad_fn in a reference cycle that no garbage collector can break,
+        # and every call would leak its whole graph (200 MB a call for Conv-4 in notebook 07).
+        # Nothing here ever runs the backward pass, so the detached values change nothing.
+        view = t.detach()
+        saved.append(weakref.ref(view))
+        return view
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()

@@ -35,11 +35,15 @@ try:
     raise AssertionError(f"helpers is importable before the Colab cell ran: {helpers.__file__}")
 except ModuleNotFoundError:
     pass
-google = types.ModuleType("google")
-google.__path__ = []
+try:  # "google" is a namespace package (protobuf lives in it, and TensorFlow needs that)
+    import google
+except ImportError:
+    google = types.ModuleType("google")
+    google.__path__ = []
+    sys.modules["google"] = google
 colab = types.ModuleType("google.colab")
 google.colab = colab
-sys.modules["google"], sys.modules["google.colab"] = google, colab
+sys.modules["google.colab"] = colab
 """
 
 _REPORT = """

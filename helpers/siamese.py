@@ -64,13 +64,17 @@ class Pairs:
         """The pair images as floats in [0, 1]: two arrays ``(n_pairs, H, W)``."""
         return as_float(images[self.left]), as_float(images[self.right])
 
+    def stored_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pair images as stored (uint8 stays uint8, a quarter of the floats' memory)."""
+        return images[self.left], images[self.right]
+
 
 def as_float(images: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 in [0, 1] (float input is returned as float32 unchanged)."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
-    return images.astype(np.float32)
+    return images.astype(np.float32, copy=False)
 
 
 def make_pairs(
@@ -228,12 +232,14 @@ def compile_siamese(model: keras.Model, learning_rate: float = 0.001, steps_per_
 
 
 def predict_pairs(model: keras.Model, left: np.ndarray, right: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Similarity ``(n_pairs,)`` in [0, 1] for image arrays ``(n_pairs, H, W)``, in inference mode."""
-    left, right = as_float(left), as_float(right)
+    """Similarity ``(n_pairs,)`` in [0, 1] for image arrays ``(n_pairs, H, W)``, in inference mode.
+
+    uint8 images are turned into floats a batch at a time, so large pair sets stay small.
+    """
     # predict_on_batch runs a compiled inference step (dropout off): several times faster than
     # calling the model eagerly, and it works on every backend
     out = [
-        keras.ops.convert_to_numpy(model.predict_on_batch([left[i : i + batch_size], right[i : i + batch_size]]))
+        keras.ops.convert_to_numpy(model.predict_on_batch([as_float(left[i : i + batch_size]), as_float(right[i : i + batch_size])]))
         for i in range(0, len(left), batch_size)
     ]
     return np.concatenate(out).reshape(-1) if out else np.zeros(0, dtype=np.float32)

@@ -13,11 +13,10 @@ precise than comparing two separate confidence intervals.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .episodes import Episode, FewShotDataset, check_episode_settings
 from .fewshot import EvalResult, FewShotMethod, confidence_interval, evaluate
@@ -51,11 +50,7 @@ def light_episodes(dataset: FewShotDataset, n_way: int, k_shot: int, n_query: in
 
 def with_pixels(dataset: FewShotDataset, episode: Episode) -> Episode:
     """The same episode with its support and query images read from ``dataset`` (floats in [0, 1])."""
-
-    def images(rows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(dataset.images[rows]).float().div_(255.0).unsqueeze(1)
-
-    return replace(episode, support_images=images(episode.support_indices), query_images=images(episode.query_indices))
+    return dataset.episode(episode.class_ids, episode.support_indices, episode.query_indices)
 
 
 def evaluate_on_pixels(

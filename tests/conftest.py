@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import nbexec  # noqa: E402
+
+# Every kernel client of the test process (papermill, nbclient, nbgrader) waits in 1 s slices,
+# so a lost zmq wake-up costs a second instead of a cell's whole time limit (tools/nbexec.py).
+nbexec.install_poll_slices()
 _SHARED_MIRROR = ROOT.parent / "shared" / "datasets"
 
 # Tests are offline: read data from the mirror beside the checkout unless one is named already.
@@ -48,19 +55,17 @@ class QuickRuns:
         if path not in self._done:
             import time
 
-            import papermill
-
             executed = self.folder / path.name
             start = time.perf_counter()
             try:
-                papermill.execute_notebook(
+                nbexec.execute_notebook(
                     str(path),
                     str(executed),
                     parameters={"QUICK": True},
                     cwd=str(path.parent),
+                    cell_timeout=600,  # QUICK cells take seconds: a stuck one fails instead of blocking
                     kernel_name="python3",
                     progress_bar=False,
-                    execution_timeout=600,
                 )
                 self._done[path] = (executed, None)
             except Exception as error:  # kept, so every test that needs this run reports it

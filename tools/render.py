@@ -5,7 +5,8 @@
     python tools/render.py 01 06           # only notebooks whose name starts with 01 or 06
     python tools/render.py --clear         # strip outputs from notebooks/ (before committing)
 
-Each run prints the notebook's wall time and its kernel's peak resident memory (Binder gives a
+Cells run with the sliced kernel poll and a time limit of tools/nbexec.py (a cell that really
+hangs fails with a message). Each run prints the notebook's wall time and its kernel's peak resident memory (Binder gives a
 kernel 2 GB).
 
 Executed notebooks and their HTML go to build/ (ignored by git); the sources stay clean.
@@ -19,6 +20,9 @@ import time
 from pathlib import Path
 
 import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nbexec  # noqa: E402  (beside this file)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -42,7 +46,6 @@ print("peak kernel memory (MB):", max(resource.getrusage(who).ru_maxrss for who 
 
 def render(path: Path, out_dir: Path, quick: bool) -> tuple[float, float | None]:
     """Execute ``path`` into ``out_dir`` and write its HTML; return (seconds, peak kernel MB)."""
-    import papermill
     from nbconvert import HTMLExporter
     from nbformat.v4 import new_code_cell
 
@@ -55,7 +58,7 @@ def render(path: Path, out_dir: Path, quick: bool) -> tuple[float, float | None]
     nbformat.write(source, staged)
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(str(staged), str(executed), parameters={"QUICK": quick}, cwd=str(NOTEBOOKS), kernel_name="python3")
+        nbexec.execute_notebook(str(staged), str(executed), parameters={"QUICK": quick}, cwd=str(NOTEBOOKS), kernel_name="python3")
     finally:
         staged.unlink(missing_ok=True)
     seconds = time.perf_counter() - start

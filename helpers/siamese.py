@@ -35,11 +35,15 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .device import quiet_tensorflow  # noqa: E402
+from .device import quiet_tensorflow, set_threads  # noqa: E402
 from .fewshot import FewShotMethod  # noqa: E402
 
 with quiet_tensorflow():  # TensorFlow's start-up log would fill a notebook with stderr boxes
     import keras
+
+# TensorFlow sizes its thread pools from every visible core when it first runs; give it the
+# threads that torch was given (helpers.device.setup), chosen from the CPUs really available.
+set_threads(torch.get_num_threads())
 
 # --------------------------------------------------------------------------------------------
 # Pairs

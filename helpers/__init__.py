@@ -2,7 +2,8 @@
 
 Modules, in the order data flows through them: ``datasets`` -> ``episodes`` -> ``nets`` and the
 methods -> ``fewshot`` (the shared interface and evaluation) -> ``plots``, ``widgets`` and
-``exercises``. Nothing lower imports anything higher. Beside them: ``checks`` (one-sentence
+``exercises`` -> ``panels`` (every notebook's interactive panel). Nothing lower imports anything
+higher. Beside them: ``checks`` (one-sentence
 parameter checks), ``checkpoints`` (the record schema and the atomic save / load pair),
 ``runs`` (clean stops, finite losses, random state) and ``commands`` (the scaffold of the
 ``python -m helpers.<method>`` training commands).

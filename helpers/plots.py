@@ -1,13 +1,17 @@
-"""Plots shared by the notebooks: episodes as image grids, accuracy curves with chance level."""
+"""Plots shared by the notebooks: episodes as image grids, accuracy curves with chance level, sinusoid fits."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from .episodes import Episode
+
+if TYPE_CHECKING:
+    from .maml import SinusoidTasks
 
 SUPPORT_COLOUR, QUERY_COLOUR = "#1f77b4", "#ff7f0e"
 RIGHT_COLOUR, WRONG_COLOUR = "#2ca02c", "#d62728"
@@ -52,6 +56,41 @@ def show_episode(
     fig.suptitle(title or f"{n}-way {k}-shot episode ({episode.n_query} queries per class)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_sinusoid_fits(
+    ax: plt.Axes,
+    model,
+    params,
+    tasks: SinusoidTasks,
+    task_seed: int,
+    k: int,
+    inner_lr: float,
+    title: str,
+    steps_shown: Sequence[int] = (0, 1, 10),
+) -> plt.Axes:
+    """One new sinusoid task (drawn with ``task_seed``): the true function, ``k`` points, and the fits.
+
+    The fits are ``model`` with weights ``params`` after each number of inner steps in
+    ``steps_shown`` (at most three) of size ``inner_lr`` on the ``k`` points, on a grid over [-5, 5].
+    """
+    import torch
+
+    from .maml import adapt_predictions
+
+    generator = torch.Generator().manual_seed(task_seed)
+    amplitude, phase = tasks.sample_functions(1, generator)
+    xs = tasks.sample_x(1, k, generator)
+    ys = tasks.evaluate(amplitude, phase, xs)
+    grid = torch.linspace(-5, 5, 200).view(1, -1, 1)
+    fits = adapt_predictions(model, params, xs[0], ys[0], grid[0], inner_lr, steps_shown)
+    x = grid[0, :, 0].numpy()
+    ax.plot(x, tasks.evaluate(amplitude, phase, grid)[0, :, 0].numpy(), "k-", lw=2, label="true function")
+    for steps, colour in zip(steps_shown, ("tab:gray", "tab:green", "tab:red")):
+        ax.plot(x, fits[steps][:, 0].cpu().numpy(), "--", color=colour, label=f"after {steps} step{'s' if steps != 1 else ''}")
+    ax.plot(xs[0, :, 0].numpy(), ys[0, :, 0].numpy(), "^", color="tab:purple", ms=8, label=f"{k} points used")
+    ax.set(title=title, xlim=(-5, 5), ylim=(-6, 6), xlabel="x")
+    return ax
 
 
 def plot_accuracy_vs_ways(

@@ -354,66 +354,6 @@ def check_panel_settings(values: dict, train_dataset, test_dataset, n_query: int
     check_episode_settings(test_dataset, values["test_n_way"], values["k_shot"], n_query)
 
 
-def training_panel(train_dataset, test_dataset, device: torch.device, n_query: int = 5, val_episodes: int = 20, episodes: int = 100, seed: int = 0):
-    """A :class:`helpers.widgets.Panel`: train a fresh ProtoNet with the chosen settings, live.
-
-    Sliders: training N, test N, K, episodes; boxes: learning rate; a distance menu. The run
-    draws the smoothed training loss and the test accuracy (``val_episodes`` episodes of
-    ``test_dataset``) as training proceeds. Impossible settings give one line, no traceback.
-    """
-    import ipywidgets
-    import matplotlib.pyplot as plt
-    from IPython.display import clear_output, display
-
-    from .episodes import sample_episodes
-    from .nets import Conv4
-    from .training import DeviceEpisodeSampler, train_episodic
-    from .widgets import Panel, float_box, int_slider
-
-    def on_run(values: dict) -> None:
-        check_panel_settings(values, train_dataset, test_dataset, n_query)
-        torch.manual_seed(seed)
-        encoder = Conv4().to(device)
-        test_episodes = sample_episodes(test_dataset, values["test_n_way"], values["k_shot"], n_query, val_episodes, seed=seed + 1)
-        method = ProtoNet(encoder, values["distance"], cosine_scale=10.0)
-        chance = 1 / values["test_n_way"]
-
-        def draw(history) -> None:
-            fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
-            left.plot(history.episode, history.smoothed("loss", 10))
-            left.set(xlabel="training episode", ylabel="loss (running mean)", title=f"{values['train_n_way']}-way {values['k_shot']}-shot training")
-            right.errorbar(history.val_episode, [100 * a for a in history.val_accuracy], yerr=[100 * c for c in history.val_ci95], marker="o", capsize=3)
-            right.axhline(100 * chance, color="k", linestyle="--", label="chance")
-            right.set(xlabel="training episode", ylabel="test accuracy (%)", ylim=(0, 100), title=f"{values['test_n_way']}-way {values['k_shot']}-shot test, {values['distance']}")
-            right.legend(loc="lower right")
-            for ax in (left, right):
-                ax.grid(alpha=0.3)
-            fig.tight_layout()
-            clear_output(wait=True)
-            display(fig)
-            plt.close(fig)
-
-        history = train_episodic(
-            encoder, make_episode_loss(values["distance"], cosine_scale=10.0),
-            DeviceEpisodeSampler(train_dataset, values["train_n_way"], values["k_shot"], n_query, device=device, seed=seed),
-            values["episodes"], torch.optim.Adam(encoder.parameters(), lr=values["lr"]),
-            val_method=method, val_episodes=test_episodes, val_every=max(1, values["episodes"] // 5),
-            device=device, progress=False, seed=seed, on_validation=draw,
-        )
-        print(f"{len(history.episode)} episodes in {history.seconds:.1f} s; final test accuracy "
-              f"{100 * history.val_accuracy[-1]:.1f} ± {100 * history.val_ci95[-1]:.1f} % (chance {100 * chance:.0f} %)")
-
-    controls = {
-        "train_n_way": int_slider("train N", 20, 2, 100),
-        "test_n_way": int_slider("test N", 5, 2, 50),
-        "k_shot": int_slider("K (shots)", 1, 1, 20),
-        "episodes": int_slider("episodes", episodes, 0, 2000, step=10),
-        "lr": float_box("learning rate", 1e-3),
-        "distance": ipywidgets.Dropdown(options=list(DISTANCES), value="euclidean", description="distance"),
-    }
-    return Panel("Train a Prototypical Network", controls, on_run, run_label="Train")
-
-
 # ----------------------------------------------------------------------------- training command
 
 

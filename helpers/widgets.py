@@ -1,9 +1,11 @@
-"""Interactive panels: sliders, a run button, a one-line message and a live output area.
+"""The building blocks of the interactive panels: sliders, a run button, a one-line message and a live output area.
 
-Every notebook's panel is a :class:`Panel`. Bad settings raise ``ValueError`` (episode
-settings raise :class:`helpers.episodes.EpisodeError`, a ``ValueError``) somewhere in the
-helpers; the panel turns that into one line of text instead of a traceback. A figure that is
-redrawn while a panel runs (a training curve) is a :class:`LivePlot`.
+Every notebook's panel is a :class:`Panel`, made by a function of :mod:`helpers.panels`. Bad
+settings raise ``ValueError`` (episode settings raise :class:`helpers.episodes.EpisodeError`, a
+``ValueError``) somewhere in the helpers; the panel turns that into one line of text instead of
+a traceback. A figure that is redrawn while a panel runs (a training curve) is a
+:class:`LivePlot`. Nothing here knows a method: ``panels`` imports this module and the methods,
+never the reverse.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import ipywidgets as w
 from IPython.display import clear_output, display
 
 from .datasets import DatasetError
-from .episodes import EpisodeSampler, FewShotDataset
-from .fewshot import FewShotMethod, evaluate
 
 
 class Panel:
@@ -28,7 +28,8 @@ class Panel:
     ``{name: value}`` and draws into the panel's output area. With ``auto=True`` the panel
     also runs whenever a control changes (for cheap actions such as drawing an episode).
     Display the panel before running it, so that progress bars and live plots are seen while
-    they change.
+    they change. ``on_run`` shows its figures with :meth:`show` or :meth:`live_plot`, which keep
+    them in :attr:`figures` for tests and readers to look at.
     """
 
     def __init__(
@@ -43,6 +44,8 @@ class Panel:
         self.on_run = on_run
         #: The one-line refusal of the last run, or "" when it ran.
         self.last_error = ""
+        #: The matplotlib figures the last run showed, in order (empty after a refusal).
+        self.figures: list[Any] = []
         self._holding = False  # True while try_values sets controls: no automatic runs then
         self.button = w.Button(description=run_label, button_style="primary", icon="play")
         self.message = w.HTML()
@@ -72,6 +75,7 @@ class Panel:
         """Run once with the current values; return False (and say why) on bad settings."""
         self.message.value = ""
         self.last_error = ""
+        self.figures = []
         self.button.disabled = True
         error: Exception | None = None
         try:
@@ -94,6 +98,25 @@ class Panel:
             return False
         finally:
             self.button.disabled = False
+
+    def show(self, figure: Any) -> None:
+        """Show ``figure`` in the output area (call it inside ``on_run``) and keep it in :attr:`figures`.
+
+        The figure is closed in pyplot afterwards, so that the inline backend does not show it
+        a second time when the cell ends.
+        """
+        import matplotlib.pyplot as plt
+
+        self.figures.append(figure)
+        display(figure)
+        plt.close(figure)
+
+    def live_plot(self, figure: Any) -> LivePlot:
+        """Show ``figure`` as a :class:`LivePlot` (redrawn by its ``update()``) and keep it in :attr:`figures`."""
+        live = LivePlot(figure)
+        self.figures.append(figure)
+        display(live)
+        return live
 
     def try_values(self, *tries: Mapping[str, Any]) -> list[str]:
         """Run with each mapping of values in turn, then with the panel's own values again.
@@ -199,49 +222,3 @@ def check_positive(name: str, value: float) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` > 0 (learning rates, step counts)."""
     if not value > 0:
         raise ValueError(f"{name}={value} must be positive; try a small positive number such as 0.001.")
-
-
-def episode_panel(
-    datasets: Mapping[str, FewShotDataset],
-    method: FewShotMethod | None = None,
-    n_way: int = 5,
-    k_shot: int = 1,
-    n_query: int = 3,
-    n_eval: int = 100,
-) -> Panel:
-    """Draw a fresh episode from the chosen dataset; with ``method``, classify its queries.
-
-    Each click (and each change of a control) samples a new episode and draws it; with a method,
-    every query is framed green or red, and ``n_eval`` more episodes at the same settings give
-    the method's accuracy beside chance. Impossible settings (more ways than classes, more shots
-    plus queries than images per class) answer with one line.
-    """
-    clicks = {"count": 0}
-    controls = {
-        "dataset": w.Dropdown(options=list(datasets), description="dataset"),
-        "n_way": int_slider("N (ways)", n_way, 2, 30),
-        "k_shot": int_slider("K (shots)", k_shot, 1, 20),
-        "n_query": int_slider("queries", n_query, 1, 20),
-    }
-
-    def draw(values: dict[str, Any]) -> None:
-        import matplotlib.pyplot as plt
-
-        from .plots import show_episode
-
-        clicks["count"] += 1
-        sampler = EpisodeSampler(datasets[values["dataset"]], values["n_way"], values["k_shot"], values["n_query"], seed=clicks["count"])
-        episode = sampler.sample()
-        predictions = None
-        if method is not None:
-            method.process_support_set(episode.support_images, episode.support_labels)
-            predictions = method.predict(episode.query_images)
-            result = evaluate(method, sampler.take(n_eval), progress=False)
-            print(
-                f"{type(method).__name__} on {n_eval} more {episode.n_way}-way {episode.k_shot}-shot episodes: "
-                f"{result}; chance is {100 / episode.n_way:.1f} %."
-            )
-        show_episode(episode, max_query=min(values["n_query"], 5), predictions=predictions)
-        plt.show()
-
-    return Panel("Episodes: pick N, K and the number of queries", controls, draw, run_label="Resample", auto=True)

@@ -8,8 +8,6 @@ import torch
 
 from helpers import nets, widgets
 from helpers.device import pick_device, seed_everything
-from helpers.episodes import FewShotDataset
-from helpers.fewshot import PixelNearestNeighbour
 
 
 def test_device_choice_is_automatic_and_refuses_missing_hardware(monkeypatch):
@@ -40,24 +38,6 @@ def test_mlp_layers():
     assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
     with pytest.raises(ValueError, match="at least an input and an output"):
         nets.mlp([3])
-
-
-def _tiny_datasets():
-    images = np.repeat(np.arange(40, dtype=np.uint8), 16).reshape(40, 4, 4) * 6
-    return {"tiny (4 classes)": FewShotDataset("tiny", images, np.repeat(np.arange(4), 10), ("a", "b", "c", "d"))}
-
-
-def test_episode_panel_answers_impossible_settings_in_one_line(monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    panel = widgets.episode_panel(_tiny_datasets(), method=PixelNearestNeighbour(), n_way=2, n_query=2, n_eval=5)
-    assert panel.run() is True and panel.message.value == ""
-    panel.controls["n_way"].value = 6  # more ways than the 4 classes; the change itself re-runs the panel
-    assert "n_way=6" in panel.message.value and "4 classes" in panel.message.value
-    assert panel.run() is False
-    panel.controls["n_way"].value = 2
-    assert panel.message.value == ""
-    panel.controls["k_shot"].value = 9  # 9 shots + 2 queries > 10 images per class
-    assert "k_shot + n_query" in panel.message.value
 
 
 def test_check_positive_names_the_parameter():

@@ -189,3 +189,37 @@ def test_live_plot_displays_its_image(monkeypatch):
     live = widgets.LivePlot(fig)
     live._ipython_display_()
     assert shown == [live.image]
+
+
+# --------------------------------------------------------------------------- figures a run shows
+
+
+def test_a_run_keeps_the_figures_it_showed_and_a_refusal_keeps_none(monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "display", lambda obj: shown.append(obj))
+
+    def on_run(values):
+        if values["n"] > 5:
+            raise ValueError(f"n={values['n']} must be at most 5.")
+        for _ in range(values["n"]):
+            fig, ax = plt.subplots()
+            ax.set_title(f"n={values['n']}")
+            panel.show(fig)
+
+    panel = widgets.Panel("t", {"n": widgets.int_slider("n", 2, 0, 10)}, on_run)
+    assert panel.run() and len(panel.figures) == 2 and shown == panel.figures
+    assert not set(plt.get_fignums()) & {f.number for f in panel.figures}  # closed in pyplot once shown
+    panel.controls["n"].value = 1
+    assert panel.run() and [f.axes[0].get_title() for f in panel.figures] == ["n=1"]  # only this run's
+    panel.controls["n"].value = 9
+    assert not panel.run() and panel.figures == []  # its output is cleared too
+
+
+def test_live_plot_of_a_panel_is_displayed_and_kept(monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "display", lambda obj: shown.append(obj))
+    fig, _ = plt.subplots()
+    panel, _ = _panel()
+    live = panel.live_plot(fig)
+    assert isinstance(live, widgets.LivePlot) and live.figure is fig
+    assert shown == [live] and panel.figures == [fig]

@@ -137,16 +137,21 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.T
     """``s[i, j] = cos(a_i, b_j) = a_i . b_j / (|a_i| |b_j|)``: rows ``(n, d)`` and ``(m, d)`` -> ``(n, m)``.
 
     Every row is scaled to unit length first, so the cosines of a row that is all zeros are 0.
-    Without ``b`` the rows of ``a`` are compared with each other: ``(n, n)``, 1 on the diagonal.
+    Without ``b`` the rows of ``a`` are compared with each other: ``(n, n)``, symmetric, with 1 on
+    the diagonal for every row that is not all zeros.
     """
+    _check_rows(a, b)
+    a_unit = F.normalize(a, dim=-1)
+    b_unit = a_unit if b is None else F.normalize(b, dim=-1)
+    return a_unit @ b_unit.T
+
+
+def _check_rows(a: torch.Tensor, b: torch.Tensor | None) -> None:
     for name, rows in (("a", a), ("b", a if b is None else b)):
         if rows.dim() != 2:
             raise ValueError(f"{name} must be a matrix with one vector per row, got shape {tuple(rows.shape)}; reshape it to (n, d).")
     if b is not None and a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must have rows of one length, got shapes {tuple(a.shape)} and {tuple(b.shape)}; compare vectors of the same dimension.")
-    a_unit = F.normalize(a, dim=-1)
-    b_unit = a_unit if b is None else F.normalize(b, dim=-1)
-    return a_unit @ b_unit.T
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None = None) -> torch.Tensor:
@@ -157,17 +162,23 @@ def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None
     ``n_way`` defaults to the largest label + 1; a class with no embedding is refused.
     """
     labels = torch.as_tensor(labels).to(embeddings.device)
-    if len(labels) != len(embeddings) or not len(labels):
-        raise ValueError(f"labels must give one label to each of the {len(embeddings)} embeddings, got {len(labels)} labels.")
-    n_way = int(labels.max()) + 1 if n_way is None else int(n_way)
-    if int(labels.min()) < 0 or int(labels.max()) >= n_way:
-        raise ValueError(f"labels must lie in 0 .. n_way - 1 = {n_way - 1}, got labels from {int(labels.min())} to {int(labels.max())}.")
+    n_way = _check_labels(embeddings, labels, n_way)
     one_hot = F.one_hot(labels, n_way).to(embeddings.dtype)  # (n, n_way)
     counts = one_hot.sum(dim=0)
     if bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"every class needs at least one support example; classes {missing} have none.")
     return (one_hot.T @ embeddings) / counts[:, None]
+
+
+def _check_labels(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None) -> int:
+    """``n_way`` (the largest label + 1 when ``None``), once the labels fit the embeddings."""
+    if len(labels) != len(embeddings) or not len(labels):
+        raise ValueError(f"labels must give one label to each of the {len(embeddings)} embeddings, got {len(labels)} labels.")
+    n_way = int(labels.max()) + 1 if n_way is None else int(n_way)
+    if int(labels.min()) < 0 or int(labels.max()) >= n_way:
+        raise ValueError(f"labels must lie in 0 .. n_way - 1 = {n_way - 1}, got labels from {int(labels.min())} to {int(labels.max())}.")
+    return n_way
 
 
 @torch.no_grad()

@@ -555,12 +555,6 @@ def calibration_curve(scores: torch.Tensor, labels: np.ndarray, seen: Sequence[i
     return [generalised_accuracy(scores, labels, seen, unseen, g) for g in gammas]
 
 
-def tune_gamma(scores: torch.Tensor, labels: np.ndarray, seen: Sequence[int], unseen: Sequence[int], gammas: Sequence[float]) -> float:
-    """The ``gamma`` in ``gammas`` with the best harmonic mean on the given (validation) data."""
-    curve = calibration_curve(scores, labels, seen, unseen, gammas)
-    return float(gammas[int(np.argmax([r.harmonic for r in curve]))])
-
-
 def untrained_attributes(seen: Sequence[int]) -> list[str]:
     """Attributes that no seen class has: a linear map never gets a gradient for them."""
     active = attribute_matrix()[list(seen)].sum(0)

@@ -306,7 +306,7 @@ def float_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"images must be uint8 pixels (a dataset's .images), got dtype {images.dtype}; use float_images only on uint8 images.")
     if images.device.type == "cpu":
         return images.float().div_(255.0).unsqueeze(1)
-    return _pixel_values(images.device)[images.int()].unsqueeze(1)
+    return _pixel_values(images.device)[images.long()].unsqueeze(1)
 
 
 def _no_pixels(images: np.ndarray) -> torch.Tensor:

@@ -1,12 +1,15 @@
 """helpers: the tested package that every notebook of the meta-learning course imports.
 
-Modules, in the order data flows through them: ``datasets`` -> ``episodes`` -> ``nets`` and the
-methods -> ``fewshot`` (the shared interface and evaluation) -> ``plots``, ``widgets`` and
-``exercises`` -> ``panels`` (every notebook's interactive panel). Nothing lower imports anything
-higher. Beside them: ``checks`` (one-sentence
-parameter checks), ``checkpoints`` (the record schema and the atomic save / load pair),
-``runs`` (clean stops, finite losses, random state) and ``commands`` (the scaffold of the
-``python -m helpers.<method>`` training commands).
+Modules, lowest first: the base (``checks``, one-sentence parameter checks; ``device``;
+``runs``, clean stops, finite losses, random state; ``datasets``; ``checkpoints``, the record
+schema and the atomic save / load pair) -> ``episodes`` -> ``fewshot`` (the shared interface,
+evaluation, and the ideas several methods share: cosine similarity, prototypes, batched
+embedding) -> ``nets`` -> ``training`` -> ``commands`` (the scaffold of the
+``python -m helpers.<method>`` training commands) -> ``side_by_side`` -> the methods
+(``protonet``, ``matching``, ``maml``, ``maml_rl``, ``one_shot``, ``siamese``, ``zero_shot``)
+-> ``plots`` and ``exercises`` -> ``widgets`` -> ``panels`` (every notebook's
+interactive panel, one function each). Nothing lower imports anything higher
+(``tests/test_layers.py`` checks it).
 """
 
 from pathlib import Path

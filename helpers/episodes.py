@@ -8,6 +8,7 @@ cannot memorise which class is which: it has to use the support set.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -80,13 +81,18 @@ class FewShotDataset:
         """Indices into :attr:`images` of every image of class ``class_id``."""
         return self._members[class_id]
 
-    def episode(self, class_ids: np.ndarray, support_indices: np.ndarray, query_indices: np.ndarray) -> Episode:
-        """The :class:`Episode` of these classes and image rows (grouped by class, in label order)."""
+    def episode(self, class_ids: np.ndarray, support_indices: np.ndarray, query_indices: np.ndarray, pixels: bool = True) -> Episode:
+        """The :class:`Episode` of these classes and image rows (grouped by class, in label order).
+
+        With ``pixels=False`` its images are ``(n, 1, 1, 1)`` zeros: an episode of indices and
+        labels only, for methods that read embeddings by row (:func:`sampled_episodes`).
+        """
         n_way = len(class_ids)
+        images = float_images if pixels else _no_pixels
         return Episode(
-            _as_float(self.images[support_indices]),
+            images(self.images[support_indices]),
             torch.arange(n_way).repeat_interleave(len(support_indices) // n_way),
-            _as_float(self.images[query_indices]),
+            images(self.images[query_indices]),
             torch.arange(n_way).repeat_interleave(len(query_indices) // n_way),
             class_ids,
             tuple(self.class_names[c] for c in class_ids),
@@ -248,7 +254,9 @@ class EpisodeSampler:
     def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next episode as indices only: its classes, support rows and query rows.
 
-        ``sample()`` is ``dataset.episode(*draw())``; both advance the same random stream.
+        ``sample()`` is ``dataset.episode(*draw())``; both advance the same random stream. This is
+        the one place where episodes are drawn: :func:`sample_episodes`, :func:`sampled_episodes`
+        and :class:`helpers.training.DeviceEpisodeSampler` all call it.
         """
         classes = self.rng.choice(self.dataset.n_classes, size=self.n_way, replace=False)
         per_class = self.k_shot + self.n_query
@@ -271,9 +279,38 @@ class EpisodeSampler:
         return [self.sample() for _ in range(count)]
 
 
-def _as_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``(n, H, W)`` -> float ``(n, 1, H, W)`` in [0, 1]."""
-    return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
+#: The float of every uint8 pixel value, ``v / 255``, divided on the CPU (correctly rounded).
+_PIXEL_VALUES = torch.arange(256, dtype=torch.float32) / 255.0
+
+
+@functools.cache
+def _pixel_values(device: torch.device) -> torch.Tensor:
+    return _PIXEL_VALUES.to(device)
+
+
+def float_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 images ``(n, H, W)`` -> floats ``(n, 1, H, W)`` in [0, 1], ``v / 255``, on the images' device.
+
+    The one conversion of the course's pixels (episodes, the device sampler, batched embedding),
+    and the same floats on every device: on the CPU it divides (no temporary beyond the result,
+    for whole datasets); elsewhere it reads the 256 CPU quotients off a table, because CUDA
+    divides a tensor by a number by multiplying with its reciprocal, which rounds 126 of the 256
+    values one step differently.
+    """
+    if not isinstance(images, torch.Tensor):  # NumPy: one float copy (a read-only array is fine too)
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 pixels (a dataset's .images), got dtype {images.dtype}; use float_images only on uint8 images.")
+        return torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 pixels (a dataset's .images), got dtype {images.dtype}; use float_images only on uint8 images.")
+    if images.device.type == "cpu":
+        return images.float().div_(255.0).unsqueeze(1)
+    return _pixel_values(images.device)[images.long()].unsqueeze(1)
+
+
+def _no_pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.zeros((len(images), 1, 1, 1))
 
 
 class EpisodeList(Sequence[Episode]):
@@ -310,3 +347,17 @@ def sample_episodes(
     if count < 1:
         raise EpisodeError(f"count={count} must be at least 1.")
     return EpisodeList(dataset, [sampler.draw() for _ in range(count)])
+
+
+def sampled_episodes(
+    dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, count: int, seed: int = 0
+) -> Iterator[Episode]:
+    """The episodes of ``sample_episodes(dataset, ...)``, one at a time, *without their pixels*.
+
+    Each has the same classes, labels and ``support_indices`` / ``query_indices`` as the one
+    :class:`EpisodeSampler` draws with this ``seed``, and ``(n, 1, 1, 1)`` zeros for images:
+    all that a method reading embeddings by row needs (no image is copied or converted).
+    Impossible settings are refused here, before the first episode is asked for.
+    """
+    sampler = EpisodeSampler(dataset, n_way, k_shot, n_query, seed=seed)
+    return (dataset.episode(*sampler.draw(), pixels=False) for _ in range(count))

@@ -69,7 +69,7 @@ class PixelNearestNeighbour(FewShotMethod):
         """``(n_query, n_support)`` similarity of every query to every support image."""
         queries = query_images.flatten(start_dim=1)
         if self.metric == "cosine":
-            return F.normalize(queries, dim=1) @ F.normalize(self.support, dim=1).T
+            return cosine_similarity(queries, self.support)
         return -torch.cdist(queries, self.support)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
@@ -125,3 +125,101 @@ def evaluate(method: FewShotMethod, episodes: Iterable[Episode], progress: bool 
         raise ValueError("evaluate needs at least one episode.")
     mean, ci95 = confidence_interval(accuracies)
     return EvalResult(mean, ci95, accuracies)
+
+
+# ----------------------------------------------------------------------------- shared by the methods
+# Three ideas that several methods need, written once, here below all of them: the cosine matrix
+# (Matching Networks, cosine ProtoNets, the embedding database, zero-shot scores, the pixel
+# baseline), class means (prototypes) and a whole image set run through an encoder in batches.
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``s[i, j] = cos(a_i, b_j) = a_i . b_j / (|a_i| |b_j|)``: rows ``(n, d)`` and ``(m, d)`` -> ``(n, m)``.
+
+    Every row is scaled to unit length first, so the cosines of a row that is all zeros are 0.
+    Without ``b`` the rows of ``a`` are compared with each other: ``(n, n)``, symmetric, with 1 on
+    the diagonal for every row that is not all zeros.
+    """
+    _check_rows(a, b)
+    a_unit = F.normalize(a, dim=-1)
+    b_unit = a_unit if b is None else F.normalize(b, dim=-1)
+    return a_unit @ b_unit.T
+
+
+def _check_rows(a: torch.Tensor, b: torch.Tensor | None) -> None:
+    for name, rows in (("a", a), ("b", a if b is None else b)):
+        if rows.dim() != 2:
+            raise ValueError(f"{name} must be a matrix with one vector per row, got shape {tuple(rows.shape)}; reshape it to (n, d).")
+    if b is not None and a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must have rows of one length, got shapes {tuple(a.shape)} and {tuple(b.shape)}; compare vectors of the same dimension.")
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None = None) -> torch.Tensor:
+    """Class means ``(n_way, dim)`` of ``embeddings (n, dim)`` labelled ``0 .. n_way - 1``.
+
+    Row k is the prototype of class k, ``c_k = 1/|S_k| * sum_{i: y_i = k} f(x_i)`` (Snell et
+    al.), computed for all classes at once as one-hot labels times embeddings over the counts.
+    ``n_way`` defaults to the largest label + 1; a class with no embedding is refused.
+    """
+    labels = torch.as_tensor(labels).to(embeddings.device)
+    n_way = _check_labels(embeddings, labels, n_way)
+    one_hot = F.one_hot(labels, n_way).to(embeddings.dtype)  # (n, n_way)
+    counts = one_hot.sum(dim=0)
+    if bool((counts == 0).any()):
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"every class needs at least one support example; classes {missing} have none.")
+    return (one_hot.T @ embeddings) / counts[:, None]
+
+
+def _check_labels(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None) -> int:
+    """``n_way`` (the largest label + 1 when ``None``), once the labels fit the embeddings."""
+    if len(labels) != len(embeddings) or not len(labels):
+        raise ValueError(f"labels must give one label to each of the {len(embeddings)} embeddings, got {len(labels)} labels.")
+    n_way = int(labels.max()) + 1 if n_way is None else int(n_way)
+    if int(labels.min()) < 0 or int(labels.max()) >= n_way:
+        raise ValueError(f"labels must lie in 0 .. n_way - 1 = {n_way - 1}, got labels from {int(labels.min())} to {int(labels.max())}.")
+    return n_way
+
+
+@torch.no_grad()
+def embed_in_batches(
+    encoder: torch.nn.Module, images, batch_size: int = 512, device: torch.device | str | None = None,
+    progress: bool = False, desc: str = "embedding",
+) -> torch.Tensor:
+    """``encoder(images)`` ``(n, dim)``, ``batch_size`` images at a time, in eval mode, without gradients.
+
+    ``images`` are uint8 ``(n, H, W)`` (a dataset's ``.images``, NumPy or torch), turned into
+    floats ``(n, 1, H, W)`` one batch at a time by :func:`helpers.episodes.float_images` (the
+    pixels of an episode, exactly), or floats ``(n, 1, H, W)``, used as they are. Batches go to
+    ``device`` (default: where the encoder's weights are), and the embeddings stay there.
+
+    In eval mode batch norm uses its stored statistics, so an image's embedding does not depend
+    on the other images of its batch: a test split embedded once, with each episode's rows read
+    off it, scores as running every episode would. Every module of the encoder is left in the
+    mode it was in.
+    """
+    from tqdm.auto import tqdm
+
+    from .checks import whole_number
+    from .episodes import float_images
+
+    whole_number("batch_size", batch_size, 1)
+    images = images if isinstance(images, torch.Tensor) else np.asarray(images)  # NumPy stays NumPy: no read-only tensors
+    pixels = images.dtype in (torch.uint8, np.uint8)
+    if not (pixels or images.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, np.float32, np.float64)):
+        raise ValueError(f"images must be uint8 pixels (n, H, W) or floats (n, 1, H, W), got dtype {images.dtype}; convert them to one of these.")
+    if not len(images):
+        raise ValueError("images must hold at least one image, got none.")
+    device = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
+    modes = [(module, module.training) for module in encoder.modules()]  # each part's own, e.g. a frozen inner encoder
+    encoder.eval()
+    chunks = []
+    try:
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+            batch = images[start : start + batch_size]
+            batch = float_images(batch) if pixels else torch.as_tensor(np.array(batch) if isinstance(batch, np.ndarray) else batch)
+            chunks.append(encoder(batch.to(device)))
+    finally:
+        for module, training in modes:
+            module.training = training
+    return torch.cat(chunks)

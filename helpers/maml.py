@@ -221,28 +221,6 @@ def adapted_query_losses(
     return per_task(params, batch.support_x, batch.support_y, batch.query_x, batch.query_y, True)
 
 
-def adapted_query_outputs(
-    model: nn.Module,
-    params: Params,
-    batch: TaskBatch,
-    loss: LossFn,
-    inner_lr: float,
-    steps: int,
-    mode: str = "auto",
-) -> Tensor:
-    """Each task's network outputs on its query set after adaptation: ``(T, n_query, ...)`` (no meta-graph)."""
-    mode = resolve_mode(mode, batch.support_x.device, model)
-    start = {k: v.detach() for k, v in params.items()}
-
-    def task_outputs(sx: Tensor, sy: Tensor, qx: Tensor, functional: bool) -> Tensor:
-        adapted = _adapt_on_support(model, start, loss, sx, sy, inner_lr, steps, True, functional)
-        return functional_call(model, adapted, (qx,)).detach()
-
-    if mode == "loop":
-        return torch.stack([task_outputs(batch.support_x[i], batch.support_y[i], batch.query_x[i], False) for i in range(batch.n_tasks)])
-    return vmap(task_outputs, in_dims=(0, 0, 0, None))(batch.support_x, batch.support_y, batch.query_x, True)
-
-
 def meta_gradient(
     model: nn.Module,
     params: Params,

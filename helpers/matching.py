@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .episodes import Episode
-from .fewshot import EvalResult, FewShotMethod, confidence_interval
+from .fewshot import EvalResult, FewShotMethod, confidence_interval, cosine_similarity
 from .nets import Conv4
 
 # --------------------------------------------------------------------------------------------
@@ -41,17 +41,14 @@ from .nets import Conv4
 # --------------------------------------------------------------------------------------------
 
 
-def cosine_similarities(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor) -> torch.Tensor:
-    """``c(f(x_hat), g(x_i))``: cosine of every query ``(q, d)`` with every support ``(s, d)`` -> ``(q, s)``."""
-    return F.normalize(query_embeddings, dim=-1) @ F.normalize(support_embeddings, dim=-1).T
-
-
 def attention_weights(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
     """``a(x_hat, x_i) = softmax_i( s * c(f(x_hat), g(x_i)) )``: ``(q, s)``, each row sums to 1.
 
-    ``scale`` (s, a temperature's inverse) sharpens the softmax: the paper's kernel is ``s = 1``.
+    ``c`` is the cosine of every query ``(q, d)`` with every support ``(s, d)``
+    (:func:`helpers.fewshot.cosine_similarity`); ``scale`` (s, a temperature's inverse) sharpens
+    the softmax: the paper's kernel is ``s = 1``.
     """
-    return (scale * cosine_similarities(query_embeddings, support_embeddings)).softmax(dim=-1)
+    return (scale * cosine_similarity(query_embeddings, support_embeddings)).softmax(dim=-1)
 
 
 def label_distribution(attention: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -254,7 +251,7 @@ class MatchingNetwork(FewShotMethod, nn.Module):
         n_support = len(support_images)
         embeddings = self.encoder(torch.cat([support_images, query_images]))
         support_context = self.support_in_context(embeddings[:n_support])
-        return cosine_similarities(self.queries_in_context(embeddings[n_support:], support_context), support_context)
+        return cosine_similarity(self.queries_in_context(embeddings[n_support:], support_context), support_context)
 
     def forward(
         self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor, n_way: int | None = None
@@ -281,31 +278,14 @@ class MatchingNetwork(FewShotMethod, nn.Module):
             return label_distribution(attention, self._support_labels, self._n_way)
 
 
-def embed_images(encoder: nn.Module, images, batch_size: int = 512, progress: bool = False) -> torch.Tensor:
-    """Conv-4 embeddings ``(n, d)`` of uint8 images ``(n, H, W)`` (a dataset's ``.images``), on the CPU.
-
-    Without FCE an image's embedding does not depend on the episode, and with FCE only the
-    two LSTMs do; so an evaluation of thousands of episodes can embed every image once and
-    then work on embeddings (:func:`evaluate_embedded`). Put the encoder in eval mode first.
-    """
-    from tqdm.auto import tqdm
-
-    device = next(encoder.parameters()).device
-    images = torch.as_tensor(images)
-    chunks = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(images), batch_size), desc="embedding", disable=not progress, leave=False):
-            batch = images[start : start + batch_size].to(device).float().div(255.0).unsqueeze(1)
-            chunks.append(encoder(batch).cpu())
-    return torch.cat(chunks)
-
-
 def evaluate_embedded(model: MatchingNetwork, embeddings: torch.Tensor, episodes, progress: bool = True, desc: str = "evaluating"):
     """The same numbers as ``helpers.fewshot.evaluate(model.eval(), episodes)``, much faster.
 
-    ``embeddings`` are :func:`embed_images` of the dataset the episodes came from; each
-    episode's ``support_indices`` and ``query_indices`` pick its rows, and only the FCE
-    LSTMs and the attention run per episode.
+    Without FCE an image's embedding does not depend on the episode, and with FCE only the two
+    LSTMs do; so ``embeddings`` are the Conv-4 embeddings of every image of the dataset the
+    episodes came from, computed once (``helpers.fewshot.embed_in_batches(model.encoder,
+    dataset.images)``). Each episode's ``support_indices`` and ``query_indices`` pick its rows,
+    and only the FCE LSTMs and the attention run per episode.
     """
     from tqdm.auto import tqdm
 

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import CHECKPOINT_DIR
-from .episodes import FewShotDataset
-from .fewshot import FewShotMethod
+from .episodes import FewShotDataset, float_images
+from .fewshot import FewShotMethod, cosine_similarity, embed_in_batches, prototypes
 from .nets import Conv4
 
 METRICS = ("cosine", "euclidean")
@@ -46,7 +46,7 @@ def similarity(queries: torch.Tensor, stored: torch.Tensor, metric: str = "cosin
     """
     check_metric(metric)
     if metric == "cosine":
-        return F.normalize(queries, dim=-1) @ F.normalize(stored, dim=-1).T
+        return cosine_similarity(queries, stored)
     return -torch.cdist(queries, stored)
 
 
@@ -144,7 +144,7 @@ def pretrain_classifier(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = split_per_class(dataset, val_per_class, seed)
-    images = torch.from_numpy(dataset.images).float().div_(255).unsqueeze(1)
+    images = float_images(dataset.images)
     labels = torch.from_numpy(dataset.labels)
     model = SoftmaxClassifier(dataset.n_classes).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
@@ -197,15 +197,10 @@ def pretrain_classifier(
     return PretrainResult(model, history, history["val accuracy"][-1], time.time() - start)
 
 
-@torch.no_grad()
 def classification_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512) -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for b in range(0, len(images), batch_size):
-        correct += int((model(images[b : b + batch_size].to(device)).argmax(1).cpu() == labels[b : b + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(images)
+    """Fraction of ``images`` whose largest logit is their label (in eval mode, in batches)."""
+    predictions = embed_in_batches(model, images, batch_size, device).argmax(1).cpu()
+    return int((predictions == labels).sum()) / len(images)
 
 
 def save_encoder(model: SoftmaxClassifier, path: str | Path, record: dict, saver=None) -> dict:
@@ -256,14 +251,6 @@ def checkpoint_record(path: str | Path = ONE_SHOT_CHECKPOINT) -> dict:
     if "wall_time_s" not in record and record.get("wall_seconds") is not None:
         record["wall_time_s"] = record["wall_seconds"]
     return record
-
-
-@torch.no_grad()
-def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """``(n, 64)`` embeddings of ``(n, 1, 28, 28)`` images, in batches, without gradients."""
-    device = next(encoder.parameters()).device
-    encoder.eval()
-    return torch.cat([encoder(images[b : b + batch_size].to(device)) for b in range(0, len(images), batch_size)])
 
 
 class CachedEncoder(nn.Module):
@@ -318,7 +305,7 @@ class EmbeddingDatabase:
     def add(self, name: str, image: torch.Tensor) -> None:
         """Store the embedding of one ``(1, H, W)`` (or ``(1, 1, H, W)``) image under ``name``."""
         image = image.reshape(1, 1, *image.shape[-2:])
-        key = embed(self.encoder, image).cpu()
+        key = embed_in_batches(self.encoder, image).cpu()
         self.keys = torch.cat([self.keys.to(key.dtype), key])
         self.names.append(name)
 
@@ -326,7 +313,7 @@ class EmbeddingDatabase:
         """``(n_query, len(self))`` similarity of each query to each stored entry."""
         if not self.names:
             raise ValueError("the database is empty: add at least one class before identifying.")
-        return similarity(embed(self.encoder, query_images).cpu(), self.keys, self.metric)
+        return similarity(embed_in_batches(self.encoder, query_images).cpu(), self.keys, self.metric)
 
     def identify(self, query_images: torch.Tensor) -> list[str]:
         """The name of the nearest stored entry for every query."""
@@ -353,13 +340,10 @@ class NearestEmbedding(FewShotMethod):
         self.device = next(encoder.parameters()).device
 
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-        keys = embed(self.encoder, support_images)
-        n_way = int(support_labels.max()) + 1
-        labels = support_labels.to(keys.device)
-        self.keys = torch.stack([keys[labels == c].mean(0) for c in range(n_way)])
+        self.keys = prototypes(embed_in_batches(self.encoder, support_images), support_labels)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        return similarity(embed(self.encoder, query_images), self.keys, self.metric)
+        return similarity(embed_in_batches(self.encoder, query_images), self.keys, self.metric)
 
 
 class RetrainedSoftmax(FewShotMethod):
@@ -407,8 +391,8 @@ def evaluate_lake_runs(method: FewShotMethod, runs: Sequence) -> np.ndarray:
     """Accuracy of ``method`` on each of Lake et al.'s 20-way one-shot runs (one per run)."""
     accuracies = []
     for run in runs:
-        support = torch.from_numpy(run.train_images).float().div(255).unsqueeze(1).to(method.device)
-        query = torch.from_numpy(run.test_images).float().div(255).unsqueeze(1).to(method.device)
+        support = float_images(run.train_images).to(method.device)
+        query = float_images(run.test_images).to(method.device)
         method.process_support_set(support, torch.arange(len(support), device=method.device))
         with torch.no_grad():
             predictions = method.predict(query).cpu().numpy()

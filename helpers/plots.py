@@ -126,14 +126,3 @@ def plot_accuracy_vs_ways(
     ax.legend()
     return ax
 
-
-def plot_history(history: Mapping[str, Sequence[float]], keys: Sequence[str] | None = None, ax: plt.Axes | None = None) -> plt.Axes:
-    """Training curves: each key of ``history`` (e.g. ``loss``, ``accuracy``) against steps."""
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
-    for key in keys or list(history):
-        values = list(history[key])
-        ax.plot(np.arange(1, len(values) + 1), values, label=key)
-    ax.set(xlabel="step")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax

@@ -1,7 +1,7 @@
 """Prototypical Networks (Snell, Swersky and Zemel, 2017).
 
 An encoder f_theta maps every image to a point. Each class of an episode is summarised by one
-point, its *prototype*: the mean of its support embeddings,
+point, its *prototype*: the mean of its support embeddings (:func:`helpers.fewshot.prototypes`),
 
     c_k = 1/|S_k| * sum_{(x_i, y_i) in S_k} f_theta(x_i).
 
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fewshot import FewShotMethod
+from . import fewshot
+from .fewshot import FewShotMethod, cosine_similarity
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -36,33 +37,14 @@ def check_distance(distance: str) -> None:
         raise ValueError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}.")
 
 
-def compute_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None = None) -> torch.Tensor:
-    """Class means: ``(n_way, dim)`` from support ``embeddings (n_support, dim)`` and ``labels``.
-
-    Row k is the mean of the embeddings labelled k (labels run over ``0 .. n_way - 1``).
-    """
-    n_way = int(labels.max()) + 1 if n_way is None else n_way
-    one_hot = F.one_hot(labels, n_way).to(embeddings.dtype)  # (n_support, n_way)
-    counts = one_hot.sum(dim=0)
-    if bool((counts == 0).any()):
-        missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"every class needs at least one support example; classes {missing} have none.")
-    return (one_hot.T @ embeddings) / counts[:, None]
-
-
 def squared_euclidean(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """``d[i, k] = ||queries[i] - prototypes[k]||^2``: shape ``(n_query, n_way)``."""
     differences = queries[:, None, :] - prototypes[None, :, :]
     return differences.pow(2).sum(dim=-1)
 
 
-def cosine_similarity(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """``s[i, k] = cos(queries[i], prototypes[k])``: shape ``(n_query, n_way)``, in [-1, 1]."""
-    return F.normalize(queries, dim=-1) @ F.normalize(prototypes, dim=-1).T
-
-
 def class_scores(queries: torch.Tensor, prototypes: torch.Tensor, distance: str = "euclidean", cosine_scale: float = 1.0) -> torch.Tensor:
-    """Logits ``(n_query, n_way)``: ``-d(f(x), c_k)`` (Euclidean) or ``cosine_scale * cos`` (cosine)."""
+    """Logits ``(n_query, n_way)``: ``-d(f(x), c_k)`` (Euclidean) or ``cosine_scale * cos(f(x), c_k)`` (cosine)."""
     check_distance(distance)
     if distance == "euclidean":
         return -squared_euclidean(queries, prototypes)
@@ -100,7 +82,7 @@ def episode_loss(
     """
     n_support = len(episode.support_images)
     embeddings = encoder(torch.cat([episode.support_images, episode.query_images]))
-    prototypes = compute_prototypes(embeddings[:n_support], episode.support_labels, episode.n_way)
+    prototypes = fewshot.prototypes(embeddings[:n_support], episode.support_labels, episode.n_way)
     return prototypical_loss(embeddings[n_support:], episode.query_labels, prototypes, distance, cosine_scale)
 
 
@@ -127,7 +109,7 @@ class ProtoNet(FewShotMethod):
         return self.encoder(images.to(self.device))
 
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-        self.prototypes = compute_prototypes(self.embed(support_images), support_labels.to(self.device))
+        self.prototypes = fewshot.prototypes(self.embed(support_images), support_labels)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
         if self.prototypes is None:
@@ -169,7 +151,7 @@ class ZeroShotProtoNet(nn.Module, FewShotMethod):
 
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
         """``support_images`` here are the classes' metadata vectors ``(n_way, metadata_dim)``."""
-        self.prototypes = compute_prototypes(self.class_prototypes(support_images), support_labels.to(self.device))
+        self.prototypes = fewshot.prototypes(self.class_prototypes(support_images), support_labels)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
         if self.prototypes is None:
@@ -180,33 +162,14 @@ class ZeroShotProtoNet(nn.Module, FewShotMethod):
 # ----------------------------------------------------------------------------- evaluation on cached embeddings
 
 
-@torch.no_grad()
-def embed_images(encoder: nn.Module, images, device: torch.device | None = None, batch_size: int = 2000) -> torch.Tensor:
-    """Embeddings ``(n, dim)`` of uint8 images ``(n, H, W)`` (or floats ``(n, 1, H, W)``), in eval mode.
-
-    In eval mode batch norm uses its stored statistics, so an image's embedding does not
-    depend on which other images share its batch: embedding a whole test split once and then
-    reading each episode's rows off it gives exactly the scores of running every episode.
-    """
-    device = device if device is not None else next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    images = torch.as_tensor(images)
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device)
-        if batch.dtype == torch.uint8:
-            batch = batch.unsqueeze(1).float().div_(255.0)
-        chunks.append(encoder(batch))
-    encoder.train(was_training)
-    return torch.cat(chunks)
-
-
 def episode_accuracy_from_embeddings(embeddings: torch.Tensor, episode, distance: str = "euclidean", cosine_scale: float = 1.0) -> float:
-    """Accuracy on one episode, reading support and query embeddings by the episode's image rows."""
+    """Accuracy on one episode, reading support and query embeddings by the episode's image rows.
+
+    ``embeddings`` are :func:`helpers.fewshot.embed_in_batches` of the dataset the episode came from.
+    """
     support = embeddings[torch.as_tensor(episode.support_indices, device=embeddings.device)]
     queries = embeddings[torch.as_tensor(episode.query_indices, device=embeddings.device)]
-    prototypes = compute_prototypes(support, episode.support_labels.to(embeddings.device), episode.n_way)
+    prototypes = fewshot.prototypes(support, episode.support_labels, episode.n_way)
     predictions = class_scores(queries, prototypes, distance, cosine_scale).argmax(dim=1)
     return float((predictions == episode.query_labels.to(embeddings.device)).float().mean())
 
@@ -215,7 +178,8 @@ def evaluate_from_embeddings(embeddings: torch.Tensor, episodes, distance: str =
     """:func:`helpers.fewshot.evaluate` for a ProtoNet whose dataset was embedded once.
 
     ``episodes`` is any iterable of episodes of the embedded dataset (an
-    :class:`~helpers.episodes.EpisodeSampler`'s ``take`` list, or a generator of them).
+    :class:`~helpers.episodes.EpisodeSampler`'s ``take`` list, or
+    :func:`helpers.episodes.sampled_episodes`, which carries no pixels).
     """
     from tqdm.auto import tqdm
 
@@ -228,24 +192,6 @@ def evaluate_from_embeddings(embeddings: torch.Tensor, episodes, distance: str =
 
     mean, ci95 = confidence_interval(accuracies)
     return EvalResult(mean, ci95, np.array(accuracies))
-
-
-def sampled_episodes(dataset, n_way: int, k_shot: int, n_query: int, count: int, seed: int = 0):
-    """The episodes of ``sample_episodes(dataset, ...)``, one at a time, *without their pixels*.
-
-    Each episode has the same classes, labels and ``support_indices`` / ``query_indices`` as
-    the one :class:`~helpers.episodes.EpisodeSampler` draws with this ``seed`` (the sampler
-    sees a copy of the dataset with the same labels and 1x1 blank images), which is all
-    :func:`evaluate_from_embeddings` needs: no image is copied or converted.
-    """
-    import numpy as np
-
-    from .episodes import EpisodeSampler, FewShotDataset
-
-    blank = FewShotDataset(dataset.name, np.zeros((len(dataset.labels), 1, 1), dtype=np.uint8), dataset.labels, dataset.class_names)
-    sampler = EpisodeSampler(blank, n_way, k_shot, n_query, seed=seed)
-    for _ in range(count):
-        yield sampler.sample()
 
 
 # ----------------------------------------------------------------------------- zero-shot example data

@@ -12,12 +12,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -84,7 +83,7 @@ class StopSignals:
         name = signal.Signals(number).name
         if _requested and number == signal.SIGINT:
             raise KeyboardInterrupt
-        _requested.append(name)
+        request_stop(name)
         if self.announce:
             import sys
 
@@ -103,12 +102,6 @@ class StopSignals:
             signal.signal(number, handler)
         self.previous.clear()
         _requested.clear()
-
-
-@contextlib.contextmanager
-def no_stop_signals() -> Iterator[None]:
-    """A stand-in for :class:`StopSignals` where nothing should be installed (tests, notebooks)."""
-    yield
 
 
 # ----------------------------------------------------------------------------- random state

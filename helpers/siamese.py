@@ -425,14 +425,14 @@ def lake_run_episodes(runs) -> list:
     Support: the run's 20 training drawings, labels 0..19; queries: its 20 test drawings,
     labelled by the answer key.
     """
-    from .episodes import Episode, _as_float
+    from .episodes import Episode, float_images
 
     episodes = []
     for run in runs:
         n = len(run.train_images)
         episodes.append(
             Episode(
-                _as_float(run.train_images), torch.arange(n), _as_float(run.test_images),
+                float_images(run.train_images), torch.arange(n), float_images(run.test_images),
                 torch.as_tensor(run.answers, dtype=torch.long), np.arange(n), tuple(f"{run.name}/{i}" for i in range(n)),
             )
         )
@@ -538,7 +538,7 @@ def within_alphabet_episodes(images: np.ndarray, alphabets: np.ndarray, n_way: i
     ``images``: ``(n_characters, 20, H, W)`` uint8; each task takes ``n_way`` characters of one
     alphabet, one drawer's drawings as support and another drawer's as queries.
     """
-    from .episodes import Episode, _as_float
+    from .episodes import Episode, float_images
 
     rng = np.random.default_rng(seed)
     episodes = []
@@ -550,7 +550,7 @@ def within_alphabet_episodes(images: np.ndarray, alphabets: np.ndarray, n_way: i
             chosen = rng.choice(rows, n_way, replace=False)
             a, b = rng.choice(images.shape[1], 2, replace=False)
             episodes.append(
-                Episode(_as_float(images[chosen, a]), torch.arange(n_way), _as_float(images[chosen, b]), torch.arange(n_way), chosen, tuple(str(alphabet) for _ in chosen))
+                Episode(float_images(images[chosen, a]), torch.arange(n_way), float_images(images[chosen, b]), torch.arange(n_way), chosen, tuple(str(alphabet) for _ in chosen))
             )
     return episodes
 

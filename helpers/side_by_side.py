@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import Episode, FewShotDataset, check_episode_settings
+from .episodes import Episode, FewShotDataset, sampled_episodes
 from .fewshot import EvalResult, FewShotMethod, confidence_interval, evaluate
 
 #: Published Omniglot accuracies (%), 5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot.
@@ -40,12 +40,10 @@ def light_episodes(dataset: FewShotDataset, n_way: int, k_shot: int, n_query: in
     They are the episodes :func:`helpers.episodes.sample_episodes` draws with the same seed;
     :func:`with_pixels` fills in the images of one when a method needs them.
     """
-    from .protonet import sampled_episodes
-
-    check_episode_settings(dataset, n_way, k_shot, n_query)
+    episodes = sampled_episodes(dataset, n_way, k_shot, n_query, count, seed=seed)  # refuses impossible settings
     if count < 1:
         raise ValueError(f"count={count} must be at least 1.")
-    return list(sampled_episodes(dataset, n_way, k_shot, n_query, count, seed=seed))
+    return list(episodes)
 
 
 def with_pixels(dataset: FewShotDataset, episode: Episode) -> Episode:

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from . import checkpoints, runs
-from .checks import seed as _checked_seed
 from .device import seed_everything
-from .episodes import Episode, FewShotDataset, check_episode_settings
+from .episodes import Episode, EpisodeSampler, FewShotDataset, float_images
 from .fewshot import FewShotMethod, evaluate
 
 EpisodeLoss = Callable[[torch.nn.Module, Episode], tuple[torch.Tensor, torch.Tensor]]
@@ -290,13 +289,15 @@ def report_validation(history: History, extra: str = "") -> None:
           + (f"{extra}, " if extra else "") + f"{history.episodes_per_second:.1f} episodes/s", flush=True)
 
 
-class DeviceEpisodeSampler:
+class DeviceEpisodeSampler(EpisodeSampler):
     """Like :class:`helpers.episodes.EpisodeSampler`, but the images live on ``device``.
 
-    All images are copied to ``device`` once, as uint8. Each :meth:`sample` chooses classes
-    and images with NumPy (a few hundred integers, so the episodes are identical on every
-    device for a given ``seed``), sends the indices over, and gathers and scales the images
-    on the device: sampling never waits on a host-to-device copy of pixels.
+    All images are copied to ``device`` once, as uint8. Each :meth:`sample` draws its classes
+    and images with the sampler's own :meth:`~helpers.episodes.EpisodeSampler.draw` (NumPy,
+    a few hundred integers: for a given ``seed`` the episodes are those of ``EpisodeSampler``
+    on every device), sends the indices over, and gathers and scales the images on the device
+    (:func:`helpers.episodes.float_images`, the same floats as on the CPU): sampling never
+    waits on a host-to-device copy of pixels.
     """
 
     def __init__(
@@ -308,30 +309,16 @@ class DeviceEpisodeSampler:
         device: torch.device | str | None = None,
         seed: int | None = 0,
     ) -> None:
-        check_episode_settings(dataset, n_way, k_shot, n_query)
-        self.dataset, self.n_way, self.k_shot, self.n_query = dataset, int(n_way), int(k_shot), int(n_query)
+        super().__init__(dataset, n_way, k_shot, n_query, seed=seed)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.rng = np.random.default_rng(None if seed is None else _checked_seed(seed))
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device)
-        sizes = dataset.class_sizes()
-        # members[c, j] = image row of the j-th image of class c; classes shorter than the
-        # longest are padded, and padded slots always sort last when images are shuffled.
-        self.sizes = sizes
-        self.members = np.zeros((dataset.n_classes, sizes.max()), dtype=np.int64)
-        for c in range(dataset.n_classes):
-            self.members[c, : sizes[c]] = dataset.members(c)
         self.support_labels = torch.arange(self.n_way, device=self.device).repeat_interleave(self.k_shot)
         self.query_labels = torch.arange(self.n_way, device=self.device).repeat_interleave(self.n_query)
 
     def sample(self) -> Episode:
-        classes = self.rng.choice(self.dataset.n_classes, size=self.n_way, replace=False)
-        keys = self.rng.random((self.n_way, self.members.shape[1]))
-        keys[np.arange(self.members.shape[1])[None, :] >= self.sizes[classes][:, None]] = 2.0
-        order = np.argsort(keys, axis=1)[:, : self.k_shot + self.n_query]
-        picks = np.take_along_axis(self.members[classes], order, axis=1)
-        support, query = picks[:, : self.k_shot].reshape(-1), picks[:, self.k_shot :].reshape(-1)
+        classes, support, query = self.draw()
         rows = torch.from_numpy(np.concatenate([support, query])).to(self.device, non_blocking=True)
-        pixels = self.images.index_select(0, rows).unsqueeze(1).float().div_(255.0)
+        pixels = float_images(self.images.index_select(0, rows))
         n_support = len(support)
         return Episode(
             pixels[:n_support],
@@ -343,8 +330,3 @@ class DeviceEpisodeSampler:
             support,
             query,
         )
-
-    def take(self, count: int) -> list[Episode]:
-        if count < 1:
-            raise ValueError(f"count={count} must be at least 1.")
-        return [self.sample() for _ in range(count)]

@@ -32,7 +32,8 @@ from torch import nn
 
 from . import CHECKPOINT_DIR
 from .datasets import FASHION_CLASSES
-from .fewshot import FewShotMethod
+from .episodes import float_images
+from .fewshot import cosine_similarity, embed_in_batches
 
 HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: Sentence embeddings of DESCRIPTIONS and the class names, saved by :func:`save_text_vectors`
@@ -280,11 +281,6 @@ class ImageEncoder(nn.Module):
         return self.head(self.body(images))
 
 
-def as_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``(n, 28, 28)`` -> float ``(n, 1, 28, 28)`` in [0, 1]."""
-    return torch.tensor(np.asarray(images)).float().div(255).unsqueeze(1)
-
-
 def train_image_encoder(
     images: np.ndarray,
     labels: np.ndarray,
@@ -312,7 +308,7 @@ def train_image_encoder(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     relabel = {c: i for i, c in enumerate(split.seen)}
-    x_all = as_float(images[split.train_indices])
+    x_all = float_images(images[split.train_indices])
     y_all = torch.tensor([relabel[int(c)] for c in labels[split.train_indices]])
     encoder = ImageEncoder(len(split.seen)).to(device)
     optimiser = torch.optim.Adam(encoder.parameters(), lr=lr)
@@ -337,12 +333,9 @@ def train_image_encoder(
     return encoder
 
 
-@torch.no_grad()
 def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
-    """``(n, feature_dim)`` features of uint8 images, computed once and kept on the CPU."""
-    device = next(encoder.parameters()).device
-    encoder.eval()
-    return torch.cat([encoder.features(as_float(images[b : b + batch_size]).to(device)).cpu() for b in range(0, len(images), batch_size)])
+    """``(n, feature_dim)`` features ``encoder.features`` of uint8 images, computed once and kept on the CPU."""
+    return embed_in_batches(encoder.body, images, batch_size).cpu()
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,12 +355,7 @@ class CompatibilityMap(nn.Module):
 
     def forward(self, features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
         """``(n, n_classes)`` scores of ``(n, feature_dim)`` features against ``(n_classes, class_dim)``."""
-        return self.scale * cosine_scores(self.project(features), class_vectors)
-
-
-def cosine_scores(embeddings: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
-    """``cos(z_i, v_k)`` for every row ``z_i`` and every class vector ``v_k``: ``(n, n_classes)``."""
-    return F.normalize(embeddings, dim=-1) @ F.normalize(class_vectors, dim=-1).T
+        return self.scale * cosine_similarity(self.project(features), class_vectors)
 
 
 class PrototypeMap(nn.Module):
@@ -423,7 +411,7 @@ class ConSEMap(nn.Module):
         return p @ self.seen_vectors
 
     def forward(self, features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
-        return self.scale * cosine_scores(self.embed(features), class_vectors)
+        return self.scale * cosine_similarity(self.embed(features), class_vectors)
 
 
 def _check_training(lr: float, steps: int) -> None:
@@ -567,12 +555,6 @@ def calibration_curve(scores: torch.Tensor, labels: np.ndarray, seen: Sequence[i
     return [generalised_accuracy(scores, labels, seen, unseen, g) for g in gammas]
 
 
-def tune_gamma(scores: torch.Tensor, labels: np.ndarray, seen: Sequence[int], unseen: Sequence[int], gammas: Sequence[float]) -> float:
-    """The ``gamma`` in ``gammas`` with the best harmonic mean on the given (validation) data."""
-    curve = calibration_curve(scores, labels, seen, unseen, gammas)
-    return float(gammas[int(np.argmax([r.harmonic for r in curve]))])
-
-
 def untrained_attributes(seen: Sequence[int]) -> list[str]:
     """Attributes that no seen class has: a linear map never gets a gradient for them."""
     active = attribute_matrix()[list(seen)].sum(0)
@@ -590,12 +572,6 @@ def project_on_seen(vectors: torch.Tensor, seen: Sequence[int]) -> torch.Tensor:
     return (basis @ coefficients).T
 
 
-def pairwise_cosine(vectors: torch.Tensor) -> torch.Tensor:
-    """``(n, n)`` cosine similarity of the rows (0 for an all-zero row)."""
-    unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return unit @ unit.T
-
-
 def prediction_share(scores: torch.Tensor, labels: np.ndarray, unseen: Sequence[int]) -> np.ndarray:
     """Conventional setting: the fraction of unseen test images given to each unseen class.
 
@@ -605,28 +581,6 @@ def prediction_share(scores: torch.Tensor, labels: np.ndarray, unseen: Sequence[
     mask = torch.from_numpy(np.isin(np.asarray(labels), unseen))
     choice = scores[mask][:, unseen].argmax(1)
     return np.bincount(choice.numpy(), minlength=len(unseen)) / max(len(choice), 1)
-
-
-class ZeroShotClassifier(FewShotMethod):
-    """Zero-shot learning behind the course's few-shot interface.
-
-    A zero-shot task has no support images: the "support set" is the list of candidate
-    classes, given as ``support_labels`` holding their class ids (``support_images`` is
-    ignored and may be empty). ``scores`` compares query images with those classes' vectors.
-    """
-
-    def __init__(self, encoder: ImageEncoder, model: nn.Module, vectors: torch.Tensor) -> None:
-        self.encoder, self.model, self.vectors = encoder, model, vectors
-        self.device = next(encoder.parameters()).device
-        self.candidates = list(range(len(vectors)))
-
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
-        self.candidates = [int(c) for c in torch.unique(support_labels).tolist()]
-
-    @torch.no_grad()
-    def scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        features = self.encoder.features(query_images.to(self.device)).cpu()
-        return self.model(features, self.vectors[self.candidates])
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,13 +7,17 @@ import pytest
 import torch
 
 from helpers.episodes import (
+    _PIXEL_VALUES,
     EpisodeError,
     EpisodeSampler,
     FewShotDataset,
+    float_images,
     mnist_dataset,
     omniglot_dataset,
     sample_episodes,
+    sampled_episodes,
 )
+from helpers.training import DeviceEpisodeSampler
 
 
 def toy_dataset(n_classes=6, per_class=7) -> FewShotDataset:
@@ -88,6 +92,68 @@ def test_impossible_episodes_are_refused_with_parameter_value_and_limit(n_way, k
     for fragment in fragments:
         assert fragment in message
     assert "\n" not in message  # one line
+
+
+def uneven_dataset(sizes=(10, 7, 9, 10, 8, 10, 30, 12, 7, 10, 11, 10, 8), seed=0) -> FewShotDataset:
+    """Classes of unequal sizes, their images shuffled together, random pixels."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.full(size, c) for c, size in enumerate(sizes)])[rng.permutation(sum(sizes))]
+    images = rng.integers(0, 256, size=(len(labels), 5, 5)).astype(np.uint8)
+    return FewShotDataset("uneven", images, labels, tuple(f"class{c}" for c in range(len(sizes))))
+
+
+@pytest.mark.parametrize(("n_way", "k_shot", "n_query", "seed"), [(5, 2, 4, 3), (13, 1, 6, 0), (2, 3, 4, 12345)])
+def test_both_samplers_draw_the_same_episodes(n_way, k_shot, n_query, seed):
+    data = uneven_dataset()
+    on_host = EpisodeSampler(data, n_way, k_shot, n_query, seed=seed)
+    on_device = DeviceEpisodeSampler(data, n_way, k_shot, n_query, device="cpu", seed=seed)
+    for _ in range(200):
+        a, b = on_host.sample(), on_device.sample()
+        assert np.array_equal(a.class_ids, b.class_ids)
+        assert np.array_equal(a.support_indices, b.support_indices) and np.array_equal(a.query_indices, b.query_indices)
+        assert torch.equal(a.support_images, b.support_images) and torch.equal(a.query_images, b.query_images)
+        assert torch.equal(a.support_labels, b.support_labels) and torch.equal(a.query_labels, b.query_labels)
+        assert a.class_names == b.class_names
+        # and what they drew is a valid episode of this dataset
+        assert len(set(a.class_ids.tolist())) == n_way and set(a.support_indices).isdisjoint(a.query_indices)
+        assert np.array_equal(data.labels[a.query_indices], a.class_ids[a.query_labels.numpy()])
+
+
+def test_a_seed_draws_the_episodes_it_always_drew():
+    # pinned: the committed checkpoints' validation numbers and the notebooks' printed results
+    # depend on the episodes a seed draws, so a change to the drawing must show up here
+    labels = np.array([2, 4, 3, 1, 0, 3, 1, 4, 1, 2, 2, 0, 3, 3, 1, 4, 1, 3, 2, 0, 3])
+    data = FewShotDataset("pin", np.zeros((len(labels), 2, 2), np.uint8), labels, tuple("abcde"))
+    sampler = EpisodeSampler(data, 3, 1, 2, seed=2024)
+    for classes, support, query in (([2, 4, 0], [18, 1, 4], [10, 0, 7, 15, 19, 11]), ([3, 0, 2], [5, 4, 9], [20, 17, 19, 11, 0, 18])):
+        drawn = sampler.draw()
+        assert [x.tolist() for x in drawn] == [classes, support, query]
+
+
+def test_sampled_episodes_have_the_indices_of_sample_episodes_and_no_pixels():
+    data = uneven_dataset()
+    light = list(sampled_episodes(data, 4, 2, 3, 9, seed=5))
+    full = sample_episodes(data, 4, 2, 3, 9, seed=5)
+    assert len(light) == 9
+    for a, b in zip(light, full, strict=True):
+        assert np.array_equal(a.class_ids, b.class_ids) and np.array_equal(a.support_indices, b.support_indices)
+        assert np.array_equal(a.query_indices, b.query_indices) and torch.equal(a.query_labels, b.query_labels)
+        assert a.support_images.shape == (8, 1, 1, 1) and not a.query_images.any()
+    with pytest.raises(EpisodeError, match="n_way=14"):
+        sampled_episodes(data, 14, 1, 1, 5)  # refused when asked, not at the first episode
+
+
+def test_float_images_are_the_pixels_over_255_on_every_path():
+    pixels = np.array([[[0, 255], [51, 3]]], dtype=np.uint8)
+    converted = float_images(pixels)
+    assert converted.shape == (1, 1, 2, 2) and converted.dtype == torch.float32
+    assert torch.equal(converted.flatten(), torch.from_numpy(np.float32([0, 1, 0.2, np.float32(3) / np.float32(255)])))
+    # the table that devices other than the CPU read holds exactly the CPU's quotients
+    every_value = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(_PIXEL_VALUES, every_value.float() / 255)
+    assert torch.equal(float_images(every_value[None, None, :]).flatten(), _PIXEL_VALUES)
+    with pytest.raises(ValueError, match=r"^images must be uint8 pixels .* got dtype torch.float32; .*$"):
+        float_images(torch.zeros(2, 3, 3))
 
 
 def test_subset_renumbers_classes():

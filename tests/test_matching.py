@@ -9,14 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.fewshot import PixelNearestNeighbour, evaluate
+from helpers.fewshot import PixelNearestNeighbour, cosine_similarity, embed_in_batches, evaluate
 from helpers.matching import (
     AttentionLSTM,
     MatchingNetwork,
     SupportContextEncoder,
     attention_weights,
-    cosine_similarities,
-    embed_images,
     evaluate_embedded,
     label_distribution,
     log_label_distribution,
@@ -37,7 +35,7 @@ def _zero_parameters(module: nn.Module) -> None:
 def test_cosine_attention_on_hand_made_vectors():
     query = torch.tensor([[1.0, 0.0]])
     support = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])  # cosines 1, 0, -1
-    assert torch.allclose(cosine_similarities(query, support), torch.tensor([[1.0, 0.0, -1.0]]))
+    assert torch.allclose(cosine_similarity(query, support), torch.tensor([[1.0, 0.0, -1.0]]))
     e = math.e
     expected = torch.tensor([[e, 1.0, 1 / e]]) / (e + 1 + 1 / e)
     assert torch.allclose(attention_weights(query, support), expected)
@@ -86,7 +84,7 @@ def test_without_fce_one_shot_ranking_is_cosine_nearest_neighbour():
     model = MatchingNetwork().eval()
     model.process_support_set(support, labels)
     with torch.no_grad():
-        cosine = cosine_similarities(model.encoder(queries), model.encoder(support))
+        cosine = cosine_similarity(model.encoder(queries), model.encoder(support))
     assert torch.equal(model.scores(queries).argsort(dim=1), cosine.argsort(dim=1))
 
 
@@ -211,7 +209,7 @@ def test_evaluating_on_cached_embeddings_gives_the_same_accuracies(fce):
     torch.manual_seed(10)
     model = MatchingNetwork(encoder=Conv4(hidden=8), fce=fce, processing_steps=2).eval()
     direct = evaluate(model, episodes, progress=False)
-    cached = evaluate_embedded(model, embed_images(model.encoder, dataset.images, batch_size=20), episodes, progress=False)
+    cached = evaluate_embedded(model, embed_in_batches(model.encoder, dataset.images, batch_size=20), episodes, progress=False)
     assert np.allclose(direct.accuracies, cached.accuracies)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers.episodes import omniglot_dataset, sample_episodes
-from helpers.fewshot import PixelNearestNeighbour, evaluate
+from helpers.fewshot import PixelNearestNeighbour, embed_in_batches, evaluate
 from helpers.nets import Conv4
 from helpers.one_shot import (
     ONE_SHOT_CHECKPOINT,
@@ -16,7 +16,6 @@ from helpers.one_shot import (
     RetrainedSoftmax,
     _shift,
     checkpoint_record,
-    embed,
     evaluate_lake_runs,
     load_encoder,
     pretrain_classifier,
@@ -93,7 +92,7 @@ def test_nearest_embedding_averages_shots():
     images = torch.rand(4, 1, 28, 28)
     method = NearestEmbedding(encoder, metric="cosine")
     method.process_support_set(images, torch.tensor([0, 0, 1, 1]))
-    keys = embed(encoder, images)
+    keys = embed_in_batches(encoder, images)
     assert torch.allclose(method.keys, torch.stack([keys[:2].mean(0), keys[2:].mean(0)]), atol=1e-6)
 
 
@@ -153,5 +152,5 @@ def test_cached_encoder_gives_identical_embeddings(evaluation):
     first = cached(images[:8])
     again = cached(images[4:])  # 4 remembered, 4 new
     assert len(cached.memory) == 12
-    assert torch.allclose(again, embed(encoder, images[4:]), atol=1e-6)
-    assert torch.allclose(first, embed(encoder, images[:8]), atol=1e-6)
+    assert torch.allclose(again, embed_in_batches(encoder, images[4:]), atol=1e-6)
+    assert torch.allclose(first, embed_in_batches(encoder, images[:8]), atol=1e-6)

@@ -22,7 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from helpers import maml, matching, panels, plots, protonet  # noqa: E402
 from helpers import side_by_side as sbs  # noqa: E402
 from helpers.episodes import FewShotDataset, omniglot_dataset  # noqa: E402
-from helpers.fewshot import PixelNearestNeighbour  # noqa: E402
+from helpers.fewshot import (
+    PixelNearestNeighbour,  # noqa: E402
+    embed_in_batches,  # noqa: E402
+)
 from helpers.nets import Conv4  # noqa: E402
 
 
@@ -341,9 +344,9 @@ def test_fast_methods_bars_are_each_methods_accuracy_on_the_same_episodes(small_
     encoder = Conv4(hidden=16).eval()
     model = matching.MatchingNetwork(encoder=Conv4(hidden=16), scale=10.0).eval()
     embeddings = {
-        "classifier + cosine": protonet.embed_images(encoder, test.images),
-        "ProtoNet": protonet.embed_images(encoder, test.images),
-        "Matching": matching.embed_images(model.encoder, test.images),
+        "classifier + cosine": embed_in_batches(encoder, test.images),
+        "ProtoNet": embed_in_batches(encoder, test.images),
+        "Matching": embed_in_batches(model.encoder, test.images),
     }
     panel = panels.fast_methods(test, embeddings, {"Matching": model}, n_way=5, episodes=4, seed=1)
     ran(panel)

@@ -9,26 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import protonet
-from helpers.episodes import EpisodeSampler, FewShotDataset, omniglot_dataset
-from helpers.fewshot import evaluate
+from helpers import fewshot, protonet
+from helpers.episodes import EpisodeSampler, FewShotDataset, omniglot_dataset, sampled_episodes
+from helpers.fewshot import cosine_similarity, embed_in_batches, evaluate
 from helpers.nets import Conv4
 from helpers.training import DeviceEpisodeSampler, train_episodic
-
-
-def test_prototypes_are_the_class_means_of_label_encoded_features():
-    # feature vector of an example of class k = k * (1, 1, 1) + a per-example offset that
-    # averages to zero within each class, so the class mean is exactly k * (1, 1, 1)
-    labels = torch.tensor([2, 0, 1, 2, 0, 1, 0, 2, 1])
-    offsets = torch.tensor([[1.0, 0, -2], [3, 1, 0], [0.5, 0.5, 0.5], [-1, 0, 2], [-3, -2, 0], [-0.5, -0.5, -0.5], [0, 1, 0], [0, 0, 0], [0, 0, 0]])
-    features = labels[:, None].float() * torch.ones(3) + offsets
-    prototypes = protonet.compute_prototypes(features, labels)
-    assert torch.allclose(prototypes, torch.arange(3.0)[:, None] * torch.ones(3))
-    # the order of the support set does not matter
-    perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(protonet.compute_prototypes(features[perm], labels[perm]), prototypes)
-    with pytest.raises(ValueError, match="classes \\[3\\]"):
-        protonet.compute_prototypes(features, labels, n_way=4)
 
 
 def test_euclidean_protonet_is_a_linear_classifier():
@@ -62,7 +47,7 @@ def test_distances_by_hand_and_cosine_ignores_length():
     queries = torch.tensor([[3.0, 4.0]])
     prototypes = torch.tensor([[0.0, 0.0], [3.0, 0.0], [6.0, 8.0]])
     assert torch.equal(protonet.squared_euclidean(queries, prototypes), torch.tensor([[25.0, 16.0, 25.0]]))
-    cos = protonet.cosine_similarity(queries, prototypes[1:])
+    cos = cosine_similarity(queries, prototypes[1:])
     assert torch.allclose(cos, torch.tensor([[0.6, 1.0]]))
     assert torch.allclose(protonet.class_scores(10 * queries, prototypes[1:], "cosine"), cos)
     with pytest.raises(ValueError, match="distance"):
@@ -76,7 +61,7 @@ def test_gradient_of_the_loss_matches_finite_differences():
     support_labels, query_labels = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 1])
 
     def loss(s):
-        return protonet.prototypical_loss(queries, query_labels, protonet.compute_prototypes(s, support_labels))[0]
+        return protonet.prototypical_loss(queries, query_labels, fewshot.prototypes(s, support_labels))[0]
 
     assert torch.autograd.gradcheck(loss, (support,))
 
@@ -151,11 +136,11 @@ def test_evaluation_from_cached_embeddings_equals_running_every_episode(needs_da
     encoder(torch.rand(50, 1, 28, 28))  # move batch-norm statistics away from their defaults
     encoder.eval()
     episodes = EpisodeSampler(test, 5, 2, 4, seed=3).take(12)
-    light = list(protonet.sampled_episodes(test, 5, 2, 4, 12, seed=3))
+    light = list(sampled_episodes(test, 5, 2, 4, 12, seed=3))
     for full, index_only in zip(episodes, light, strict=True):
         assert np.array_equal(full.support_indices, index_only.support_indices)
         assert np.array_equal(full.query_indices, index_only.query_indices)
-    embeddings = protonet.embed_images(encoder, test.images, batch_size=97)
+    embeddings = embed_in_batches(encoder, test.images, batch_size=97)
     for distance in protonet.DISTANCES:
         slow = evaluate(protonet.ProtoNet(encoder, distance), episodes, progress=False)
         fast = protonet.evaluate_from_embeddings(embeddings, light, distance, progress=False)

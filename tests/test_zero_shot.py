@@ -132,7 +132,12 @@ def test_conse_places_an_image_at_the_mixture_of_seen_class_vectors():
 def test_cosine_and_prototype_scores_exact():
     z = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     v = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
-    assert torch.allclose(zs.cosine_scores(z, v), torch.tensor([[1.0, 0.0], [2**-0.5, 2**-0.5]]))
+    compatibility = zs.CompatibilityMap(2, 2, scale=10.0)
+    with torch.no_grad():
+        compatibility.project.weight.copy_(torch.eye(2))
+        compatibility.project.bias.zero_()
+    # W = I: the scores are s times the cosines of the features with the class vectors
+    assert torch.allclose(compatibility(z, v), 10 * torch.tensor([[1.0, 0.0], [2**-0.5, 2**-0.5]]))
     model = zs.PrototypeMap(2, 2, embed_dim=2)
     with torch.no_grad():
         for layer in (model.image_to_embedding, model.class_to_prototype):
@@ -152,5 +157,6 @@ def test_calibrated_stacking_exact():
     assert (calibrated.seen, calibrated.unseen) == (0.5, 1.0)
     assert calibrated.harmonic == pytest.approx(2 * 0.5 / 1.5)
     assert zs.calibrated_predictions(scores, [0], gamma=10).tolist() == [1, 1, 1, 1]
-    assert zs.tune_gamma(scores, labels, [0], [1], [0.0, 0.05, 0.15, 1.0]) in (0.0, 0.15)
+    curve = zs.calibration_curve(scores, labels, [0], [1], [0.0, 0.15, 1.0])
+    assert [(r.seen, r.unseen) for r in curve] == [(1.0, 0.5), (0.5, 1.0), (0.0, 1.0)]  # gamma = 1: all called unseen
     assert zs.conventional_accuracy(scores, labels, [0, 1]) == 0.75

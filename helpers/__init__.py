@@ -2,8 +2,8 @@
 
 Modules, in the order data flows through them: ``datasets`` -> ``episodes`` -> ``nets`` and the
 methods -> ``fewshot`` (the shared interface and evaluation) -> ``plots``, ``widgets`` and
-``exercises``. Nothing lower imports anything higher. Beside them: ``checks`` (one-sentence
-parameter checks), ``checkpoints`` (the record schema and the atomic save / load pair),
+``exercises``. Nothing lower imports anything higher. Beside them: ``validation`` (the declared
+constraints on parameters, images and labels, each failure one sentence), ``checkpoints`` (the record schema and the atomic save / load pair),
 ``runs`` (clean stops, finite losses, random state) and ``commands`` (the scaffold of the
 ``python -m helpers.<method>`` training commands).
 """

@@ -81,7 +81,7 @@ def training_device(prefer: str | None = None, threads: int | None = None) -> to
     episode of a training run has the same shapes, so that pays off from the second step.
     """
     if threads is not None:
-        from .checks import whole_number
+        from .validation import whole_number
 
         torch.set_num_threads(whole_number("threads", threads, 1))
     device = pick_device(prefer)
@@ -104,7 +104,7 @@ def seed_everything(seed: int) -> None:
 
     ``seed`` is a whole number from 0 to 2**32 - 1; anything else raises ``ValueError`` naming it.
     """
-    from .checks import seed as check_seed
+    from .validation import seed as check_seed
 
     seed = check_seed(seed)
     random.seed(seed)

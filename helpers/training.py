@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoints, runs
-from .checks import seed as _checked_seed
+from . import checkpoints, runs, validation
 from .device import seed_everything
 from .episodes import Episode, FewShotDataset, check_episode_settings
 from .fewshot import FewShotMethod, evaluate
+from .validation import seed as _checked_seed
 
 EpisodeLoss = Callable[[torch.nn.Module, Episode], tuple[torch.Tensor, torch.Tensor]]
 
@@ -163,12 +163,10 @@ def train_episodic(
     far is returned with ``interrupted=True`` (and, unless ``save_on_interrupt=False``, the
     last weights are saved when they would have been at the end).
     """
-    if not isinstance(n_episodes, (int, np.integer)) or isinstance(n_episodes, bool) or n_episodes < 0:
-        raise ValueError(f"n_episodes={n_episodes!r} must be a whole number >= 0.")
-    if not isinstance(val_every, (int, np.integer)) or isinstance(val_every, bool) or val_every < 1:
-        raise ValueError(f"val_every={val_every!r} must be a whole number >= 1.")
-    if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}.")
+    n_episodes = validation.whole_number("n_episodes", n_episodes, 0)
+    val_every = validation.whole_number("val_every", val_every, 1)
+    validation.one_of("keep", keep, ("best", "last"))
+    validation.seed(seed, allow_none=True)
     if (val_method is None) != (not val_episodes):
         raise ValueError("give both val_method and val_episodes, or neither.")
     from tqdm.auto import tqdm
@@ -345,6 +343,5 @@ class DeviceEpisodeSampler:
         )
 
     def take(self, count: int) -> list[Episode]:
-        if count < 1:
-            raise ValueError(f"count={count} must be at least 1.")
-        return [self.sample() for _ in range(count)]
+        """The next ``count`` episodes, as a list."""
+        return [self.sample() for _ in range(validation.whole_number("count", count, 1))]

@@ -837,6 +837,7 @@ def sinusoid_report(
     Each task is adapted on its K points and scored on ``n_eval_points`` fresh points in [-5, 5].
     Returns ``{name: {K: [mse after 0 steps, after 1 step, ...]}}``.
     """
+    seed = validation.seed(seed)
     tasks, out = SinusoidTasks(), {name: {} for name in models}
     for k in shots:
         batch, _, _ = tasks.sample(n_tasks, k, n_eval_points, torch.Generator().manual_seed(seed + k))

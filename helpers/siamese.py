@@ -301,7 +301,7 @@ class PairBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, pairs: Pairs, batch_size: int, shuffle: bool, seed: int | None = None) -> None:
         super().__init__()
         self.images, self.pairs, self.batch_size, self.shuffle = images, pairs, batch_size, shuffle
-        self.rng = np.random.default_rng(np.random.randint(2**31) if seed is None else seed)
+        self.rng = np.random.default_rng(np.random.randint(2**31) if seed is None else rules.seed(seed))
         self.order = self.rng.permutation(len(pairs)) if shuffle else np.arange(len(pairs))
 
     def __len__(self) -> int:

@@ -356,14 +356,14 @@ def check_pixel_values(name: str, images: torch.Tensor, labels_name: str | None 
     small tensor and read once, so on a GPU the whole check costs a single synchronisation.
     Returns the number of classes when ``labels`` are given.
     """
-    parts = [images.amin().float(), images.amax().float()]
+    parts = [p.float() for p in torch.aminmax(images)]  # one pass over the pixels
     if labels is not None:
         parts += [p.float().to(images.device) for p in _label_summary(labels)]
     summary = torch.stack(parts).tolist()
     low, high = summary[0], summary[1]
     if not (math.isfinite(low) and math.isfinite(high)):
         bad = int((~torch.isfinite(images)).sum())
-        raise ParameterError(f"{name} holds {bad} pixel{'s' if bad != 1 else ''} that are not finite (NaN or infinity); "
+        raise ParameterError(f"{name} holds {bad} {'pixel that is' if bad == 1 else 'pixels that are'} not finite (NaN or infinity); "
                              "give images with every pixel a number in [0, 1].")
     if low < 0 or high > 1:
         raise ParameterError(f"{name} has pixels from {low:.4g} to {high:.4g}, outside [0, 1]; scale the images to [0, 1] "
@@ -384,7 +384,7 @@ def _label_summary(labels: torch.Tensor) -> list[torch.Tensor]:
         zero = torch.zeros((), device=labels.device)
         return [zero, zero - 1, zero]
     present = torch.zeros(len(labels), device=labels.device).index_fill_(0, labels.long().clamp(0, len(labels) - 1), 1.0)
-    return [labels.amin(), labels.amax(), present.sum()]
+    return [*torch.aminmax(labels), present.sum()]
 
 
 def _label_verdict(name: str, labels: torch.Tensor, summary: Sequence[float]) -> int:

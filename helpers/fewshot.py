@@ -94,13 +94,13 @@ def _checking_support(process):
         if self.__dict__.get("_inside_checked_call"):  # a subclass's method calling its parent's: checked already
             return process(self, support_images, support_labels)
         self.__dict__["_support_shape"] = None
-        images, labels, n_way = self.check_support(support_images, support_labels)
+        images, labels, _ = self.check_support(support_images, support_labels)
         self.__dict__["_inside_checked_call"] = True
         try:
             result = process(self, images, labels)
         finally:
             self.__dict__["_inside_checked_call"] = False
-        self.__dict__["_support_shape"], self.__dict__["_support_n_way"] = tuple(images.shape[1:]), n_way
+        self.__dict__["_support_shape"] = tuple(images.shape[1:])
         return result
 
     return process_support_set

@@ -295,7 +295,8 @@ def images(
     if found[0] == 0:
         raise ParameterError(f"{name} holds no images; give at least one.")
     if expected is not None and found[1] != expected[0]:
-        raise ParameterError(f"{name} has {found[1]} channels (shape {found}) but {shape_source} {expected[0]}-channel images {wanted}.")
+        channels = f"{found[1]} channel{'s' if found[1] != 1 else ''}"
+        raise ParameterError(f"{name} has {channels} (shape {found}) but {shape_source} {expected[0]}-channel images {wanted}.")
     if expected is not None and found[2:] != expected[1:]:
         raise ParameterError(
             f"{name} holds {found[2]}x{found[3]} images but {shape_source} {expected[1]}x{expected[2]}; "
@@ -314,7 +315,7 @@ def vectors(name: str, value: object, *, device: torch.device | str | None = Non
         raise ParameterError(f"{name} has dtype {str(tensor.dtype).removeprefix('torch.')}; give floats (tensor.float()).")
     if tensor.ndim < 2 or len(tensor) == 0:
         raise ParameterError(f"{name} has shape {tuple(tensor.shape)}, but it must hold at least one row, shape (n, dim).")
-    if not bool(torch.isfinite(tensor).all()):
+    if not all(math.isfinite(v) for v in torch.stack(torch.aminmax(tensor)).float().tolist()):  # NaN wins both
         raise ParameterError(f"{name} holds values that are not finite (NaN or infinity); give finite numbers.")
     return tensor
 

@@ -167,7 +167,7 @@ def test_the_pixel_baseline_takes_any_size_but_the_queries_must_match_the_suppor
     with pytest.raises(ParameterError, match=r"^query_images holds 28x28 images but the support set has 32x32; resize them"):
         method.scores(queries)
     method.process_support_set(support.repeat(1, 3, 1, 1), labels)
-    with pytest.raises(ParameterError, match=r"^query_images has 1 channels .* but the support set has 3-channel images"):
+    with pytest.raises(ParameterError, match=r"^query_images has 1 channel \(shape \(15, 1, 28, 28\)\) but the support set has 3-channel images \(n, 3, 28, 28\)\.$"):
         method.scores(queries)
 
 

@@ -1,6 +1,7 @@
 """helpers: the tested package that every notebook of the meta-learning course imports.
 
-Modules, lowest first: the base (``checks``, one-sentence parameter checks; ``device``;
+Modules, lowest first: the base (``validation``, the declared constraints on parameters,
+images and labels, each failure one sentence; ``device``;
 ``runs``, clean stops, finite losses, random state; ``datasets``; ``checkpoints``, the record
 schema and the atomic save / load pair) -> ``episodes`` -> ``fewshot`` (the shared interface,
 evaluation, and the ideas several methods share: cosine similarity, prototypes, batched

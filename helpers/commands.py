@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints, checks, runs
+from . import checkpoints, runs, validation
 
 EXIT_ERROR = 2
 EXIT_INTERNAL = 1
@@ -97,19 +97,19 @@ def positive(args: argparse.Namespace, *dests: str, example: float | None = None
     for dest in dests:
         value = getattr(args, dest)
         if value is not None:
-            checks.positive_number(flag(dest), value, example)
+            validation.positive_number(flag(dest), value, example)
 
 
 def whole(args: argparse.Namespace, dest: str, low: int = 0, high: int | None = None) -> None:
     """``args.<dest>`` must be a whole number in ``low .. high`` (``None`` is allowed: unset)."""
     value = getattr(args, dest)
     if value is not None:
-        checks.whole_number(flag(dest), value, low, high)
+        validation.whole_number(flag(dest), value, low, high)
 
 
 def run_options(args: argparse.Namespace) -> None:
     """Validate the options of :func:`add_run_options`."""
-    checks.seed(args.seed, "--seed")
+    validation.seed(args.seed, "--seed")
     if getattr(args, "threads", None) is not None:
         whole(args, "threads", 1)
     if getattr(args, "device", None) is not None:
@@ -134,12 +134,12 @@ def omniglot_episodes(split: str, n_way: int, k_shot: int, n_query: int, flags: 
     if split not in OMNIGLOT_CLASSES:
         raise ValueError(f"split {split!r} is not an Omniglot split; use one of {', '.join(OMNIGLOT_CLASSES)}.")
     way, shot, query = flags
-    checks.whole_number(way, n_way, 2)
+    validation.whole_number(way, n_way, 2)
     if n_way > OMNIGLOT_CLASSES[split]:
         raise ValueError(f"{way}={n_way} is more than the {OMNIGLOT_CLASSES[split]} classes of Omniglot's {split} split; "
                          f"use {way} <= {OMNIGLOT_CLASSES[split]}.")
-    checks.whole_number(shot, k_shot, 1, OMNIGLOT_DRAWINGS - 1)
-    checks.whole_number(query, n_query, 1, OMNIGLOT_DRAWINGS - 1)
+    validation.whole_number(shot, k_shot, 1, OMNIGLOT_DRAWINGS - 1)
+    validation.whole_number(query, n_query, 1, OMNIGLOT_DRAWINGS - 1)
     if k_shot + n_query > OMNIGLOT_DRAWINGS:
         raise ValueError(f"{shot} {k_shot} plus {query} {n_query} is {k_shot + n_query} images per class, but every "
                          f"Omniglot class has {OMNIGLOT_DRAWINGS}; use {shot} + {query} <= {OMNIGLOT_DRAWINGS}.")

@@ -150,7 +150,7 @@ def set_threads(threads: int | None = None) -> int:
     ``threads=None`` takes ``METALEARN_THREADS`` when it is set, else :func:`default_threads`.
     Returns the number set.
     """
-    from .checks import whole_number
+    from .validation import whole_number
 
     source = "threads"
     if threads is None and os.environ.get(THREADS_VARIABLE):
@@ -191,7 +191,7 @@ def seed_everything(seed: int) -> None:
 
     ``seed`` is a whole number from 0 to 2**32 - 1; anything else raises ``ValueError`` naming it.
     """
-    from .checks import seed as check_seed
+    from .validation import seed as check_seed
 
     seed = check_seed(seed)
     random.seed(seed)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import datasets
-from .checks import seed as _checked_seed
+from . import datasets, validation
+from .validation import seed as _checked_seed
 
 OMNIGLOT_SPLITS = (
     "background",
@@ -40,8 +40,8 @@ OMNIGLOT_CLASSES = {
 OMNIGLOT_DRAWINGS = 20
 
 
-class EpisodeError(ValueError):
-    """An episode that cannot be drawn from the data (too many ways, shots or queries)."""
+class EpisodeError(validation.ParameterError):
+    """An episode that cannot be drawn from the data (too many ways, shots or queries); a ``ValueError``."""
 
 
 @dataclass
@@ -130,8 +130,7 @@ def omniglot_dataset(split: str = "vinyals-test", image_size: int = 28) -> FewSh
       degrees as four classes (trainval: 1,200 characters, 4,800 classes; test: 423
       characters, 1,692 classes).
     """
-    if split not in OMNIGLOT_SPLITS:
-        raise ValueError(f"split must be one of {', '.join(OMNIGLOT_SPLITS)}; got {split!r}.")
+    validation.one_of("split", split, OMNIGLOT_SPLITS)
     omniglot = datasets.load_omniglot(image_size)
     if split in ("background", "evaluation"):
         rows = np.flatnonzero(omniglot.background == (split == "background"))
@@ -214,13 +213,15 @@ class Episode:
 
 
 def check_episode_settings(dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int) -> None:
-    """Raise :class:`EpisodeError` naming the parameter, its value and the limit, if impossible."""
-    for name, value, low in (("n_way", n_way, 2), ("k_shot", k_shot, 1), ("n_query", n_query, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise EpisodeError(f"{name} must be a whole number, got {value!r}.")
-        if value < low:
-            reason = "an episode must tell at least two classes apart" if name == "n_way" else "each class needs at least one"
-            raise EpisodeError(f"{name}={value} is too small: {reason}, so use {name} >= {low}.")
+    """Raise :class:`EpisodeError` naming the parameter, its value and the limit, if impossible.
+
+    ``n_way`` must be a whole number from 2 to the dataset's classes, ``k_shot`` and ``n_query``
+    whole numbers >= 1 that together fit in the smallest class (Omniglot: 20 drawings, so
+    ``k_shot=6, n_query=1`` is fine and ``k_shot=6, n_query=15`` is not).
+    """
+    _whole("n_way", n_way, 2)
+    _whole("k_shot", k_shot, 1)
+    _whole("n_query", n_query, 1)
     if n_way > dataset.n_classes:
         raise EpisodeError(
             f"n_way={n_way} is more than the {dataset.n_classes} classes in {dataset.name}; use n_way <= {dataset.n_classes}."
@@ -231,6 +232,14 @@ def check_episode_settings(dataset: FewShotDataset, n_way: int, k_shot: int, n_q
             f"k_shot + n_query = {k_shot} + {n_query} = {k_shot + n_query} is more than the {smallest} images "
             f"a class of {dataset.name} has; use k_shot + n_query <= {smallest}."
         )
+
+
+def _whole(name: str, value: object, low: int) -> int:
+    """:func:`helpers.validation.whole_number`, raising :class:`EpisodeError`."""
+    try:
+        return validation.whole_number(name, value, low)
+    except validation.ParameterError as exc:
+        raise EpisodeError(str(exc)) from None
 
 
 class EpisodeSampler:
@@ -274,9 +283,7 @@ class EpisodeSampler:
 
     def take(self, count: int) -> list[Episode]:
         """The next ``count`` episodes, as a list (e.g. a fixed evaluation set)."""
-        if count < 1:
-            raise EpisodeError(f"count={count} must be at least 1.")
-        return [self.sample() for _ in range(count)]
+        return [self.sample() for _ in range(_whole("count", count, 1))]
 
 
 #: The float of every uint8 pixel value, ``v / 255``, divided on the CPU (correctly rounded).
@@ -344,9 +351,7 @@ def sample_episodes(
     They are the first ``count`` episodes of ``EpisodeSampler(dataset, ..., seed=seed)``.
     """
     sampler = EpisodeSampler(dataset, n_way, k_shot, n_query, seed=seed)
-    if count < 1:
-        raise EpisodeError(f"count={count} must be at least 1.")
-    return EpisodeList(dataset, [sampler.draw() for _ in range(count)])
+    return EpisodeList(dataset, [sampler.draw() for _ in range(_whole("count", count, 1))])
 
 
 def sampled_episodes(

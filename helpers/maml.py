@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from .fewshot import FewShotMethod
+from . import validation
+from .fewshot import FewShotMethod, declared_image_shape
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -116,13 +117,9 @@ def inner_adapt_functional(
     return params
 
 
-def _check_inner(inner_lr: float, steps: int) -> None:
-    from .checks import is_number, is_whole, show
-
-    if not (is_number(inner_lr) and math.isfinite(inner_lr) and inner_lr > 0):
-        raise ValueError(f"inner_lr (alpha)={show(inner_lr)} must be a positive number such as 0.01.")
-    if not is_whole(steps) or steps < 0:
-        raise ValueError(f"steps={show(steps)} must be a whole number >= 0 (0 means no adaptation).")
+def _check_inner(inner_lr: float, steps: int) -> tuple[float, int]:
+    """alpha and the number of inner steps, as a float and an int (0 steps: no adaptation)."""
+    return validation.positive_number("inner_lr (alpha)", inner_lr, 0.01), validation.whole_number("steps", steps, 0)
 
 
 # ----------------------------------------------------------------------------- meta-batches
@@ -162,8 +159,7 @@ def resolve_mode(mode: str, device: torch.device | str, model: nn.Module | None 
     here). So ``"auto"`` picks ``vmap`` on CUDA and, on other devices, ``loop`` for
     convolutional networks and ``vmap`` otherwise. Both stay selectable by name.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
+    validation.one_of("mode", mode, MODES)
     if mode != "auto":
         return mode
     if torch.device(device).type == "cuda":
@@ -300,14 +296,12 @@ class MAML:
         loss: LossFn = F.mse_loss,
         mode: str = "auto",
     ) -> None:
-        from .checks import is_number, show
-
-        _check_inner(inner_lr, inner_steps)
-        if not (is_number(outer_lr) and math.isfinite(outer_lr) and outer_lr > 0):
-            raise ValueError(f"outer_lr (beta)={show(outer_lr)} must be a positive number such as 0.001.")
+        inner_lr, inner_steps = _check_inner(inner_lr, inner_steps)
+        outer_lr = validation.positive_number("outer_lr (beta)", outer_lr, 0.001)
+        first_order = validation.boolean("first_order", first_order)
         resolve_mode(mode, "cpu")
-        self.model, self.inner_lr, self.outer_lr = model, float(inner_lr), float(outer_lr)
-        self.inner_steps, self.first_order, self.loss, self.mode = int(inner_steps), bool(first_order), loss, mode
+        self.model, self.inner_lr, self.outer_lr = model, inner_lr, outer_lr
+        self.inner_steps, self.first_order, self.loss, self.mode = inner_steps, first_order, loss, mode
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.outer_lr)
 
     @property
@@ -352,12 +346,13 @@ class MAMLClassifier(FewShotMethod):
 
     :meth:`process_support_set` adapts the meta-learned weights to the episode's support set
     with ``steps`` gradient steps of size ``inner_lr``; :meth:`scores` returns the adapted
-    network's logits for the query images. The output layer must have ``n_way`` units.
+    network's logits for the query images. The output layer must have ``n_way`` units, and the
+    images the shape the network declares (:func:`maml_conv4`: ``(1, 28, 28)``).
     """
 
     def __init__(self, model: nn.Module, inner_lr: float, steps: int) -> None:
-        _check_inner(inner_lr, steps)
-        self.model, self.inner_lr, self.steps = model, float(inner_lr), int(steps)
+        self.inner_lr, self.steps = _check_inner(inner_lr, steps)
+        self.model, self.image_shape = model, declared_image_shape(model)
         self.device = next(model.parameters()).device
         self.adapted: Params | None = None
 
@@ -368,8 +363,6 @@ class MAMLClassifier(FewShotMethod):
         self.adapted = {k: v.detach() for k, v in adapted.items()}
 
     def scores(self, query_images: Tensor) -> Tensor:
-        if self.adapted is None:
-            raise RuntimeError("call process_support_set before scores.")
         with torch.no_grad():
             return functional_call(self.model, self.adapted, (query_images,))
 
@@ -428,8 +421,7 @@ def maml_conv4(n_way: int, hidden: int = 64) -> nn.Sequential:
     """Conv-4 (batch norm on batch statistics) followed by a linear ``n_way``-way output layer."""
     from .nets import Conv4
 
-    if n_way < 2:
-        raise ValueError(f"n_way={n_way} must be at least 2.")
+    n_way = validation.whole_number("n_way", n_way, 2)
     return drop_running_stats(nn.Sequential(Conv4(hidden=hidden), nn.Linear(hidden, n_way)))
 
 
@@ -453,8 +445,7 @@ class SinusoidTasks:
 
     def sample_functions(self, n_tasks: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """``n_tasks`` amplitudes and phases, each ``(n_tasks,)``."""
-        if n_tasks < 1:
-            raise ValueError(f"n_tasks={n_tasks} must be at least 1.")
+        n_tasks = validation.whole_number("n_tasks", n_tasks, 1)
         u = torch.rand(2, n_tasks, generator=generator)
         amplitude = self.amplitude[0] + (self.amplitude[1] - self.amplitude[0]) * u[0]
         phase = self.phase[0] + (self.phase[1] - self.phase[0]) * u[1]
@@ -474,9 +465,7 @@ class SinusoidTasks:
         self, n_tasks: int, k_support: int, k_query: int, generator: torch.Generator | None = None
     ) -> tuple[TaskBatch, Tensor, Tensor]:
         """A meta-batch (``k_support`` training and ``k_query`` held-out points per task), amplitudes, phases."""
-        for name, value in (("k_support", k_support), ("k_query", k_query)):
-            if value < 1:
-                raise ValueError(f"{name}={value} must be at least 1 point per task.")
+        k_support, k_query = validation.whole_number("k_support", k_support, 1), validation.whole_number("k_query", k_query, 1)
         amplitude, phase = self.sample_functions(n_tasks, generator)
         x = self.sample_x(n_tasks, k_support + k_query, generator)
         y = self.evaluate(amplitude, phase, x)
@@ -503,7 +492,7 @@ def pretrain_jointly(
     """
     from tqdm.auto import tqdm
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = validation.torch_generator(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     device = next(model.parameters()).device
     losses = []
@@ -670,21 +659,20 @@ def validation_queries(k_shot: int) -> int:
 def check_omniglot_run(run: OmniglotRun, name: Callable[[str], str] = str) -> None:
     """Raise ``ValueError`` (one sentence) unless ``run`` can train; ``name`` spells each setting
     in the message (``str`` for the field, :func:`helpers.commands.flag` for the option)."""
-    from . import checks
     from .episodes import OMNIGLOT_CLASSES, OMNIGLOT_DRAWINGS
 
     for field_name in ("inner_lr", "meta_lr"):
-        checks.positive_number(name(field_name), getattr(run, field_name), 0.4 if field_name == "inner_lr" else 0.001)
+        validation.positive_number(name(field_name), getattr(run, field_name), 0.4 if field_name == "inner_lr" else 0.001)
     if run.minutes is not None:
-        checks.positive_number(name("minutes"), run.minutes, 20)
+        validation.positive_number(name("minutes"), run.minutes, 20)
     for field_name, low in (("train_steps", 0), ("eval_steps", 0), ("meta_batch", 1), ("meta_steps", 1), ("val_every", 1),
                             ("val_episodes", 1), ("k_shot", 1), ("n_query", 1)):
-        checks.whole_number(name(field_name), getattr(run, field_name), low)
-    checks.whole_number(name("n_way"), run.n_way, 2, min(OMNIGLOT_CLASSES["vinyals-train"], OMNIGLOT_CLASSES["vinyals-val"]))
+        validation.whole_number(name(field_name), getattr(run, field_name), low)
+    validation.whole_number(name("n_way"), run.n_way, 2, min(OMNIGLOT_CLASSES["vinyals-train"], OMNIGLOT_CLASSES["vinyals-val"]))
     if run.k_shot + run.n_query > OMNIGLOT_DRAWINGS:
         raise ValueError(f"{name('k_shot')} {run.k_shot} plus {name('n_query')} {run.n_query} is {run.k_shot + run.n_query} "
                          f"images per class, but every Omniglot class has {OMNIGLOT_DRAWINGS}; use at most {OMNIGLOT_DRAWINGS} together.")
-    checks.seed(run.seed, name("seed"))
+    validation.seed(run.seed, name("seed"))
     resolve_mode(run.mode, "cpu")
 
 
@@ -827,6 +815,7 @@ def sinusoid_report(
     Each task is adapted on its K points and scored on ``n_eval_points`` fresh points in [-5, 5].
     Returns ``{name: {K: [mse after 0 steps, after 1 step, ...]}}``.
     """
+    seed = validation.seed(seed)
     tasks, out = SinusoidTasks(), {name: {} for name in models}
     for k in shots:
         batch, _, _ = tasks.sample(n_tasks, k, n_eval_points, torch.Generator().manual_seed(seed + k))
@@ -851,7 +840,7 @@ def train_sinusoid(
     from .device import seed_everything
 
     seed_everything(seed)
-    tasks, generator = SinusoidTasks(), torch.Generator().manual_seed(seed)
+    tasks, generator = SinusoidTasks(), validation.torch_generator(seed)
     learner = MAML(sinusoid_net(), inner_lr, outer_lr, inner_steps, first_order, F.mse_loss)
     losses: list[float] = []
     maml_seconds = 0.0
@@ -964,7 +953,7 @@ def _omniglot_settings(args) -> dict:
 
 def validate_arguments(args) -> None:
     """Every argument, checked before any data is loaded (``ValueError``)."""
-    from . import checks, commands
+    from . import commands
 
     commands.run_options(args)
     if args.task == "sinusoid":
@@ -975,7 +964,7 @@ def validate_arguments(args) -> None:
         commands.whole(args, "k", 1)
     else:
         if args.paper and args.n_way not in PAPER_OMNIGLOT:
-            raise ValueError(f"--paper knows the paper's settings for --n-way 5 and 20, not {checks.show(args.n_way)}.")
+            raise ValueError(f"--paper knows the paper's settings for --n-way 5 and 20, not {validation.show(args.n_way)}.")
         check_omniglot_run(OmniglotRun(**_omniglot_settings(args)), commands.flag)
     commands.writable_target(Path(args.out))
 

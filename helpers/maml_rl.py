@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from . import validation
 from .maml import Params, inner_adapt, parameters_of
 from .nets import mlp
 
@@ -60,8 +61,7 @@ PAPER_MAML_RETURNS = {0: -40.41, 1: -11.68, 2: -3.33, 3: -3.23}
 
 def sample_goals(n_goals: int, generator: torch.Generator | None = None) -> Tensor:
     """``n_goals`` goals drawn uniformly from the unit square ``[-0.5, 0.5]^2``: shape ``(n_goals, 2)``."""
-    if not isinstance(n_goals, int) or n_goals < 1:
-        raise ValueError(f"n_goals={n_goals} must be a whole number >= 1.")
+    n_goals = validation.whole_number("n_goals", n_goals, 1)
     return GOAL_LOW + (GOAL_HIGH - GOAL_LOW) * torch.rand(n_goals, 2, generator=generator)
 
 
@@ -96,12 +96,9 @@ class PointNavigation:
         if goals.ndim != 2 or goals.shape[1] != 2:
             raise ValueError(f"goals must have shape (n, 2); got {tuple(goals.shape)}.")
         _check_whole("horizon", horizon, 1)
-        if reward not in REWARDS:
-            raise ValueError(f"reward={reward!r} must be one of {REWARDS}.")
-        if not max_action > 0:
-            raise ValueError(f"max_action={max_action} must be positive, e.g. 0.1.")
-        if not goal_radius >= 0:
-            raise ValueError(f"goal_radius={goal_radius} must be >= 0, e.g. 0.01.")
+        validation.one_of("reward", reward, REWARDS)
+        validation.positive_number("max_action", max_action, 0.1)
+        validation.number_in_range("goal_radius", goal_radius, 0, example=0.01)
         self.goals, self.horizon, self.reward = goals, int(horizon), reward
         self.max_action, self.goal_radius = float(max_action), float(goal_radius)
         self.reset()
@@ -151,8 +148,7 @@ class GaussianMLPPolicy(nn.Module):
 
     def __init__(self, hidden: Sequence[int] = (100, 100), init_std: float = 1.0) -> None:
         super().__init__()
-        if not init_std > 0:
-            raise ValueError(f"init_std={init_std} must be positive, e.g. 1.0.")
+        validation.positive_number("init_std", init_std, 1.0)
         self.mean = mlp([2, *hidden, 2])
         self.log_std = nn.Parameter(torch.full((2,), math.log(init_std)))
 
@@ -280,8 +276,7 @@ def rollout(
 
 def discounted_returns(rewards: Tensor, gamma: float = 0.99) -> Tensor:
     """Reward-to-go ``G_t = r_t + gamma r_{t+1} + gamma^2 r_{t+2} + ...`` along the last axis."""
-    if not 0 <= gamma <= 1:
-        raise ValueError(f"gamma={gamma} must be in [0, 1].")
+    validation.number_in_range("gamma", gamma, 0, 1)
     out = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[..., 0])
     for t in reversed(range(rewards.shape[-1])):
@@ -358,10 +353,8 @@ class RLSettings:
     def __post_init__(self) -> None:
         _check_whole("n_trajectories", self.n_trajectories, 2)
         _check_whole("horizon", self.horizon, 1)
-        if self.reward not in REWARDS:
-            raise ValueError(f"reward={self.reward!r} must be one of {REWARDS}.")
-        if not 0 <= self.gamma <= 1:
-            raise ValueError(f"gamma={self.gamma} must be in [0, 1].")
+        validation.one_of("reward", self.reward, REWARDS)
+        validation.number_in_range("gamma", self.gamma, 0, 1)
 
 
 def policy_gradient_step(
@@ -484,16 +477,14 @@ def meta_train(
     _check_whole("iterations", iterations, 0)
     _check_whole("meta_batch", meta_batch, 1)
     _check_whole("inner_steps", inner_steps, 0)
-    from .checks import is_number, show
     from .runs import check_finite
 
-    for name, value in (("inner_lr (alpha)", inner_lr), ("outer_lr (beta)", outer_lr)):
-        if not (is_number(value) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name}={show(value)} must be a positive number, e.g. 0.1 for alpha or 0.001 for beta.")
+    validation.positive_number("inner_lr (alpha)", inner_lr, 0.1)
+    validation.positive_number("outer_lr (beta)", outer_lr, 0.001)
     settings = settings or RLSettings()
     history = history or MetaHistory()
     optimizer = optimizer or torch.optim.Adam(policy.parameters(), lr=float(outer_lr))
-    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    generator = generator if generator is not None else validation.torch_generator(seed)
     device = next(policy.parameters()).device
     label = "MAML meta-training" if inner_steps else "pretraining (no inner step)"
     bar = tqdm(range(iterations), desc=label, disable=not progress)
@@ -551,7 +542,7 @@ def adaptation_returns(
     """
     settings = settings or RLSettings()
     _check_whole("max_steps", max_steps, 0)
-    generator = torch.Generator().manual_seed(seed)
+    generator = validation.torch_generator(seed)
     current: Params | list[Params] = {k: v.detach() for k, v in parameters_of(policy).items()}
     sampled, params = [], []
     for step in range(max_steps + 1):
@@ -718,7 +709,7 @@ def train_command(args, device: torch.device, command: str) -> dict:
     # Held-out goals from a seed no training or selection batch used.
     goals = sample_goals(args.eval_goals, torch.Generator().manual_seed(10_000 + args.seed))
     result = adaptation_returns(policy, goals, args.inner_lr, 3, rl, seed=1)
-    validation = {str(k): dict(zip(("mean", "ci95"), confidence_interval(r.tolist()))) for k, r in enumerate(result.returns)}
+    returns_after_steps = {str(k): dict(zip(("mean", "ci95"), confidence_interval(r.tolist()))) for k, r in enumerate(result.returns)}
     selection_text = (f"every 10 iterations, mean return after {select_steps} step(s) on {args.select_goals} goals "
                       f"from sample_goals(seed={20_000 + args.seed})")
     record = checkpoints.make_record(
@@ -726,12 +717,12 @@ def train_command(args, device: torch.device, command: str) -> dict:
         settings=settings, run_id=files.run_id, validation=selection_text,
         val_score=checkpoints.score(best[0], step=best[1], metric="return"),
         history={"pre_return": [round(x, 3) for x in history.pre_return], "post_return": [round(x, 3) for x in history.post_return]},
-        results={"iterations_done": len(history.pre_return), "kept_iteration": best[1], "validation_return_after_steps": validation},
+        results={"iterations_done": len(history.pre_return), "kept_iteration": best[1], "validation_return_after_steps": returns_after_steps},
         wall_seconds=commands.wall_seconds(files, args), train_seconds=seconds,
         threads=torch.get_num_threads(), torch=torch.__version__, iterations_done=len(history.pre_return), kept_iteration=best[1],
         selection=selection_text, selection_curve=selection,
         validation_goals=f"{args.eval_goals} goals from sample_goals(seed={10_000 + args.seed})",
-        validation_return_after_steps=validation,
+        validation_return_after_steps=returns_after_steps,
     )
     written = save_policy(policy, args.out, record, saver=files.saver)
     files.finish()
@@ -750,9 +741,7 @@ main = _main
 
 
 def _check_whole(name: str, value: object, low: int) -> None:
-    from .checks import whole_number
-
-    whole_number(name, value, low)
+    validation.whole_number(name, value, low)
 
 
 if __name__ == "__main__":

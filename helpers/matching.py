@@ -32,8 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validation
 from .episodes import Episode
-from .fewshot import EvalResult, FewShotMethod, confidence_interval, cosine_similarity
+from .fewshot import (
+    EvalResult,
+    FewShotMethod,
+    confidence_interval,
+    cosine_similarity,
+    declared_image_shape,
+)
 from .nets import Conv4
 
 # --------------------------------------------------------------------------------------------
@@ -116,8 +123,7 @@ class AttentionLSTM(nn.Module):
 
     def __init__(self, dim: int = 64, processing_steps: int = 5) -> None:
         super().__init__()
-        check_processing_steps(processing_steps)
-        self.dim, self.processing_steps = dim, int(processing_steps)
+        self.dim, self.processing_steps = dim, check_processing_steps(processing_steps)
         self.input_gates = nn.Linear(dim, 4 * dim)  # W x + b for the four gates
         self.state_gates = nn.Linear(2 * dim, 4 * dim, bias=False)  # U [h, r]
 
@@ -156,18 +162,14 @@ class AttentionLSTM(nn.Module):
         return (h, reads) if return_reads else h
 
 
-def check_scale(scale: float) -> None:
-    """Raise ``ValueError`` unless the attention scale is a positive number."""
-    if isinstance(scale, bool) or not np.isfinite(float(scale)) or float(scale) <= 0:
-        raise ValueError(f"scale={scale} must be a positive number (1 is the paper's cosine softmax; try 1 to 30).")
+def check_scale(scale: float) -> float:
+    """The attention scale s as a float, if it is a positive finite number (the paper's is 1)."""
+    return validation.positive_number("scale", scale, 10)
 
 
-def check_processing_steps(processing_steps: int) -> None:
-    """Raise ``ValueError`` unless T is a whole number >= 1."""
-    if isinstance(processing_steps, bool) or not float(processing_steps).is_integer() or processing_steps < 1:
-        raise ValueError(
-            f"processing_steps={processing_steps} must be a whole number >= 1 (the paper's T; try 1 to 10)."
-        )
+def check_processing_steps(processing_steps: int) -> int:
+    """T, the attention LSTM's processing steps, as an int, if it is a whole number >= 1."""
+    return validation.whole_number("processing_steps", processing_steps, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,11 +197,12 @@ class MatchingNetwork(FewShotMethod, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         self.encoder = encoder if encoder is not None else Conv4()
+        self.image_shape = declared_image_shape(self.encoder)
         dim = getattr(self.encoder, "out_features", 64)
-        self.fce = bool(fce)
-        self.processing_steps = int(processing_steps)
-        check_processing_steps(processing_steps)
-        check_scale(scale)
+        self.fce = validation.boolean("fce", fce)
+        self.processing_steps = check_processing_steps(processing_steps)
+        scale = check_scale(scale)
+        learn_scale = validation.boolean("learn_scale", learn_scale)
         # the attention is softmax(s * cosine); s is stored as log s, so that it stays positive
         # when it is learned, and it is saved in the checkpoint either way
         self.log_scale = nn.Parameter(torch.tensor(float(np.log(scale))), requires_grad=bool(learn_scale))
@@ -289,6 +292,7 @@ def evaluate_embedded(model: MatchingNetwork, embeddings: torch.Tensor, episodes
     """
     from tqdm.auto import tqdm
 
+    episodes = validation.episodes(episodes)
     device = model.device
     embeddings = embeddings.to(device)
     accuracies = []

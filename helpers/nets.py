@@ -22,7 +22,9 @@ class Conv4(nn.Module):
     """Four conv blocks, as in Vinyals et al. (2016) and Snell et al. (2017).
 
     A ``(batch, 1, 28, 28)`` image shrinks 28 -> 14 -> 7 -> 3 -> 1, so the output is a
-    ``(batch, hidden)`` embedding: 64-d with the default width.
+    ``(batch, hidden)`` embedding: 64-d with the default width. ``image_shape`` declares that
+    size, ``(in_channels, 28, 28)`` (``None`` for other depths): the few-shot methods built on a
+    Conv-4 refuse other images with one sentence (:class:`helpers.fewshot.FewShotMethod`).
     """
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4) -> None:
@@ -30,6 +32,7 @@ class Conv4(nn.Module):
         channels = [in_channels] + [hidden] * depth
         self.blocks = nn.Sequential(*[conv_block(a, b) for a, b in zip(channels[:-1], channels[1:])])
         self.out_features = hidden
+        self.image_shape = (in_channels, 28, 28) if depth == 4 else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.blocks(images).flatten(start_dim=1)

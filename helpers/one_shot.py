@@ -25,18 +25,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import CHECKPOINT_DIR
+from . import CHECKPOINT_DIR, validation
 from .episodes import FewShotDataset, float_images
-from .fewshot import FewShotMethod, cosine_similarity, embed_in_batches, prototypes
+from .fewshot import (
+    FewShotMethod,
+    cosine_similarity,
+    declared_image_shape,
+    embed_in_batches,
+    prototypes,
+)
 from .nets import Conv4
 
 METRICS = ("cosine", "euclidean")
 ONE_SHOT_CHECKPOINT = CHECKPOINT_DIR / "oneshot_conv4_background.pt"
 
 
-def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of :data:`METRICS`; else one sentence naming it."""
+    return validation.one_of("metric", metric, METRICS)
 
 
 def similarity(queries: torch.Tensor, stored: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
@@ -88,7 +94,7 @@ def _shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
 
 def split_per_class(dataset: FewShotDataset, val_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices of training and validation images: ``val_per_class`` held out of every class."""
-    rng = np.random.default_rng(seed)
+    rng = validation.numpy_rng(seed)
     train, val = [], []
     for c in range(dataset.n_classes):
         members = rng.permutation(dataset.members(c))
@@ -134,14 +140,14 @@ def pretrain_classifier(
     """
     from tqdm.auto import tqdm
 
-    from . import checks, runs
+    from . import runs
 
-    checks.whole_number("epochs", epochs, 1)
-    checks.positive_number("lr", lr, 0.002)
-    checks.whole_number("batch_size", batch_size, 1)
-    checks.whole_number("val_per_class", val_per_class, 0, int(dataset.class_sizes().min()) - 1)
-    checks.whole_number("max_shift", max_shift, 0)
-    torch.manual_seed(seed)
+    validation.whole_number("epochs", epochs, 1)
+    validation.positive_number("lr", lr, 0.002)
+    validation.whole_number("batch_size", batch_size, 1)
+    validation.whole_number("val_per_class", val_per_class, 0, int(dataset.class_sizes().min()) - 1)
+    validation.whole_number("max_shift", max_shift, 0)
+    torch.manual_seed(validation.seed(seed))
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = split_per_class(dataset, val_per_class, seed)
     images = float_images(dataset.images)
@@ -335,8 +341,8 @@ class NearestEmbedding(FewShotMethod):
     """
 
     def __init__(self, encoder: nn.Module, metric: str = "cosine") -> None:
-        check_metric(metric)
-        self.encoder, self.metric = encoder, metric
+        self.encoder, self.metric = encoder, check_metric(metric)
+        self.image_shape = declared_image_shape(encoder)
         self.device = next(encoder.parameters()).device
 
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
@@ -354,11 +360,12 @@ class RetrainedSoftmax(FewShotMethod):
     which is all the labelled data there is. With one image per class it memorises them.
     """
 
+    image_shape = (1, 28, 28)  # the Conv-4 of its SoftmaxClassifier
+
     def __init__(self, steps: int = 50, lr: float = 1e-2, device: torch.device | str = "cpu", seed: int = 0) -> None:
-        for name, value in (("steps", steps), ("lr", lr)):
-            if not value > 0:
-                raise ValueError(f"{name}={value} must be positive.")
-        self.steps, self.lr, self.device, self.seed = int(steps), float(lr), torch.device(device), seed
+        self.steps = validation.whole_number("steps", steps, 1)
+        self.lr = validation.positive_number("lr", lr, 0.01)
+        self.device, self.seed = torch.device(device), validation.seed(seed)
 
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
         torch.manual_seed(self.seed)

@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fewshot
-from .fewshot import FewShotMethod, cosine_similarity
+from . import fewshot, validation
+from .fewshot import FewShotMethod, cosine_similarity, declared_image_shape
 
 DISTANCES = ("euclidean", "cosine")
 
 
-def check_distance(distance: str) -> None:
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}.")
+def check_distance(distance: str, name: str = "distance") -> str:
+    """``distance`` if it is one of :data:`DISTANCES`; else one sentence naming it."""
+    return validation.one_of(name, distance, DISTANCES)
 
 
 def squared_euclidean(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -97,11 +97,13 @@ class ProtoNet(FewShotMethod):
 
     ``process_support_set`` embeds the support images and stores one prototype per class;
     ``scores`` returns ``-d(f(x), c_k)`` (or the scaled cosine) for each query and class.
+    Images must have the shape the encoder declares (a Conv-4: ``(1, 28, 28)``).
     """
 
     def __init__(self, encoder: nn.Module, distance: str = "euclidean", cosine_scale: float = 1.0, device: torch.device | None = None) -> None:
-        check_distance(distance)
-        self.encoder, self.distance, self.cosine_scale = encoder, distance, cosine_scale
+        self.distance = check_distance(distance)
+        self.cosine_scale = validation.positive_number("cosine_scale", cosine_scale, 10)
+        self.encoder, self.image_shape = encoder, declared_image_shape(encoder)
         self.device = torch.device(device) if device is not None else next(encoder.parameters()).device
         self.prototypes: torch.Tensor | None = None
 
@@ -112,8 +114,6 @@ class ProtoNet(FewShotMethod):
         self.prototypes = fewshot.prototypes(self.embed(support_images), support_labels)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        if self.prototypes is None:
-            raise RuntimeError("call process_support_set before scores.")
         return class_scores(self.embed(query_images), self.prototypes, self.distance, self.cosine_scale)
 
 
@@ -128,7 +128,10 @@ class ZeroShotProtoNet(nn.Module, FewShotMethod):
     def __init__(self, image_encoder: nn.Module, metadata_dim: int, embedding_dim: int, metadata_encoder: nn.Module | None = None, distance: str = "euclidean") -> None:
         nn.Module.__init__(self)
         check_distance(distance)
+        validation.whole_number("metadata_dim", metadata_dim, 1)
+        validation.whole_number("embedding_dim", embedding_dim, 1)
         self.image_encoder = image_encoder
+        self.image_shape = declared_image_shape(image_encoder)
         self.metadata_encoder = metadata_encoder if metadata_encoder is not None else nn.Linear(metadata_dim, embedding_dim)
         self.distance = distance
         self.prototypes: torch.Tensor | None = None
@@ -149,13 +152,23 @@ class ZeroShotProtoNet(nn.Module, FewShotMethod):
         """``(loss, accuracy)`` of classifying ``images`` among the classes described by ``metadata``."""
         return prototypical_loss(self.image_encoder(images), labels, self.class_prototypes(metadata), self.distance)
 
+    def check_support(self, support_images, support_labels) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Here the "support images" are the classes' metadata vectors ``(n_way, metadata_dim)``."""
+        metadata = validation.vectors("support_images (the metadata vectors)", support_images, device=self.device)
+        labels = validation.labels("support_labels", support_labels, len(metadata), images_name="support_images", device=metadata.device)
+        return metadata, labels, int(labels.max()) + 1
+
+    def check_queries(self, query_images) -> torch.Tensor:
+        """Images of the shape the image encoder declares; with none declared, any finite input."""
+        if self.image_shape is None:
+            return validation.vectors("query_images", query_images, device=self.device)
+        return validation.images("query_images", query_images, self.image_shape, device=self.device)
+
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
         """``support_images`` here are the classes' metadata vectors ``(n_way, metadata_dim)``."""
         self.prototypes = fewshot.prototypes(self.class_prototypes(support_images), support_labels)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        if self.prototypes is None:
-            raise RuntimeError("call process_support_set with the class metadata before scores.")
         return class_scores(self.image_encoder(query_images.to(self.device)), self.prototypes, self.distance)
 
 
@@ -185,6 +198,7 @@ def evaluate_from_embeddings(embeddings: torch.Tensor, episodes, distance: str =
 
     from .fewshot import EvalResult, confidence_interval
 
+    episodes = validation.episodes(episodes)
     accuracies = [episode_accuracy_from_embeddings(embeddings, e, distance, cosine_scale) for e in tqdm(episodes, desc=desc, disable=not progress, leave=False)]
     if not accuracies:
         raise ValueError("evaluate_from_embeddings needs at least one episode.")
@@ -222,9 +236,10 @@ def train_zero_shot(
     """
     from tqdm.auto import tqdm
 
-    if steps < 1 or per_class < 1:
-        raise ValueError(f"steps={steps} and per_class={per_class} must both be at least 1.")
-    generator = torch.Generator().manual_seed(seed)
+    steps = validation.whole_number("steps", steps, 1)
+    per_class = validation.whole_number("per_class", per_class, 1)
+    lr = validation.positive_number("lr", lr, 0.001)
+    generator = validation.torch_generator(seed)
     members = [torch.nonzero(labels == k).flatten() for k in range(len(metadata))]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     device = model.device
@@ -288,14 +303,23 @@ def tsne_map(query_embeddings, query_labels, prototypes, class_names, prediction
 # ----------------------------------------------------------------------------- interactive panel
 
 
+#: What each setting of :func:`training_panel` may be, and the name a message gives it.
+PANEL_CONSTRAINTS = {
+    "lr": ("learning rate", validation.Positive(0.001)),
+    "episodes": ("episodes", validation.Whole(1)),
+    "distance": ("distance", validation.OneOf(*DISTANCES)),
+    "train_n_way": ("train N", validation.Whole(2)),
+    "test_n_way": ("test N", validation.Whole(2)),
+    "k_shot": ("K (shots)", validation.Whole(1)),
+}
+
+
 def check_panel_settings(values: dict, train_dataset, test_dataset, n_query: int) -> None:
     """Raise ``ValueError`` (one sentence) unless the panel's settings can run."""
-    from .checks import positive_number, whole_number
     from .episodes import check_episode_settings
 
-    positive_number("learning rate", values["lr"], 0.001)
-    whole_number("episodes", values["episodes"], 1)
-    check_distance(values["distance"])
+    for key, (name, constraint) in PANEL_CONSTRAINTS.items():
+        constraint.check(name, values[key])
     check_episode_settings(train_dataset, values["train_n_way"], values["k_shot"], n_query)
     check_episode_settings(test_dataset, values["test_n_way"], values["k_shot"], n_query)
 

@@ -35,6 +35,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+# the validation constraints, as "rules": train_siamese has an argument named validation
+from . import validation as rules  # noqa: E402
 from .device import quiet_tensorflow, set_threads  # noqa: E402
 from .fewshot import FewShotMethod  # noqa: E402
 
@@ -107,12 +109,11 @@ def make_pairs(
     if len(classes) < 2:
         raise ValueError(f"make_pairs needs at least 2 classes to build different pairs, got {len(classes)}.")
     largest_n = int(counts.min()) - 1
-    n = largest_n if pairs_per_class is None else int(pairs_per_class)
-    if not 1 <= n <= largest_n:
-        raise ValueError(f"pairs_per_class={pairs_per_class} must be between 1 and {largest_n} (the smallest class has {largest_n + 1} images).")
-    if not 0.0 <= same_group_fraction <= 1.0:
-        raise ValueError(f"same_group_fraction={same_group_fraction} must be between 0 and 1.")
-    rng = np.random.default_rng(seed)
+    if largest_n < 1:
+        raise ValueError(f"make_pairs needs at least 2 images of every class to build same pairs; the smallest class has {largest_n + 1}.")
+    n = largest_n if pairs_per_class is None else rules.whole_number("pairs_per_class", pairs_per_class, 1, largest_n)
+    rules.number_in_range("same_group_fraction", same_group_fraction, 0, 1)
+    rng = rules.numpy_rng(seed)
     members = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
     left, right, same, anchor = [], [], [], []
     for position, c in enumerate(classes):
@@ -222,8 +223,9 @@ def compile_siamese(model: keras.Model, learning_rate: float = 0.001, steps_per_
     (measured here: about 3x faster per epoch). The updates are the same batch by batch.
     ``None`` means 32, or 1 under the torch backend, which only supports 1.
     """
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate={learning_rate} must be positive; try 0.001.")
+    learning_rate = rules.positive_number("learning_rate", learning_rate, 0.001)
+    if steps_per_execution is not None:
+        rules.whole_number("steps_per_execution", steps_per_execution, 1)
     if steps_per_execution is None:
         steps_per_execution = 1 if keras.backend.backend() == "torch" else 32
     model.compile(
@@ -303,7 +305,7 @@ class PairBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, pairs: Pairs, batch_size: int, shuffle: bool, seed: int | None = None) -> None:
         super().__init__()
         self.images, self.pairs, self.batch_size, self.shuffle = images, pairs, batch_size, shuffle
-        self.rng = np.random.default_rng(np.random.randint(2**31) if seed is None else seed)
+        self.rng = np.random.default_rng(np.random.randint(2**31) if seed is None else rules.seed(seed))
         self.order = self.rng.permutation(len(pairs)) if shuffle else np.arange(len(pairs))
 
     def __len__(self) -> int:
@@ -335,10 +337,9 @@ def train_siamese(
     The pairs are shuffled every epoch (``seed``; ``None`` draws it from NumPy's global
     generator, which :func:`helpers.device.seed_everything` seeds).
     """
-    if not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
-        raise ValueError(f"epochs={epochs} must be a whole number >= 1.")
-    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
-        raise ValueError(f"batch_size={batch_size} must be a whole number >= 1.")
+    epochs = rules.whole_number("epochs", epochs, 1)
+    batch_size = rules.whole_number("batch_size", batch_size, 1)
+    rules.seed(seed, allow_none=True)
     # Batches are cut from the uint8 images as they are needed: the float images of all
     # 108,400 MNIST pairs would take 680 MB, and Keras would copy them again.
     batches = PairBatches(images, pairs, int(batch_size), shuffle=True, seed=seed)
@@ -400,6 +401,10 @@ class SiameseOneShot(FewShotMethod):
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
+        # one twin's input is (H, W) (or (H, W, 1)): the images are (n, 1, H, W)
+        shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
+        shape = shape[:2] if len(shape) == 3 and shape[2] == 1 else shape
+        self.image_shape = (1, *shape) if len(shape) == 2 and all(shape) else None
 
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
         self.support_images = _to_numpy_images(support_images)
@@ -540,7 +545,7 @@ def within_alphabet_episodes(images: np.ndarray, alphabets: np.ndarray, n_way: i
     """
     from .episodes import Episode, float_images
 
-    rng = np.random.default_rng(seed)
+    rng = rules.numpy_rng(seed)
     episodes = []
     for alphabet in np.unique(alphabets):
         rows = np.flatnonzero(alphabets == alphabet)
@@ -588,8 +593,8 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     from .datasets import load_omniglot
     from .fewshot import evaluate
 
-    keras.utils.set_random_seed(seed)
-    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(rules.seed(seed))
+    rng = rules.numpy_rng(seed)
     omniglot = load_omniglot(28)
     rows = np.flatnonzero(omniglot.background)
     alphabets = np.array([omniglot.alphabets[r] for r in rows])

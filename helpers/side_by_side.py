@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validation
 from .episodes import Episode, FewShotDataset, sampled_episodes
 from .fewshot import EvalResult, FewShotMethod, confidence_interval, evaluate
 
@@ -40,10 +41,8 @@ def light_episodes(dataset: FewShotDataset, n_way: int, k_shot: int, n_query: in
     They are the episodes :func:`helpers.episodes.sample_episodes` draws with the same seed;
     :func:`with_pixels` fills in the images of one when a method needs them.
     """
-    episodes = sampled_episodes(dataset, n_way, k_shot, n_query, count, seed=seed)  # refuses impossible settings
-    if count < 1:
-        raise ValueError(f"count={count} must be at least 1.")
-    return list(episodes)
+    validation.whole_number("count", count, 1)
+    return list(sampled_episodes(dataset, n_way, k_shot, n_query, count, seed=seed))  # refuses impossible settings
 
 
 def with_pixels(dataset: FewShotDataset, episode: Episode) -> Episode:
@@ -62,8 +61,8 @@ def evaluate_on_pixels(
     """
     from tqdm.auto import tqdm
 
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be at least 1.")
+    validation.whole_number("chunk", chunk, 1)
+    episodes = validation.episodes(episodes)
     accuracies: list[np.ndarray] = []
     for start in tqdm(range(0, len(episodes), chunk), desc=desc, disable=not progress, leave=False):
         part = [with_pixels(dataset, e) for e in episodes[start : start + chunk]]

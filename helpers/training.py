@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoints, runs
+from . import checkpoints, runs, validation
 from .device import seed_everything
 from .episodes import Episode, EpisodeSampler, FewShotDataset, float_images
 from .fewshot import FewShotMethod, evaluate
@@ -162,12 +162,10 @@ def train_episodic(
     far is returned with ``interrupted=True`` (and, unless ``save_on_interrupt=False``, the
     last weights are saved when they would have been at the end).
     """
-    if not isinstance(n_episodes, (int, np.integer)) or isinstance(n_episodes, bool) or n_episodes < 0:
-        raise ValueError(f"n_episodes={n_episodes!r} must be a whole number >= 0.")
-    if not isinstance(val_every, (int, np.integer)) or isinstance(val_every, bool) or val_every < 1:
-        raise ValueError(f"val_every={val_every!r} must be a whole number >= 1.")
-    if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}.")
+    n_episodes = validation.whole_number("n_episodes", n_episodes, 0)
+    val_every = validation.whole_number("val_every", val_every, 1)
+    validation.one_of("keep", keep, ("best", "last"))
+    validation.seed(seed, allow_none=True)
     if (val_method is None) != (not val_episodes):
         raise ValueError("give both val_method and val_episodes, or neither.")
     from tqdm.auto import tqdm

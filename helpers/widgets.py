@@ -4,7 +4,9 @@ Every notebook's panel is a :class:`Panel`, made by a function of :mod:`helpers.
 settings raise ``ValueError`` (episode settings raise :class:`helpers.episodes.EpisodeError`, a
 ``ValueError``) somewhere in the helpers; the panel turns that into one line of text instead of
 a traceback. A figure that is redrawn while a panel runs (a training curve) is a
-:class:`LivePlot`. Nothing here knows a method: ``panels`` imports this module and the methods,
+:class:`LivePlot`. A panel may also declare its controls' constraints
+(``constraints={"lr": validation.Positive(0.001)}``, the rules of :mod:`helpers.validation`),
+checked before it runs. Nothing here knows a method: ``panels`` imports this module and the methods,
 never the reverse.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 import ipywidgets as w
 from IPython.display import clear_output, display
 
+from . import validation
 from .datasets import DatasetError
 
 
@@ -27,6 +30,8 @@ class Panel:
     ``controls`` maps a parameter name to a widget with a ``.value``; ``on_run`` receives
     ``{name: value}`` and draws into the panel's output area. With ``auto=True`` the panel
     also runs whenever a control changes (for cheap actions such as drawing an episode).
+    ``constraints`` maps control names to :class:`helpers.validation.Constraint` objects: those
+    values are checked (a message names the control by its label) before ``on_run`` sees them.
     Display the panel before running it, so that progress bars and live plots are seen while
     they change. ``on_run`` shows its figures with :meth:`show` or :meth:`live_plot`, which keep
     them in :attr:`figures` for tests and readers to look at.
@@ -39,9 +44,14 @@ class Panel:
         on_run: Callable[[dict[str, Any]], None],
         run_label: str = "Run",
         auto: bool = False,
+        constraints: Mapping[str, validation.Constraint] | None = None,
     ) -> None:
         self.controls = dict(controls)
         self.on_run = on_run
+        unknown = sorted(set(constraints or {}) - set(self.controls))
+        if unknown:
+            raise KeyError(f"constraints name {unknown}, which are not controls; the controls are {list(self.controls)}")
+        self.constraints = dict(constraints or {})
         #: The one-line refusal of the last run, or "" when it ran.
         self.last_error = ""
         #: The matplotlib figures the last run showed, in order (empty after a refusal).
@@ -71,6 +81,11 @@ class Panel:
     def values(self) -> dict[str, Any]:
         return {name: control.value for name, control in self.controls.items()}
 
+    def checked_values(self) -> dict[str, Any]:
+        """:meth:`values` after the declared ``constraints`` (``ValueError``: one sentence)."""
+        labels = {name: getattr(control, "description", "") or name for name, control in self.controls.items()}
+        return validation.check_all(self.values(), self.constraints, labels)
+
     def run(self) -> bool:
         """Run once with the current values; return False (and say why) on bad settings."""
         self.message.value = ""
@@ -84,7 +99,7 @@ class Panel:
                 # Caught inside the Output context on purpose: in a Jupyter kernel,
                 # Output.__exit__ swallows exceptions and prints a traceback instead.
                 try:
-                    self.on_run(self.values())
+                    self.on_run(self.checked_values())
                 except (ValueError, DatasetError) as exc:
                     error = exc
                 if error is not None:
@@ -218,7 +233,14 @@ def checkbox(name: str, value: bool) -> w.Checkbox:
     return w.Checkbox(value=bool(value), description=name, indent=False)
 
 
-def check_positive(name: str, value: float) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` > 0 (learning rates, step counts)."""
-    if not value > 0:
-        raise ValueError(f"{name}={value} must be positive; try a small positive number such as 0.001.")
+def check_positive(name: str, value: float, example: float | None = None) -> float:
+    """``value`` if it is > 0; else ``ValueError`` (one sentence) naming ``name``.
+
+    A whole number (an ``int_slider``'s value: steps, episodes, shots) is a count and must be a
+    whole number >= 1; any other value (a ``float_box``: a learning rate, a scale) must be a
+    positive finite number, ``example`` being suggested in the message. The rules are
+    :func:`helpers.validation.whole_number` and :func:`helpers.validation.positive_number`.
+    """
+    if validation.is_whole(value):
+        return validation.whole_number(name, value, 1)
+    return validation.positive_number(name, value, example)

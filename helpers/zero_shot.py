@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import CHECKPOINT_DIR
+from . import CHECKPOINT_DIR, validation
 from .datasets import FASHION_CLASSES
 from .episodes import float_images
 from .fewshot import cosine_similarity, embed_in_batches
@@ -179,8 +179,7 @@ def class_vectors(view: str, text_encoder=None) -> torch.Tensor:
 
     Without ``text_encoder`` the text views come from the saved cache (:data:`TEXT_CACHE`).
     """
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}.")
+    validation.one_of("view", view, VIEWS)
     if view == "attributes":
         return attribute_matrix()
     def text(kind: str, texts: Sequence[str]) -> torch.Tensor:
@@ -234,7 +233,7 @@ def make_split(
     n_classes = int(train_labels.max()) + 1
     unseen = check_unseen(unseen, n_classes)
     seen = tuple(c for c in range(n_classes) if c not in unseen)
-    rng = np.random.default_rng(seed)
+    rng = validation.numpy_rng(seed)
     train, val = [], []
     for c in seen:
         members = rng.permutation(np.flatnonzero(train_labels == c))
@@ -300,13 +299,13 @@ def train_image_encoder(
     """
     from tqdm.auto import tqdm
 
-    for name, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):
-        if not value > 0:
-            raise ValueError(f"{name}={value} must be positive.")
+    epochs = validation.whole_number("epochs", epochs, 1)
+    lr = validation.positive_number("lr", lr, 0.001)
+    batch_size = validation.whole_number("batch_size", batch_size, 1)
     labels = np.asarray(labels)
     assert not np.isin(labels[split.train_indices], split.unseen).any(), "an unseen-class image leaked into training"
+    generator = validation.torch_generator(seed)
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     relabel = {c: i for i, c in enumerate(split.seen)}
     x_all = float_images(images[split.train_indices])
     y_all = torch.tensor([relabel[int(c)] for c in labels[split.train_indices]])
@@ -395,8 +394,9 @@ class ConSEMap(nn.Module):
         super().__init__()
         if head.out_features != len(seen_vectors):
             raise ValueError(f"the head has {head.out_features} outputs but {len(seen_vectors)} seen class vectors were given.")
-        if top is not None and not 1 <= top <= len(seen_vectors):
-            raise ValueError(f"top={top} must lie between 1 and the {len(seen_vectors)} seen classes.")
+        if top is not None:
+            top = validation.whole_number("top", top, 1, len(seen_vectors))
+        scale = validation.positive_number("scale", scale, 10)
         self.head = head
         self.register_buffer("seen_vectors", F.normalize(seen_vectors.float(), dim=-1))
         self.scale, self.top = scale, top
@@ -414,11 +414,10 @@ class ConSEMap(nn.Module):
         return self.scale * cosine_similarity(self.embed(features), class_vectors)
 
 
-def _check_training(lr: float, steps: int) -> None:
-    if not (isinstance(lr, (int, float)) and lr > 0 and np.isfinite(lr)):
-        raise ValueError(f"lr={lr} must be a positive number; try 0.01.")
-    if not steps >= 1:
-        raise ValueError(f"steps={steps} must be at least 1.")
+def _check_training(lr: float, steps: int, seed: int) -> None:
+    validation.positive_number("lr", lr, 0.01)
+    validation.whole_number("steps", steps, 1)
+    validation.seed(seed)
 
 
 def _check_seen_only(labels: np.ndarray, seen: Sequence[int], who: str) -> np.ndarray:
@@ -446,7 +445,7 @@ def train_compatibility(
     ids (``0..9``); ``vectors`` is the full ``(10, class_dim)`` table, of which only the seen
     rows are read.
     """
-    _check_training(lr, steps)
+    _check_training(lr, steps, seed)
     labels = _check_seen_only(labels, seen, "train_compatibility")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -479,10 +478,10 @@ def train_prototypes(
 ) -> PrototypeMap:
     """Train :class:`PrototypeMap` episodically: each step draws ``n_way`` seen classes and
     ``n_query`` images of each; the loss is cross-entropy over those classes' prototypes."""
-    _check_training(lr, steps)
+    _check_training(lr, steps, seed)
     seen = list(seen)
-    if not 2 <= n_way <= len(seen):
-        raise ValueError(f"n_way={n_way} must lie between 2 and the {len(seen)} seen classes.")
+    validation.whole_number("n_way", n_way, 2, len(seen))
+    validation.whole_number("n_query", n_query, 1)
     labels = _check_seen_only(labels, seen, "train_prototypes")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -644,6 +643,7 @@ def prepare_split(
 
 def fit_map(prepared: PreparedSplit, vectors: torch.Tensor, form: str = "compatibility", lr: float = 0.01, steps: int = 300, seed: int = 0, **kwargs) -> nn.Module:
     """Train the chosen zero-shot form on the prepared seen-class features."""
+    validation.one_of("form", form, FORMS)
     if form == "compatibility":
         return train_compatibility(prepared.train_features, prepared.train_labels, prepared.split.seen, vectors, lr=lr, steps=steps, seed=seed, **kwargs)
     if form == "conse":  # nothing to train: the encoder's seen-class softmax is the map

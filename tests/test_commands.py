@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import checks
+from helpers import validation
 from helpers.device import DeviceError, pick_device, seed_everything
 
 # ----------------------------------------------------------------------------- the API
@@ -54,8 +54,8 @@ def test_episode_samplers_name_a_bad_seed(seed):
 
 def test_numpy_numbers_are_numbers():
     seed_everything(np.int64(3))
-    assert checks.positive_number("lr", np.float32(0.01)) == pytest.approx(0.01)
-    assert checks.whole_number("n_way", np.int32(5), 2) == 5
+    assert validation.positive_number("lr", np.float32(0.01)) == pytest.approx(0.01)
+    assert validation.whole_number("n_way", np.int32(5), 2) == 5
     from helpers.maml import MAML, sinusoid_net
 
     learner = MAML(sinusoid_net(), inner_lr=np.float32(0.01), outer_lr=np.float64(1e-3), inner_steps=np.int64(1))
@@ -63,14 +63,14 @@ def test_numpy_numbers_are_numbers():
 
 
 @pytest.mark.parametrize(("call", "message"), [
-    (lambda: checks.positive_number("lr", float("inf")), "lr=inf must be a positive finite number"),
-    (lambda: checks.positive_number("lr", 0), "lr=0 must be a positive finite number"),
-    (lambda: checks.positive_number("lr", "0.1"), "lr='0.1' must be a positive finite number"),
-    (lambda: checks.whole_number("episodes", 0, 1), "episodes=0 must be a whole number >= 1"),
-    (lambda: checks.whole_number("steps", 1.5, 0), "steps=1.5 must be a whole number >= 0"),
-    (lambda: checks.whole_number("n_way", 9, 2, 5), "n_way=9 must be a whole number between 2 and 5"),
+    (lambda: validation.positive_number("lr", float("inf")), "lr=inf must be a positive finite number"),
+    (lambda: validation.positive_number("lr", 0), "lr=0 must be a positive finite number"),
+    (lambda: validation.positive_number("lr", "0.1"), "lr='0.1' must be a positive finite number"),
+    (lambda: validation.whole_number("episodes", 0, 1), "episodes=0 must be a whole number >= 1"),
+    (lambda: validation.whole_number("steps", 1.5, 0), "steps=1.5 must be a whole number >= 0"),
+    (lambda: validation.whole_number("n_way", 9, 2, 5), "n_way=9 must be a whole number between 2 and 5"),
 ])
-def test_checks_name_the_parameter_its_value_and_the_range(call, message):
+def test_constraints_name_the_parameter_its_value_and_the_range(call, message):
     with pytest.raises(ValueError) as caught:
         call()
     assert str(caught.value).startswith(message) and str(caught.value).endswith(".")

@@ -79,10 +79,11 @@ def test_every_class_gets_drawn_over_many_episodes():
     [
         (7, 1, 1, ["n_way=7", "6 classes", "n_way <= 6"]),
         (3, 5, 3, ["k_shot + n_query", "= 8", "7 images", "<= 7"]),
-        (1, 1, 1, ["n_way=1", "n_way >= 2"]),
-        (3, 0, 1, ["k_shot=0", "k_shot >= 1"]),
-        (3, 1, 0, ["n_query=0", "n_query >= 1"]),
-        (3, 1.5, 1, ["k_shot must be a whole number", "1.5"]),
+        (1, 1, 1, ["n_way=1 must be a whole number >= 2."]),
+        (3, 0, 1, ["k_shot=0 must be a whole number >= 1."]),
+        (3, 1, 0, ["n_query=0 must be a whole number >= 1."]),
+        (3, 1.5, 1, ["k_shot=1.5 must be a whole number >= 1."]),
+        (3, "2", 1, ["k_shot='2' must be a whole number >= 1."]),
     ],
 )
 def test_impossible_episodes_are_refused_with_parameter_value_and_limit(n_way, k_shot, n_query, fragments):

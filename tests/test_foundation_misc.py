@@ -41,7 +41,7 @@ def test_mlp_layers():
 
 
 def test_check_positive_names_the_parameter():
-    with pytest.raises(ValueError, match="inner_lr=-0.1 must be positive"):
+    with pytest.raises(ValueError, match=r"^inner_lr=-0\.1 must be a positive finite number\.$"):
         widgets.check_positive("inner_lr", -0.1)
 
 

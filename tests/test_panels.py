@@ -145,7 +145,7 @@ def test_zero_shot_split_bars_are_the_printed_accuracies_and_the_encoder_is_trai
     assert panel.figures[0].axes[0].get_title().endswith("; attributes")
     assert prepared == [(1, 7)]  # Trouser and Sneaker; changing the view reused the encoder
     messages = refusals(panel, {"map lr": 0.0}, {"images/class": 10}, {"unseen": ("Bag",)})
-    assert messages[0].startswith("map lr=0.0 must be positive")
+    assert messages[0].startswith("map lr=0.0 must be a positive finite number")
     assert messages[1] == "images/class=10 must lie between 20 and 5000."
     assert "at least 2 unseen classes" in messages[2]
 
@@ -175,7 +175,7 @@ def test_database_lookup_shows_the_query_and_its_best_matches_in_order(needs_dat
     assert "database of 5 × 3, euclidean" in panel.figures[0]._suptitle.get_text()
     assert refused_before_drawing(panel, **{"N (classes)": 1}) == "N=1 must lie between 2 and the 30 characters there are to choose from."
     assert refused_before_drawing(panel, **{"K (stored)": 20}).startswith("K=20 must lie between 1 and 19")
-    assert refused_before_drawing(panel, **{"retrain lr": -1.0}).startswith("retrain lr=-1.0 must be positive")
+    assert refused_before_drawing(panel, **{"retrain lr": -1.0}).startswith("retrain lr=-1.0 must be a positive finite number")
     ran(panel)
 
 
@@ -199,8 +199,8 @@ def test_matching_training_redraws_the_loss_and_tests_at_the_end(small_omniglot,
     assert "FCE with T = 1" in panel.figures[-1].axes[0].get_title()
     messages = refusals(panel, {"K": 18}, {"learning rate": -0.01}, {"scale s": 0.0})
     assert "k_shot + n_query" in messages[0]
-    assert messages[1].startswith("learning rate=-0.01 must be positive")
-    assert messages[2].startswith("scale s=0.0 must be positive")
+    assert messages[1].startswith("learning rate=-0.01 must be a positive finite number")
+    assert messages[2].startswith("scale s=0.0 must be a positive finite number")
 
 
 # --------------------------------------------------------------------------- 05 Siamese networks
@@ -218,7 +218,7 @@ def test_siamese_held_out_refuses_bad_digits_and_trains_a_twin(needs_data, capsy
     ]:
         assert refused_before_drawing(panel, held_out=text) == expected
     assert refused_before_drawing(panel, epochs=0) == "epochs=0 must be at least 1."
-    assert refused_before_drawing(panel, learning_rate=0.0).startswith("learning_rate=0.0 must be positive")
+    assert refused_before_drawing(panel, learning_rate=0.0).startswith("learning_rate=0.0 must be a positive finite number")
     assert "n_way=6" in refused_before_drawing(panel, n_way=6)  # 6 ways over 5 held-out digits
     panel.controls["held_out"].value = " 7, 9 ,8"
     panel.controls["n_way"].value = 3
@@ -331,7 +331,7 @@ def test_maml_rl_adaptation_draws_paths_and_returns_and_leaves_the_policies_alon
     assert len(curve.axes[0].lines[0].get_ydata()) == 1 and len(paths.axes) == 3
     assert all(torch.equal(v, before[k]) for k, v in maml_policy.state_dict().items())  # trained a copy
     messages = refusals(panel, {"alpha": -0.1}, {"goal x": 0.8})
-    assert messages[0].startswith("alpha=-0.1 must be positive")
+    assert messages[0].startswith("alpha=-0.1 must be a positive finite number")
     assert messages[1] == "goal x=0.8 is outside the unit square the goals come from; pick a value in [-0.5, 0.5]."
 
 
@@ -362,7 +362,7 @@ def test_fast_methods_bars_are_each_methods_accuracy_on_the_same_episodes(small_
     assert [bar.get_width() for bar in ax.patches] == pytest.approx([100 * r.mean for r in expected])
     assert ax.get_title() == "5-way 1-shot, 4 episodes, 5 queries per class"
     messages = refusals(panel, {"K": 18}, {"episodes": 0})
-    assert "k_shot + n_query" in messages[0] and messages[1] == "count=0 must be at least 1."
+    assert "k_shot + n_query" in messages[0] and messages[1] == "count=0 must be a whole number >= 1."
 
 
 # --------------------------------------------------------------------------- layers

@@ -145,7 +145,7 @@ def default_threads(cpus: int | None = None) -> int:
 
 
 def set_threads(threads: int | None = None) -> int:
-    """Set PyTorch's CPU threads (and TensorFlow's, if it is imported and not yet started).
+    """Set PyTorch's CPU threads (and NumPy's and scikit-learn's; TensorFlow's, if it is imported).
 
     ``threads=None`` takes ``METALEARN_THREADS`` when it is set, else :func:`default_threads`.
     Returns the number set.
@@ -159,6 +159,9 @@ def set_threads(threads: int | None = None) -> int:
     threads = default_threads() if threads is None else whole_number(source, threads, 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)  # NumPy's BLAS and scikit-learn's OpenMP (t-SNE) too
     if "tensorflow" in sys.modules:
         _set_tensorflow_threads(threads)
     return threads

@@ -45,6 +45,15 @@ class FewShotMethod(abc.ABC):
         """The most likely label in ``0 .. n_way - 1`` for each query image."""
         return self.scores(query_images).argmax(dim=-1)
 
+    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step of an episodic method: ``(loss, accuracy)`` on one training episode.
+
+        ``loss`` is differentiable with respect to the method's weights (what
+        :func:`helpers.training.train_episodic` minimises), ``accuracy`` the fraction of the
+        episode's queries labelled correctly. The episode is already on the method's device.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not trained episodically: it has no episode_loss.")
+
 
 class PixelNearestNeighbour(FewShotMethod):
     """Nearest neighbour in raw pixel space: the baseline every learned method must beat.

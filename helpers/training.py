@@ -206,9 +206,17 @@ class KeepBest:
 
 
 def _whole(name: str, value: Any, low: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}={value!r} must be a whole number >= {low}.")
-    return int(value)
+    from .checks import whole_number
+
+    return whole_number(name, value, low)
+
+
+def _seconds(name: str, value: Any) -> float:
+    from .checks import is_number, show
+
+    if not (is_number(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}={show(value)} must be a finite number of seconds >= 0.")
+    return float(value)
 
 
 def _mean_and_ci95(result: Any) -> tuple[float, float]:
@@ -286,8 +294,6 @@ class Loop:
         leave: bool = False,
         postfix: Callable[[History], dict] | None = None,
     ) -> None:
-        from .checks import positive_number
-
         if steps is not None:
             steps = _whole("steps", steps, 0)
         elif max_seconds is None:
@@ -295,7 +301,7 @@ class Loop:
         if val_every is not None:
             val_every = _whole("val_every", val_every, 1)
         if max_seconds is not None:
-            max_seconds = positive_number("max_seconds", max_seconds)
+            max_seconds = _seconds("max_seconds", max_seconds)
         self.steps, self.val_every, self.max_seconds = steps, val_every, max_seconds
         self.budget_every, self.sync_every = _whole("budget_every", budget_every, 1), _whole("sync_every", sync_every, 1)
         self.history = history if history is not None else History()

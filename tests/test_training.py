@@ -376,5 +376,7 @@ def test_loop_settings_are_checked():
         Loop(-1)
     with pytest.raises(ValueError, match=r"^val_every=0 must be a whole number >= 1\.$"):
         Loop(3, val_every=0)
-    with pytest.raises(ValueError, match=r"^max_seconds=0 must be a positive finite number"):
-        Loop(3, max_seconds=0)
+    with pytest.raises(ValueError, match=r"^max_seconds=-1 must be a finite number of seconds >= 0\.$"):
+        Loop(3, max_seconds=-1)
+    with pytest.raises(ValueError, match=r"^budget_every=0 must be a whole number >= 1\.$"):
+        Loop(3, budget_every=0)

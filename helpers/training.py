@@ -353,9 +353,11 @@ class Loop:
         if not self.progress:
             return
         bar.update(done - bar.n)
+        if not self.history.loss:
+            return
         if self.postfix is not None:
             bar.set_postfix(self.postfix(self.history))
-        elif self.history.loss:
+        else:
             shown = {"loss": f"{np.mean(self.history.loss[-50:]):.3f}"}
             accuracy = [a for a in self.history.accuracy[-50:] if math.isfinite(a)]
             if accuracy:

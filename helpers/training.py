@@ -267,8 +267,9 @@ class Loop:
     * with ``interruptible``, ends on a ``KeyboardInterrupt`` (a notebook's stop button) with
       ``history.interrupted`` set, but saves no resumable state (a step may be half done);
       a ``KeyboardInterrupt`` after a stop request (a second Ctrl-C) always propagates;
-    * calls ``on_step(number, history)`` at the end of every step, and shows a progress bar
-      (``progress``; ``postfix(history)`` gives its numbers).
+    * calls ``on_step(number, history)`` at the end of every step (the step's own loss is in
+      the history when ``sync_every`` is 1), and shows a progress bar (``progress``;
+      ``postfix(history)`` gives its numbers).
     """
 
     def __init__(

@@ -58,27 +58,27 @@ def main() -> None:
     device = training_device(args.device, args.threads)  # as the training command does
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {describe_device(device)}; torch {torch.__version__}")
     data = omniglot_dataset("vinyals-trainval")
-    loss_function = protonet.make_episode_loss()
     print(f"{'setting':>22} | {'sample (ms)':>11} | {'compute (ms)':>12} | {'train_episodic (ms)':>19} | episodes/s")
     for n_way in args.n_way:
         for k_shot in args.k_shot:
             torch.manual_seed(0)
             encoder = Conv4().to(device)
+            method = protonet.ProtoNet(encoder)
             optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-3)
             sampler = DeviceEpisodeSampler(data, n_way, k_shot, args.n_query, device=device, seed=0)
             sample = timed(sampler.sample, args.episodes, device)
             fixed = sampler.sample()
 
-            def step(episode=fixed, encoder=encoder, optimizer=optimizer):
-                loss, _ = loss_function(encoder, episode)
+            def step(episode=fixed, method=method, optimizer=optimizer):
+                loss, _ = method.episode_loss(episode)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
 
             compute = timed(step, args.episodes, device)
-            train_episodic(encoder, loss_function, sampler, 5, optimizer, device=device, progress=False)  # warm-up
+            train_episodic(method, sampler, 5, optimizer, device=device, progress=False)  # warm-up
             synchronize(device)
-            history = train_episodic(encoder, loss_function, sampler, args.episodes, optimizer, device=device, progress=False)
+            history = train_episodic(method, sampler, args.episodes, optimizer, device=device, progress=False)
             synchronize(device)
             loop = history.seconds / len(history.episode)
             setting = f"{n_way}-way {k_shot}-shot {args.n_query}-query"

@@ -321,9 +321,9 @@ def wall_seconds(files: RunFiles, args: argparse.Namespace) -> float:
     return before + time.perf_counter() - args.started
 
 
-def episodic_run(files: RunFiles, args: argparse.Namespace, command: str, *, model, episode_loss, sampler, optimizer,
-                 scheduler, val_method, val_episodes, record: dict, keep: str, device, on_validation=None):
-    """Train with :func:`helpers.training.train_episodic` as a command: resume, stop, save.
+def episodic_run(files: RunFiles, args: argparse.Namespace, command: str, *, method, sampler, optimizer,
+                 scheduler, val_episodes, record: dict, keep: str, device, on_validation=None):
+    """Train ``method`` with :func:`helpers.training.train_episodic` as a command: resume, stop, save.
 
     Continues ``files.state`` when resuming (weights, optimiser, scheduler, sampler and global
     random state, history), so that the run goes on exactly as if it had never stopped; on
@@ -331,8 +331,9 @@ def episodic_run(files: RunFiles, args: argparse.Namespace, command: str, *, mod
     becomes one line. ``args`` needs ``episodes``, ``val_every``, ``max_minutes``, ``seed``
     and ``no_progress``. Returns the finished :class:`~helpers.training.History`.
     """
-    from .training import History, train_episodic
+    from .training import History, train_episodic, trainable_module
 
+    model = trainable_module(method)
     history, seed = History(), args.seed
     if files.state:
         state = files.state
@@ -346,17 +347,9 @@ def episodic_run(files: RunFiles, args: argparse.Namespace, command: str, *, mod
         runs.set_rng_state(state["rng"])
         seed = None  # the random state goes on from where it stopped
         print(f"resuming {files.resume_file} at episode {history.n_episodes} of {args.episodes}", flush=True)
-    try:
-        history = train_episodic(
-            model, episode_loss, sampler, max(0, args.episodes - history.n_episodes), optimizer, scheduler,
-            val_method=val_method, val_episodes=val_episodes, val_every=args.val_every, checkpoint=files.saver,
-            device=device, progress=not args.no_progress, seed=seed, history=history, metadata=record, keep=keep,
-            on_validation=on_validation, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-            save_on_interrupt=False,
-        )
-    except runs.NonFiniteLoss as exc:
-        raise nonfinite(exc, "the learning rate --lr is probably too large", files.saver.path if own_checkpoint(files) else None) from None
-    if history.interrupted:
+    saved: list[Path] = []
+
+    def save_resumable(history: History) -> None:
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -366,6 +359,21 @@ def episodic_run(files: RunFiles, args: argparse.Namespace, command: str, *, mod
             "history": history.as_dict(),
             "wall_seconds": wall_seconds(files, args),
         }
-        files.save_state(state, {**record, "train_seconds": round(history.seconds, 1), "episodes_trained": history.n_episodes})
+        saved.append(files.save_state(state, {**record, "train_seconds": round(history.seconds, 1),
+                                              "episodes_trained": history.n_episodes}))
+
+    try:
+        history = train_episodic(
+            method, sampler, max(0, args.episodes - history.n_episodes), optimizer, scheduler,
+            val_episodes=val_episodes, val_every=args.val_every, checkpoint=files.saver,
+            device=device, progress=not args.no_progress, seed=seed, history=history, metadata=record, keep=keep,
+            on_validation=on_validation, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+            save_resumable=save_resumable,
+        )
+    except runs.NonFiniteLoss as exc:
+        raise nonfinite(exc, "the learning rate --lr is probably too large", files.saver.path if own_checkpoint(files) else None) from None
+    if history.interrupted:
+        if not saved:  # stopped by a KeyboardInterrupt in the middle of an episode: nothing to resume from
+            raise KeyboardInterrupt
         raise files.interrupted(f"episode {history.n_episodes} of {args.episodes}", command, own_checkpoint(files))
     return history

@@ -85,6 +85,15 @@ class FewShotMethod(abc.ABC):
             self.__dict__.get("_support_shape"), "the support set has")
         return validation.images("query_images", query_images, shape, device=self.device, shape_source=source)
 
+    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step of an episodic method: ``(loss, accuracy)`` on one training episode.
+
+        ``loss`` is differentiable with respect to the method's weights (what
+        :func:`helpers.training.train_episodic` minimises), ``accuracy`` the fraction of the
+        episode's queries labelled correctly. The episode is already on the method's device.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not trained episodically: it has no episode_loss.")
+
 
 def _checking_support(process):
     """``process_support_set`` that checks its inputs first (once, even when it calls its parent's)."""

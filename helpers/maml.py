@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from torch.func import functional_call, vmap
 
 from . import validation
 from .fewshot import FewShotMethod, declared_image_shape
+
+if TYPE_CHECKING:
+    from .training import History
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -488,24 +492,24 @@ def pretrain_jointly(
 
     It learns the *average* function (close to zero, since phases are spread over [0, pi]) and
     is then fine-tuned on a new task's K points exactly like MAML's initialisation.
-    ``should_stop()`` turning true ends the loop early (fewer losses than ``steps``).
+    ``should_stop()`` turning true ends the loop early (fewer losses than ``steps``); a loss
+    that is not finite raises :class:`helpers.runs.NonFiniteLoss` (a :class:`helpers.training.Loop`).
     """
-    from tqdm.auto import tqdm
+    from .training import Loop
 
     generator = validation.torch_generator(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     device = next(model.parameters()).device
-    losses = []
-    for _ in tqdm(range(steps), desc="pretraining", disable=not progress, leave=False):
-        if should_stop is not None and should_stop():
-            break
+
+    def step(number: int) -> tuple[float, None]:
         batch, _, _ = tasks.sample(n_tasks, k, 1, generator)
         loss = F.mse_loss(model(batch.support_x.to(device)), batch.support_y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
-    return losses
+        return float(loss.detach()), None
+
+    return Loop(steps, should_stop=should_stop, progress=progress, desc="pretraining").run(step).loss
 
 
 def train_maml(
@@ -521,31 +525,19 @@ def train_maml(
 ) -> list[float]:
     """Run ``meta_steps`` outer updates on meta-batches from ``sample_batch()``; the meta-losses.
 
-    ``callback(step, loss)`` runs after each step (for live plots and validation);
-    ``time_limit`` (seconds) stops early, keeping what was learned, and so does
-    ``should_stop()`` turning true (checked before each step: the training commands' Ctrl-C and
-    SIGTERM). A meta-loss that is not a finite number raises :class:`helpers.runs.NonFiniteLoss`.
-    Steps are numbered from ``first_step`` (a continued run counts on).
+    The course's shared :class:`helpers.training.Loop`: ``callback(step, loss)`` runs after
+    each step (for live plots); ``time_limit`` (seconds) stops early, keeping what was learned,
+    and so does ``should_stop()`` turning true (checked before each step: the training
+    commands' Ctrl-C and SIGTERM). A meta-loss that is not a finite number raises
+    :class:`helpers.runs.NonFiniteLoss`. Steps are numbered from ``first_step`` (a continued
+    run counts on).
     """
-    from tqdm.auto import tqdm
+    from .training import Loop
 
-    from .runs import check_finite
-
-    losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(range(meta_steps), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        if should_stop is not None and should_stop():
-            break
-        losses.append(check_finite(first_step + step, learner.meta_step(sample_batch()), "meta-loss"))
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-        if callback is not None:
-            callback(first_step + step, losses[-1])
-        if time_limit is not None and time.perf_counter() - start > time_limit:
-            break
-    bar.close()
-    return losses
+    on_step = None if callback is None else (lambda step, history: callback(step, history.loss[-1]))
+    loop = Loop(meta_steps, first_step=first_step, max_seconds=time_limit, should_stop=should_stop, loss_name="meta-loss",
+                on_step=on_step, progress=progress, desc=desc)
+    return loop.run(lambda step: (learner.meta_step(sample_batch()), None)).loss
 
 
 def adaptation_curve(
@@ -693,7 +685,7 @@ def train_omniglot(
     from .device import hardware_description, pick_device, seed_everything
     from .episodes import omniglot_dataset, sample_episodes
     from .fewshot import evaluate
-    from .training import DeviceEpisodeSampler
+    from .training import DeviceEpisodeSampler, History, KeepBest, Loop, save_weights
 
     check_omniglot_run(run)
     started = time.perf_counter()
@@ -705,63 +697,66 @@ def train_omniglot(
     val_query = validation_queries(run.k_shot)
     val = sample_episodes(omniglot_dataset("vinyals-val"), run.n_way, run.k_shot, val_query, run.val_episodes, seed=run.seed + 1)
     saver = files.saver if files is not None else (checkpoints.Saver(out, checkpoints.new_run_id()) if out is not None else None)
-    losses: list[float] = []
-    history: dict[str, list] = {"step": [], "val_accuracy": [], "val_ci95": []}
-    best: dict = {"accuracy": -1.0, "ci95": float("nan"), "step": 0}
-    best_state: dict | None = None
-    seconds_before, wall_before = 0.0, 0.0
+    history = History()  # one meta-loss per meta-step; the validations
+    # the best starts below any accuracy at -1 (what the records say before the first validation)
+    keep = KeepBest(lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}, saver,
+                    lambda: record("interrupted", loop.elapsed()), value=-1.0)
+    wall_before = 0.0
     state = files.state if files is not None else None
     if state:
         model.load_state_dict(state["model"])
         learner.optimizer.load_state_dict(state["optimizer"])
         runs.set_generator_state(sampler.rng, state["sampler"])
-        losses, history, best, best_state = list(state["losses"]), state["history"], state["best"], state["best_state"]
-        seconds_before, wall_before = float(state["train_seconds"]), float(state["wall_seconds"])
+        history = _history_from_state(state["losses"], state["history"], state["train_seconds"])
+        best = state["best"]
+        keep.step, keep.value, keep.ci95, keep.state = int(best["step"]), float(best["accuracy"]), float(best["ci95"]), state["best_state"]
+        wall_before = float(state["wall_seconds"])
         runs.set_rng_state(state["rng"])
-        print(f"resuming {files.resume_file} at meta-step {len(losses)} of {run.meta_steps}", flush=True)
+        print(f"resuming {files.resume_file} at meta-step {history.n_episodes} of {run.meta_steps}", flush=True)
     description = hardware_description(device) + (f"; {hardware}" if hardware else "")
     val_text = f"omniglot/vinyals-val, {run.val_episodes} episodes {run.n_way}-way {run.k_shot}-shot, {val_query} queries per class"
 
+    def curves() -> dict[str, list]:
+        """The validations as the records and the resume state keep them."""
+        return {"step": list(history.val_episode), "val_accuracy": list(history.val_accuracy), "val_ci95": list(history.val_ci95)}
+
+    def best_so_far() -> dict:
+        return {"accuracy": keep.value, "ci95": keep.ci95, "step": keep.step}
+
     def record(status: str, train_seconds: float) -> dict:
-        done = len(losses)
+        done, best = history.n_episodes, best_so_far()
         return checkpoints.make_record(
             "maml", command=command, hardware=description, settings=dict(run.__dict__), status=status,
             run_id=saver.run_id if saver is not None else None, validation=val_text,
             val_score=checkpoints.score(best["accuracy"], best["ci95"], best["step"]) if best["step"] else None,
-            history=history, results={"meta_steps_done": done, "best_step": best["step"]},
+            history=curves(), results={"meta_steps_done": done, "best_step": best["step"]},
             wall_seconds=wall_before + time.perf_counter() - started, train_seconds=train_seconds,
             meta_steps_done=done, seconds_per_meta_step=round(train_seconds / max(1, done), 3), best_step=best["step"],
             val_accuracy=round(best["accuracy"], 4), val_ci95=round(best["ci95"], 4), val_episodes=run.val_episodes,
             val_split=f"omniglot/vinyals-val, {val_query} queries per class", train_split="omniglot/vinyals-train",
-            meta_loss_every_10=[round(float(np.mean(losses[i : i + 10])), 4) for i in range(0, done, 10)],
+            meta_loss_every_10=[round(float(np.mean(history.loss[i : i + 10])), 4) for i in range(0, done, 10)],
         )
 
-    def validate(step: int) -> None:
-        nonlocal best_state
+    def validate(step: int):
         result = evaluate(MAMLClassifier(model, run.inner_lr, run.eval_steps), val, progress=False)
-        history["step"].append(step)
-        history["val_accuracy"].append(result.mean)
-        history["val_ci95"].append(result.ci95)
         if progress:
             print(f"step {step}: validation {result}", flush=True)
-        if result.mean > best["accuracy"]:
-            best.update(accuracy=result.mean, ci95=result.ci95, step=step)
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if saver is not None:  # keep-best, atomically: a killed run keeps its best weights so far
-                saver.save(checkpoints.torch_writer(best_state), record("interrupted", seconds_before + time.perf_counter() - start))
+        return result
 
-    def callback(step: int, _loss: float) -> None:
-        if step % run.val_every == 0:
-            validate(step)
+    def save_resumable(history: History) -> None:
+        files.save_state({
+            "model": model.state_dict(), "optimizer": learner.optimizer.state_dict(), "sampler": runs.generator_state(sampler.rng),
+            "rng": runs.rng_state(), "losses": list(history.loss), "history": curves(), "best": best_so_far(), "best_state": keep.state,
+            "train_seconds": history.seconds, "wall_seconds": wall_before + time.perf_counter() - started,
+        }, record("resumable", history.seconds))
 
-    start = time.perf_counter()
-    time_limit = None if run.minutes is None else max(0.0, 60 * run.minutes - seconds_before)
-    stop = runs.stop_requested if files is not None else None
+    loop = Loop(
+        run.meta_steps - history.n_episodes, history=history, validate=validate, val_every=run.val_every, keep=keep,
+        max_seconds=None if run.minutes is None else 60 * run.minutes, should_stop=runs.stop_requested if files is not None else None,
+        save_resumable=save_resumable if files is not None else None, loss_name="meta-loss", progress=progress, desc="meta-training",
+    )
     try:
-        losses += train_maml(
-            learner, lambda: episodes_to_batch(sampler.take(run.meta_batch)), run.meta_steps - len(losses), progress,
-            callback=callback, time_limit=time_limit, should_stop=stop, first_step=len(losses) + 1,
-        )
+        loop.run(lambda step: (learner.meta_step(episodes_to_batch(sampler.take(run.meta_batch))), None))
     except runs.NonFiniteLoss as exc:
         if files is None:
             raise
@@ -769,25 +764,29 @@ def train_omniglot(
 
         raise nonfinite(exc, "the step sizes --inner-lr or --meta-lr are probably too large",
                         saver.path if own_checkpoint(files) else None) from None
-    train_seconds = seconds_before + time.perf_counter() - start
-    if files is not None and runs.stop_requested() and len(losses) < run.meta_steps:
+    if history.interrupted:  # a stop request: the resume state is saved
         from .commands import own_checkpoint
 
-        files.save_state({
-            "model": model.state_dict(), "optimizer": learner.optimizer.state_dict(), "sampler": runs.generator_state(sampler.rng),
-            "rng": runs.rng_state(), "losses": losses, "history": history, "best": best, "best_state": best_state,
-            "train_seconds": train_seconds, "wall_seconds": wall_before + time.perf_counter() - started,
-        }, record("resumable", train_seconds))
-        raise files.interrupted(f"meta-step {len(losses)} of {run.meta_steps}", command, own_checkpoint(files))
-    if not history["step"] or history["step"][-1] != len(losses):
-        validate(len(losses))
-    model.load_state_dict(best_state)
+        raise files.interrupted(f"meta-step {history.n_episodes} of {run.meta_steps}", command, own_checkpoint(files))
+    train_seconds = history.seconds
+    if not history.val_episode or history.val_episode[-1] != history.n_episodes:
+        loop.validation(history.n_episodes)
+    model.load_state_dict(keep.state)
     meta = record("complete", train_seconds)
     if saver is not None:
-        meta = saver.save(checkpoints.torch_writer(best_state), meta)
+        meta = save_weights(saver, keep.state, meta, step=history.n_episodes)
     if files is not None:
         files.finish()
     return model, meta
+
+
+def _history_from_state(losses: Sequence[float], validations: dict, seconds: float) -> History:
+    """A :class:`helpers.training.History` from the meta-losses and validations a resume state keeps."""
+    from .training import History
+
+    return History(episode=list(range(1, len(losses) + 1)), loss=[float(v) for v in losses], accuracy=[math.nan] * len(losses),
+                   val_episode=[int(v) for v in validations["step"]], val_accuracy=[float(v) for v in validations["val_accuracy"]],
+                   val_ci95=[float(v) for v in validations["val_ci95"]], seconds=float(seconds))
 
 
 def load_omniglot_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -838,50 +837,53 @@ def train_sinusoid(
     """
     from . import checkpoints, runs
     from .device import seed_everything
+    from .training import History, Loop
 
     seed_everything(seed)
     tasks, generator = SinusoidTasks(), validation.torch_generator(seed)
     learner = MAML(sinusoid_net(), inner_lr, outer_lr, inner_steps, first_order, F.mse_loss)
-    losses: list[float] = []
-    maml_seconds = 0.0
+    history = History()  # the meta-losses; seconds: the meta-training time
     state = files.state if files is not None else None
     if state:
         learner.model.load_state_dict(state["model"])
         learner.optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        losses, maml_seconds = list(state["losses"]), float(state["maml_seconds"])
+        history = _history_from_state(state["losses"], {"step": [], "val_accuracy": [], "val_ci95": []}, state["maml_seconds"])
         runs.set_rng_state(state["rng"])
     stop = runs.stop_requested if files is not None else None
     settings = dict(meta_steps=meta_steps, meta_batch=meta_batch, k=k, inner_lr=inner_lr, inner_steps=inner_steps,
                     outer_lr=outer_lr, first_order=first_order, minutes=minutes, seed=seed)
 
-    def stopped(phase: str, done: int, of: int) -> Exception:
+    def save_state(phase: str) -> None:
         files.save_state({"phase": phase, "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
-                          "generator": generator.get_state() if phase == "maml" else state_generator, "losses": losses,
-                          "maml_seconds": maml_seconds, "rng": rng_after_maml if phase == "pretrain" else runs.rng_state()},
+                          "generator": generator.get_state() if phase == "maml" else state_generator, "losses": list(history.loss),
+                          "maml_seconds": history.seconds, "rng": rng_after_maml if phase == "pretrain" else runs.rng_state()},
                          checkpoints.make_record("maml", command=command, hardware="", settings=settings, status="resumable"))
+
+    def stopped(phase: str, done: int, of: int) -> Exception:
         what = "meta-step" if phase == "maml" else "pretraining step"
         return files.interrupted(f"{what} {done} of {of}", command, False)
 
     if not state or state.get("phase", "maml") == "maml":
-        start = time.perf_counter()
-        time_limit = None if minutes is None else max(0.0, 60 * minutes - maml_seconds)
-        losses += train_maml(learner, lambda: tasks.sample(meta_batch, k, k, generator)[0], meta_steps - len(losses), progress,
-                             time_limit=time_limit, should_stop=stop, first_step=len(losses) + 1)
-        maml_seconds += time.perf_counter() - start
-        if files is not None and runs.stop_requested() and len(losses) < meta_steps:
-            raise stopped("maml", len(losses), meta_steps)
+        loop = Loop(meta_steps - history.n_episodes, history=history, max_seconds=None if minutes is None else 60 * minutes,
+                    should_stop=stop, save_resumable=(lambda h: save_state("maml")) if files is not None else None,
+                    loss_name="meta-loss", progress=progress, desc="meta-training")
+        loop.run(lambda step: (learner.meta_step(tasks.sample(meta_batch, k, k, generator)[0]), None))
+        if history.interrupted:
+            raise stopped("maml", history.n_episodes, meta_steps)
     state_generator, rng_after_maml = generator.get_state(), runs.rng_state()
     seed_everything(seed + 1)
     pretrained = sinusoid_net()
     start = time.perf_counter()
-    done = pretrain_jointly(pretrained, tasks, len(losses), meta_batch, k, outer_lr, seed + 1, progress, should_stop=stop)
-    if files is not None and len(done) < len(losses):
-        raise stopped("pretrain", len(done), len(losses))
+    done = pretrain_jointly(pretrained, tasks, history.n_episodes, meta_batch, k, outer_lr, seed + 1, progress, should_stop=stop)
+    if files is not None and len(done) < history.n_episodes:
+        save_state("pretrain")
+        raise stopped("pretrain", len(done), history.n_episodes)
+    losses = history.loss
     meta = {
         "settings": settings,
         "meta_steps_done": len(losses),
-        "maml_seconds": round(maml_seconds, 1),
+        "maml_seconds": round(history.seconds, 1),
         "pretrain_seconds": round(time.perf_counter() - start, 1),
         "meta_loss_every_100": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
     }

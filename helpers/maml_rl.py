@@ -470,14 +470,14 @@ def meta_train(
     ``history`` and ``optimizer`` back in to continue a run; ``callback(i, history)`` is called
     after every iteration (for live plots). ``generator`` (default: a fresh one seeded with
     ``seed``) draws goals and actions; ``should_stop()`` turning true ends the loop before the
-    next iteration. A loss that is not finite raises :class:`helpers.runs.NonFiniteLoss`.
+    next iteration. A loss that is not finite raises :class:`helpers.runs.NonFiniteLoss`. The
+    loop is the course's shared :class:`helpers.training.Loop`, one step an iteration.
     """
-    from tqdm.auto import tqdm
+    from .training import Loop
 
     _check_whole("iterations", iterations, 0)
     _check_whole("meta_batch", meta_batch, 1)
     _check_whole("inner_steps", inner_steps, 0)
-    from .runs import check_finite
 
     validation.positive_number("inner_lr (alpha)", inner_lr, 0.1)
     validation.positive_number("outer_lr (beta)", outer_lr, 0.001)
@@ -485,26 +485,41 @@ def meta_train(
     history = history or MetaHistory()
     optimizer = optimizer or torch.optim.Adam(policy.parameters(), lr=float(outer_lr))
     generator = generator if generator is not None else validation.torch_generator(seed)
-    device = next(policy.parameters()).device
-    label = "MAML meta-training" if inner_steps else "pretraining (no inner step)"
-    bar = tqdm(range(iterations), desc=label, disable=not progress)
-    for i in bar:
-        if should_stop is not None and should_stop():
-            break
-        start = time.perf_counter()
-        goals = sample_goals(meta_batch, generator).to(device)
-        loss, sampled = meta_loss(policy, parameters_of(policy), goals, inner_lr, inner_steps, settings, first_order, generator)
-        check_finite(len(history.pre_return) + 1, float(loss.detach()))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history.pre_return.append(sampled[0].mean_return)
-        history.post_return.append(sampled[-1].mean_return)
-        history.seconds.append(time.perf_counter() - start)
-        bar.set_postfix(before=f"{history.pre_return[-1]:.1f}", after=f"{history.post_return[-1]:.1f}")
+    first = len(history.pre_return) + 1
+
+    def step(number: int) -> tuple[float, None]:
+        loss = meta_train_step(policy, optimizer, generator, meta_batch, inner_lr, inner_steps, settings, first_order, history, number)
         if callback is not None:
-            callback(i, history)
+            callback(number - first, history)
+        return loss, None
+
+    Loop(iterations, first_step=first, should_stop=should_stop, progress=progress, leave=True,
+         desc="MAML meta-training" if inner_steps else "pretraining (no inner step)",
+         postfix=lambda _: {"before": f"{history.pre_return[-1]:.1f}", "after": f"{history.post_return[-1]:.1f}"}).run(step)
     return history
+
+
+def meta_train_step(
+    policy: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator | None, meta_batch: int, inner_lr: float,
+    inner_steps: int, settings: RLSettings, first_order: bool, history: MetaHistory, number: int,
+) -> float:
+    """Meta-iteration ``number``: :func:`meta_loss` on ``meta_batch`` fresh goals, one step of
+    ``optimizer``; the returns before and after adaptation and the seconds go into ``history``.
+    Returns the meta-loss; one that is not finite raises :class:`helpers.runs.NonFiniteLoss`
+    before the step (a NaN gradient would spoil the policy)."""
+    from .runs import check_finite
+
+    start = time.perf_counter()
+    goals = sample_goals(meta_batch, generator).to(next(policy.parameters()).device)
+    loss, sampled = meta_loss(policy, parameters_of(policy), goals, inner_lr, inner_steps, settings, first_order, generator)
+    value = check_finite(number, float(loss.detach()))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    history.pre_return.append(sampled[0].mean_return)
+    history.post_return.append(sampled[-1].mean_return)
+    history.seconds.append(time.perf_counter() - start)
+    return value
 
 
 @dataclass
@@ -641,10 +656,11 @@ def validate_arguments(args) -> None:
 
 
 def train_command(args, device: torch.device, command: str) -> dict:
-    """Meta-train in chunks of 10 iterations, keep the best policy on the selection goals, save."""
+    """Meta-train (a :class:`helpers.training.Loop`), keep the best policy on the selection goals every 10 iterations, save."""
     from . import checkpoints, commands, runs
     from .device import hardware_description, seed_everything
     from .fewshot import confidence_interval
+    from .training import History, KeepBest, Loop
 
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     files = commands.RunFiles(args.out, args, settings)
@@ -658,7 +674,7 @@ def train_command(args, device: torch.device, command: str) -> dict:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iterations)
     select_goals = sample_goals(args.select_goals, torch.Generator().manual_seed(20_000 + args.seed))
     select_steps = max(1, args.inner_steps)
-    best = (-math.inf, 0, copy.deepcopy(policy.state_dict()))
+    keep = KeepBest(lambda: copy.deepcopy(policy.state_dict()), state=copy.deepcopy(policy.state_dict()))
     selection: list = []
     seconds_before, chunk_generator = 0.0, None
     if files.state:
@@ -667,45 +683,57 @@ def train_command(args, device: torch.device, command: str) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         history = MetaHistory(**state["history"])
-        best, selection, seconds_before = (state["best"][0], state["best"][1], state["best"][2]), state["selection"], state["seconds"]
+        keep.value, keep.step, keep.state = state["best"][0], state["best"][1], state["best"][2]
+        selection, seconds_before = state["selection"], state["seconds"]
         chunk_generator = torch.Generator()
         chunk_generator.set_state(state["chunk_generator"])
         runs.set_rng_state(state["rng"])
         print(f"resuming {files.resume_file} at iteration {len(history.pre_return)} of {args.iterations}", flush=True)
-    start = time.perf_counter() - seconds_before
-    # Chunks of 10 iterations (goal seeds kept apart from every evaluation seed) so that a time
-    # budget can stop the run.
-    while len(history.pre_return) < args.iterations:
-        chunk, done = divmod(len(history.pre_return), 10)
-        if time.perf_counter() - start > 60 * args.max_minutes:
-            break
-        if chunk_generator is None:
-            chunk_generator = torch.Generator().manual_seed(1_000_000 + args.seed * 10_007 + chunk)
-        try:
-            meta_train(
-                policy, min(10, args.iterations - 10 * chunk) - done, args.meta_batch, args.inner_lr, args.outer_lr,
-                args.inner_steps, rl, args.first_order, history=history, optimizer=optimizer, progress=False,
-                callback=lambda i, h: schedule.step(), generator=chunk_generator, should_stop=runs.stop_requested,
-            )
-        except runs.NonFiniteLoss as exc:
-            raise commands.nonfinite(exc, "the step sizes --inner-lr or --outer-lr are probably too large", None) from None
-        if runs.stop_requested() and len(history.pre_return) < min(args.iterations, 10 * (chunk + 1)):
-            record = checkpoints.make_record("maml_rl", command=command, hardware=hardware_description(device), settings=settings,
-                                             status="resumable", train_seconds=time.perf_counter() - start)
-            files.save_state({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                              "history": history.__dict__, "best": list(best), "selection": selection,
-                              "seconds": time.perf_counter() - start, "chunk_generator": chunk_generator.get_state(),
-                              "rng": runs.rng_state(), "wall_seconds": commands.wall_seconds(files, args)}, record)
-            raise files.interrupted(f"iteration {len(history.pre_return)} of {args.iterations}", command, False)
-        chunk_generator = None
+
+    def chunk_start(number: int) -> torch.Generator:
+        # Each chunk of 10 iterations draws its goals and actions from its own seed, kept apart from every evaluation seed.
+        return torch.Generator().manual_seed(1_000_000 + args.seed * 10_007 + (number - 1) // 10)
+
+    def step(number: int) -> tuple[float, None]:
+        nonlocal chunk_generator
+        if (number - 1) % 10 == 0:
+            chunk_generator = chunk_start(number)
+        loss = meta_train_step(policy, optimizer, chunk_generator, args.meta_batch, args.inner_lr, args.inner_steps, rl,
+                               args.first_order, history, number)
+        schedule.step()
+        return loss, None
+
+    def validate(number: int) -> float:
         score = adaptation_returns(policy, select_goals, args.inner_lr, select_steps, rl, seed=2).mean_returns[-1]
-        selection.append([len(history.pre_return), round(score, 3)])
-        if score > best[0]:
-            best = (score, len(history.pre_return), copy.deepcopy(policy.state_dict()))
+        selection.append([number, round(score, 3)])
+        return score
+
+    def report(trained: History) -> None:
         print(f"iteration {len(history.pre_return)}: return before {history.pre_return[-1]:.2f}, after {history.post_return[-1]:.2f}, "
-              f"selection goals after {select_steps} step(s) {score:.2f}", flush=True)
-    seconds = time.perf_counter() - start
-    policy.load_state_dict(best[2])
+              f"selection goals after {select_steps} step(s) {trained.val_accuracy[-1]:.2f}", flush=True)
+
+    def save_resumable(trained: History) -> None:
+        record = checkpoints.make_record("maml_rl", command=command, hardware=hardware_description(device), settings=settings,
+                                         status="resumable", train_seconds=trained.seconds)
+        generator = chunk_generator if chunk_generator is not None else chunk_start(len(history.pre_return) + 1)
+        files.save_state({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                          "history": history.__dict__, "best": [keep.value, keep.step, keep.state], "selection": selection,
+                          "seconds": trained.seconds, "chunk_generator": generator.get_state(),
+                          "rng": runs.rng_state(), "wall_seconds": commands.wall_seconds(files, args)}, record)
+
+    # The time budget is looked at every 10 iterations, after the selection goals have been scored.
+    loop = Loop(args.iterations - len(history.pre_return), history=History(seconds=seconds_before),
+                first_step=len(history.pre_return) + 1, validate=validate, val_every=10, keep=keep,
+                max_seconds=60 * args.max_minutes, budget_every=10, should_stop=runs.stop_requested,
+                save_resumable=save_resumable, on_validation=report)
+    try:
+        trained = loop.run(step)
+    except runs.NonFiniteLoss as exc:
+        raise commands.nonfinite(exc, "the step sizes --inner-lr or --outer-lr are probably too large", None) from None
+    if trained.interrupted:
+        raise files.interrupted(f"iteration {len(history.pre_return)} of {args.iterations}", command, False)
+    seconds = trained.seconds
+    policy.load_state_dict(keep.state)
     # Held-out goals from a seed no training or selection batch used.
     goals = sample_goals(args.eval_goals, torch.Generator().manual_seed(10_000 + args.seed))
     result = adaptation_returns(policy, goals, args.inner_lr, 3, rl, seed=1)
@@ -715,11 +743,11 @@ def train_command(args, device: torch.device, command: str) -> dict:
     record = checkpoints.make_record(
         "maml_rl", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
         settings=settings, run_id=files.run_id, validation=selection_text,
-        val_score=checkpoints.score(best[0], step=best[1], metric="return"),
+        val_score=checkpoints.score(keep.value, step=keep.step, metric="return"),
         history={"pre_return": [round(x, 3) for x in history.pre_return], "post_return": [round(x, 3) for x in history.post_return]},
-        results={"iterations_done": len(history.pre_return), "kept_iteration": best[1], "validation_return_after_steps": returns_after_steps},
+        results={"iterations_done": len(history.pre_return), "kept_iteration": keep.step, "validation_return_after_steps": returns_after_steps},
         wall_seconds=commands.wall_seconds(files, args), train_seconds=seconds,
-        threads=torch.get_num_threads(), torch=torch.__version__, iterations_done=len(history.pre_return), kept_iteration=best[1],
+        threads=torch.get_num_threads(), torch=torch.__version__, iterations_done=len(history.pre_return), kept_iteration=keep.step,
         selection=selection_text, selection_curve=selection,
         validation_goals=f"{args.eval_goals} goals from sample_goals(seed={10_000 + args.seed})",
         validation_return_after_steps=returns_after_steps,

@@ -20,8 +20,8 @@ With FCE, both see the whole support set S:
   re-reads g(S) through dot-product attention (:class:`AttentionLSTM`).
 
 :class:`MatchingNetwork` implements :class:`helpers.fewshot.FewShotMethod`, so the shared
-``evaluate`` works on it; :func:`matching_loss` is the per-episode loss for
-:func:`helpers.training.train_episodic`. Run ``python -m helpers.matching --help`` for the
+``evaluate`` works on it, and its :meth:`~MatchingNetwork.episode_loss` is the training step
+that :func:`helpers.training.train_episodic` takes. Run ``python -m helpers.matching --help`` for the
 command that trains the committed checkpoints.
 """
 
@@ -280,6 +280,14 @@ class MatchingNetwork(FewShotMethod, nn.Module):
             attention = attention_weights(queries, self._support_context, self.scale)
             return label_distribution(attention, self._support_labels, self._n_way)
 
+    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step (:func:`helpers.training.train_episodic`): ``-mean log y_hat[true class]``
+        over the episode's queries, and their accuracy."""
+        log_probabilities = self(episode.support_images, episode.support_labels, episode.query_images, episode.n_way)
+        loss = F.nll_loss(log_probabilities, episode.query_labels)
+        accuracy = (log_probabilities.argmax(dim=-1) == episode.query_labels).float().mean()
+        return loss, accuracy
+
 
 def evaluate_embedded(model: MatchingNetwork, embeddings: torch.Tensor, episodes, progress: bool = True, desc: str = "evaluating"):
     """The same numbers as ``helpers.fewshot.evaluate(model.eval(), episodes)``, much faster.
@@ -307,14 +315,6 @@ def evaluate_embedded(model: MatchingNetwork, embeddings: torch.Tensor, episodes
             accuracies.append(float((y_hat.argmax(dim=-1).cpu() == episode.query_labels.cpu()).float().mean()))
     mean, ci95 = confidence_interval(accuracies)
     return EvalResult(mean, ci95, np.array(accuracies))
-
-
-def matching_loss(model: MatchingNetwork, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-    """Episode loss for training: ``-mean log y_hat[true class]`` over the queries, and accuracy."""
-    log_probabilities = model(episode.support_images, episode.support_labels, episode.query_images, episode.n_way)
-    loss = F.nll_loss(log_probabilities, episode.query_labels)
-    accuracy = (log_probabilities.argmax(dim=-1) == episode.query_labels).float().mean()
-    return loss, accuracy
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,8 +404,8 @@ def train_command(args, device: torch.device, command: str) -> dict:
         arguments=settings, torch=torch.__version__, keep=keep,
     )
     history = commands.episodic_run(
-        files, args, command, model=model, episode_loss=matching_loss, sampler=sampler, optimizer=optimizer,
-        scheduler=scheduler, val_method=model, val_episodes=val_episodes, record=record, keep=keep, device=device,
+        files, args, command, method=model, sampler=sampler, optimizer=optimizer,
+        scheduler=scheduler, val_episodes=val_episodes, record=record, keep=keep, device=device,
         on_validation=lambda h: report_validation(h, f"scale {model.scale.item():.2f}"),
     )
     # the loop wrote the kept weights and their record; add the whole run's wall time and curves

@@ -15,7 +15,6 @@ the database, the pixel baseline and the "retrain a softmax on the one-shot set"
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,17 +129,17 @@ def pretrain_classifier(
     """Train :class:`SoftmaxClassifier` on every class of ``dataset`` (transfer-learning source).
 
     ``val_per_class`` images of each class are held out to measure ordinary classification
-    accuracy (the same classes, unseen drawings). ``max_minutes`` stops training after the
-    first epoch that ends past that wall time. Returns the model and its history.
+    accuracy (the same classes, unseen drawings) after every epoch. ``max_minutes`` stops
+    training after the first epoch that ends past that training time. Returns the model and
+    its history. One step of the shared :class:`helpers.training.Loop` is one batch.
 
     ``should_stop()`` (the command's Ctrl-C and SIGTERM) is checked before every batch; when
     it turns true the result carries ``stopped_state``, and passing that back as ``resume``
     continues from the same batch exactly. A loss that is not finite raises
     :class:`helpers.runs.NonFiniteLoss`.
     """
-    from tqdm.auto import tqdm
-
     from . import runs
+    from .training import History, Loop
 
     validation.whole_number("epochs", epochs, 1)
     validation.positive_number("lr", lr, 0.002)
@@ -156,51 +155,74 @@ def pretrain_classifier(
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
     history: dict[str, list[float]] = {"loss": [], "train accuracy": [], "val accuracy": []}
-    first_epoch, seconds_before, carried = 0, 0.0, None
+    batches = -(-len(train_idx) // batch_size)  # per epoch
+    first_step, seconds_before = 1, 0.0
+
+    def shuffled():
+        return train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
+
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimiser.load_state_dict(resume["optimiser"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
-        history, first_epoch, seconds_before = resume["history"], int(resume["epoch"]), float(resume["seconds"])
-        carried = resume["order"], int(resume["next_batch"]), resume["sums"]
+        history, seconds_before = resume["history"], float(resume["seconds"])
+        order, (total, correct, loss_sum) = resume["order"], resume["sums"]
+        first_step = int(resume["epoch"]) * batches + int(resume["next_batch"]) // batch_size + 1
         runs.set_rng_state(resume["rng"])
-    start = time.time() - seconds_before
-    for epoch in tqdm(range(first_epoch, epochs), desc="pretraining", disable=not progress, initial=first_epoch, total=epochs):
-        model.train()
-        if carried is not None:
-            order, first_batch, (total, correct, loss_sum) = carried
-            carried = None
-        else:
-            order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
-            first_batch, total, correct, loss_sum = 0, 0, 0, 0.0
-        for b in range(first_batch, len(order), batch_size):
-            if should_stop is not None and should_stop():
-                state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                         "generator": generator.get_state(), "history": history, "epoch": epoch, "order": torch.as_tensor(order),
-                         "next_batch": b, "sums": [total, correct, loss_sum], "seconds": time.time() - start, "rng": runs.rng_state()}
-                return PretrainResult(model, history, float("nan"), time.time() - start, stopped_state=state)
-            batch = order[b : b + batch_size]
-            x = _shift(images[batch], max_shift, generator).to(device)
-            y = labels[batch].to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            loss_sum += runs.check_finite(len(history["loss"]) + 1, float(loss.detach())) * len(batch)
-            correct += int((logits.argmax(1) == y).sum())
-            total += len(batch)
-        scheduler.step()
-        history["loss"].append(loss_sum / total)
-        history["train accuracy"].append(correct / total)
-        history["val accuracy"].append(classification_accuracy(model, images[val_idx], labels[val_idx], device) if len(val_idx) else float("nan"))
+    else:
+        order, total, correct, loss_sum = shuffled(), 0, 0, 0.0  # the first epoch's order
+
+    def step(number: int) -> tuple[float, float]:
+        nonlocal order, total, correct, loss_sum
+        epoch, b = divmod(number - 1, batches)
+        batch = order[b * batch_size : (b + 1) * batch_size]
+        x = _shift(images[batch], max_shift, generator).to(device)
+        y = labels[batch].to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        value, right = float(loss.detach()), int((logits.argmax(1) == y).sum())
+        loss_sum += value * len(batch)
+        correct += right
+        total += len(batch)
+        if b == batches - 1:  # the epoch's last batch
+            scheduler.step()
+            history["loss"].append(loss_sum / total)
+            history["train accuracy"].append(correct / total)
+            if epoch + 1 < epochs:  # drawn here, so that a run stopped between epochs has the next one's order
+                order, total, correct, loss_sum = shuffled(), 0, 0, 0.0
+        return value, right / len(batch)
+
+    def validate(number: int) -> float:
+        accuracy = classification_accuracy(model, images[val_idx], labels[val_idx], device) if len(val_idx) else float("nan")
+        history["val accuracy"].append(accuracy)
         if progress:
-            print(f"epoch {len(history['loss'])}: loss {history['loss'][-1]:.3f}, val accuracy {history['val accuracy'][-1]:.3f}, {time.time() - start:.0f} s", flush=True)
-        if max_minutes is not None and time.time() - start > 60 * max_minutes:
-            break
+            print(f"epoch {len(history['loss'])}: loss {history['loss'][-1]:.3f}, val accuracy {accuracy:.3f}, "
+                  f"{loop.elapsed():.0f} s", flush=True)
+        return accuracy
+
+    stopped: list[dict] = []
+
+    def save_resumable(trained: History) -> None:
+        epoch, b = divmod(loop.last_step, batches)
+        stopped.append({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(), "history": history, "epoch": epoch, "order": torch.as_tensor(order),
+                        "next_batch": b * batch_size, "sums": [total, correct, loss_sum], "seconds": trained.seconds,
+                        "rng": runs.rng_state()})
+
+    loop = Loop(epochs * batches - first_step + 1, history=History(seconds=seconds_before), first_step=first_step,
+                validate=validate, val_every=batches, max_seconds=None if max_minutes is None else 60 * max_minutes,
+                budget_every=batches, should_stop=should_stop, save_resumable=save_resumable, progress=progress,
+                desc="pretraining", leave=True)
+    model.train()
+    trained = loop.run(step)
+    if stopped:
+        return PretrainResult(model, history, float("nan"), trained.seconds, stopped_state=stopped[0])
     model.eval()
-    return PretrainResult(model, history, history["val accuracy"][-1], time.time() - start)
+    return PretrainResult(model, history, history["val accuracy"][-1], trained.seconds)
 
 
 def classification_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512) -> float:

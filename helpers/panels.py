@@ -288,7 +288,7 @@ def matching_training(
         history, chunk = History(), max(n_episodes // 6, 1)
         while history.n_episodes < n_episodes:
             train_episodic(
-                model, matching.matching_loss, sampler, min(chunk, n_episodes - history.n_episodes), optimizer,
+                model, sampler, min(chunk, n_episodes - history.n_episodes), optimizer,
                 device=device, progress=False, seed=None, history=history,
             )  # fmt: skip
             clear_output(wait=True)
@@ -452,10 +452,10 @@ def protonet_training(
             panel.show(fig)
 
         history = train_episodic(
-            encoder, protonet.make_episode_loss(values["distance"], cosine_scale=10.0),
+            method,
             DeviceEpisodeSampler(train_dataset, values["train_n_way"], values["k_shot"], n_query, device=device, seed=seed),
             values["episodes"], torch.optim.Adam(encoder.parameters(), lr=values["lr"]),
-            val_method=method, val_episodes=test_episodes, val_every=max(1, values["episodes"] // 5),
+            val_episodes=test_episodes, val_every=max(1, values["episodes"] // 5),
             device=device, progress=False, seed=seed, on_validation=draw,
         )  # fmt: skip
         print(

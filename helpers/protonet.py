@@ -19,7 +19,6 @@ checkpoints.
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
 import torch
@@ -73,30 +72,13 @@ def as_linear_classifier(prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.
     return 2 * prototypes, -(prototypes * prototypes).sum(dim=1)
 
 
-def episode_loss(
-    encoder: nn.Module, episode, distance: str = "euclidean", cosine_scale: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training loss of one episode, for :func:`helpers.training.train_episodic`.
-
-    Support and query images go through the encoder together, in one batch.
-    """
-    n_support = len(episode.support_images)
-    embeddings = encoder(torch.cat([episode.support_images, episode.query_images]))
-    prototypes = fewshot.prototypes(embeddings[:n_support], episode.support_labels, episode.n_way)
-    return prototypical_loss(embeddings[n_support:], episode.query_labels, prototypes, distance, cosine_scale)
-
-
-def make_episode_loss(distance: str = "euclidean", cosine_scale: float = 1.0):
-    """:func:`episode_loss` with its distance fixed: the ``episode_loss`` argument of training."""
-    check_distance(distance)
-    return functools.partial(episode_loss, distance=distance, cosine_scale=cosine_scale)
-
-
 class ProtoNet(FewShotMethod):
     """A Prototypical Network as a :class:`helpers.fewshot.FewShotMethod`.
 
     ``process_support_set`` embeds the support images and stores one prototype per class;
-    ``scores`` returns ``-d(f(x), c_k)`` (or the scaled cosine) for each query and class.
+    ``scores`` returns ``-d(f(x), c_k)`` (or the scaled cosine) for each query and class;
+    ``episode_loss`` is its training step, so :func:`helpers.training.train_episodic` trains
+    its ``encoder``.
     Images must have the shape the encoder declares (a Conv-4: ``(1, 28, 28)``).
     """
 
@@ -115,6 +97,18 @@ class ProtoNet(FewShotMethod):
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
         return class_scores(self.embed(query_images), self.prototypes, self.distance, self.cosine_scale)
+
+    def episode_loss(self, episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step (:func:`helpers.training.train_episodic`): ``(loss, accuracy)`` on one episode.
+
+        Support and query images go through the encoder together, in one batch (in training
+        mode batch norm then normalises both with the same statistics); the prototypes are the
+        support embeddings' class means and the loss is :func:`prototypical_loss` of the queries.
+        """
+        n_support = len(episode.support_images)
+        embeddings = self.encoder(torch.cat([episode.support_images, episode.query_images]))
+        prototypes = fewshot.prototypes(embeddings[:n_support], episode.support_labels, episode.n_way)
+        return prototypical_loss(embeddings[n_support:], episode.query_labels, prototypes, self.distance, self.cosine_scale)
 
 
 class ZeroShotProtoNet(nn.Module, FewShotMethod):
@@ -414,9 +408,9 @@ def train_command(args: argparse.Namespace, device: torch.device, command: str) 
     print(f"training on {train}\nvalidating on {val} ({'seen' if overlap else 'held-out'} classes); keeping the {keep} weights")
     print(f"command: {command}", flush=True)
     history = commands.episodic_run(
-        files, args, command, model=encoder, episode_loss=make_episode_loss(args.distance, args.cosine_scale), sampler=sampler,
-        optimizer=optimizer, scheduler=scheduler, val_method=ProtoNet(encoder, args.distance, args.cosine_scale),
-        val_episodes=val_episodes, record=record, keep=keep, device=device, on_validation=report_validation,
+        files, args, command, method=ProtoNet(encoder, args.distance, args.cosine_scale), sampler=sampler,
+        optimizer=optimizer, scheduler=scheduler, val_episodes=val_episodes, record=record, keep=keep, device=device,
+        on_validation=report_validation,
     )
     wall = commands.wall_seconds(files, args)
     info = {"episodes": len(history.episode), "wall_seconds": round(wall, 1), "episodes_per_second": round(history.episodes_per_second, 2),

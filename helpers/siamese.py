@@ -580,7 +580,9 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     ``validation_alphabets`` of the 30 are held out of training to choose the best round by
     within-alphabet 20-way one-shot accuracy; the best weights are saved (without the
     optimizer state) to ``out`` and a record to ``out`` with ``.json``, as one atomic pair,
-    every time the validation improves (so a killed run keeps its best round). ``saver`` (a
+    every time the validation improves (so a killed run keeps its best round). The rounds are
+    the steps of the course's shared :class:`helpers.training.Loop` (time budget, keep-best,
+    stop requests). ``saver`` (a
     :class:`helpers.checkpoints.Saver`) decides where a command's run may save.
 
     ``should_stop()`` (the command's Ctrl-C and SIGTERM) ends the current round after its
@@ -592,6 +594,7 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     from . import checkpoints, runs
     from .datasets import load_omniglot
     from .fewshot import evaluate
+    from .training import History, KeepBest, Loop
 
     keras.utils.set_random_seed(rules.seed(seed))
     rng = rules.numpy_rng(seed)
@@ -608,16 +611,25 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     val_episodes = within_alphabet_episodes(omniglot.images[val_rows], alphabets[np.isin(alphabets, held_out)], seed=seed, per_alphabet=8) if len(val_rows) else []
 
     model = compile_siamese(build_siamese(koch_base((28, 28), features=features)), learning_rate)
-    best, log, round_, seconds_before = (-1.0, None), [], 0, 0.0
+
+    def final_model(weights=None):
+        final = build_siamese(koch_base((28, 28), features=features))
+        final.set_weights(weights if weights is not None else keep.state if keep.state is not None else model.get_weights())
+        return final
+
+    # one step of the shared loop is a round; the best round's weights are kept (and saved as a whole model)
+    keep = KeepBest(lambda: [w.copy() for w in model.get_weights()], saver, lambda: record("interrupted"),
+                    writer=lambda weights: final_model(weights).save, value=-1.0)
+    log, round_, seconds_before = [], 0, 0.0
     if resume is not None:
         model.set_weights([np.asarray(w) for w in resume["weights"]])
         model.optimizer.build(model.trainable_variables)
         for variable, value in zip(model.optimizer.variables, resume["optimizer"], strict=True):
             variable.assign(np.asarray(value))
-        best = (resume["best_accuracy"], [np.asarray(w) for w in resume["best_weights"]] if resume["best_weights"] else None)
+        keep.value = float(resume["best_accuracy"])
+        keep.state = [np.asarray(w) for w in resume["best_weights"]] if resume["best_weights"] else None
         log, round_, seconds_before = list(resume["log"]), int(resume["round"]), float(resume["seconds"])
         runs.set_generator_state(rng, resume["rng"])
-    start = time.perf_counter() - seconds_before
     callbacks = [_StopWhenAsked(should_stop)] if should_stop is not None else []
     description = {
         "model": "reduced Koch et al. (2015) convolutional Siamese twin, 28x28 inputs",
@@ -632,55 +644,60 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     }
 
     def record(status: str) -> dict:
-        minutes_so_far = (time.perf_counter() - start) / 60
+        minutes_so_far = loop.elapsed() / 60
         return {
             **description, "method": "siamese", "status": status,
-            "val_score": checkpoints.score(best[0]) if best[1] is not None else None,
-            "best_validation_20way_accuracy": best[0], "rounds": round_, "wall_minutes": minutes_so_far,
+            "val_score": checkpoints.score(keep.value) if keep.state is not None else None,
+            "best_validation_20way_accuracy": keep.value, "rounds": round_, "wall_minutes": minutes_so_far,
             "train_seconds": round(60 * minutes_so_far, 1), "wall_seconds": None, "log": log,
             "history": {key: [entry.get(key) for entry in log] for key in ("round", "loss", "pair_accuracy", "val_20way", "minutes")},
-            "results": {"rounds": round_, "best_validation_20way_accuracy": best[0]},
+            "results": {"rounds": round_, "best_validation_20way_accuracy": keep.value},
         }
 
-    def final_model():
-        final = build_siamese(koch_base((28, 28), features=features))
-        final.set_weights(best[1] if best[1] is not None else model.get_weights())
-        return final
+    entry: dict = {}
 
-    stopped = False
-    while time.perf_counter() - start < 60 * minutes:
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        round_ += 1
-        pairs = make_pairs(char_labels, seed=seed + round_, groups=char_groups, same_group_fraction=0.5)
+    def step(number: int):
+        nonlocal round_, entry
+        round_ = number
+        pairs = make_pairs(char_labels, seed=seed + number, groups=char_groups, same_group_fraction=0.5)
         left = augment(as_float(train_images[pairs.left]), rng)
         right = augment(as_float(train_images[pairs.right]), rng)
         fit = model.fit([left, right], pairs.same, batch_size=128, epochs=1, shuffle=True, verbose=0, callbacks=callbacks)
         loss = float(fit.history["loss"][-1])
-        runs.check_finite(round_, loss)
+        runs.check_finite(number, loss)
         if should_stop is not None and should_stop():
-            stopped = True  # this round was cut short: it is not validated or logged
-            break
-        entry = {"round": round_, "pairs": len(pairs), "loss": loss, "pair_accuracy": float(fit.history["accuracy"][-1]), "minutes": (time.perf_counter() - start) / 60}
-        if val_episodes:
-            entry["val_20way"] = evaluate(SiameseOneShot(model), val_episodes, progress=False).mean
-            if entry["val_20way"] > best[0]:
-                best = (entry["val_20way"], [w.copy() for w in model.get_weights()])
-                if saver is not None:
-                    saver.save(final_model().save, record("interrupted"))
+            return None  # this round was cut short: it is not validated or logged
+        entry = {"round": number, "pairs": len(pairs), "loss": loss, "pair_accuracy": float(fit.history["accuracy"][-1]),
+                 "minutes": loop.elapsed() / 60}
+        return loss, entry["pair_accuracy"]
+
+    def validate(number: int) -> float:
+        entry["val_20way"] = evaluate(SiameseOneShot(model), val_episodes, progress=False).mean
+        return entry["val_20way"]
+
+    def logged(number: int, history: History) -> None:
         log.append(entry)
         if progress:
             print(json.dumps(entry), flush=True)
-    result = record("interrupted" if stopped else "complete")
-    if stopped:
-        result["stopped_state"] = {
+
+    stopped: list[dict] = []
+
+    def save_resumable(history: History) -> None:
+        stopped.append({
             "weights": [torch.from_numpy(np.array(w)) for w in model.get_weights()],
             "optimizer": [torch.from_numpy(np.array(keras.ops.convert_to_numpy(v))) for v in model.optimizer.variables],
-            "best_accuracy": best[0], "best_weights": [torch.from_numpy(w) for w in best[1]] if best[1] is not None else [],
+            "best_accuracy": keep.value, "best_weights": [torch.from_numpy(w) for w in keep.state] if keep.state is not None else [],
             "log": log, "round": len(log),  # rounds completed; a round cut short is run again
-            "seconds": time.perf_counter() - start, "rng": runs.generator_state(rng),
-        }
+            "seconds": history.seconds, "rng": runs.generator_state(rng),
+        })
+
+    loop = Loop(None, history=History(seconds=seconds_before), first_step=round_ + 1, validate=validate if val_episodes else None,
+                val_every=1, keep=keep, max_seconds=60 * minutes, should_stop=should_stop, save_resumable=save_resumable,
+                on_step=logged)
+    loop.run(step)
+    result = record("interrupted" if stopped else "complete")
+    if stopped:
+        result["stopped_state"] = stopped[0]
         return result
     final = final_model()
     if saver is not None:

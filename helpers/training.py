@@ -1,10 +1,21 @@
-"""Episodic training, shared by every learned few-shot method of the course.
+"""Training loops, shared by every learned method of the course.
 
-Training imitates testing: every step draws one N-way K-shot episode from the training
-classes, asks the method for a loss on that episode's queries, and takes one optimiser step.
-:func:`train_episodic` runs that loop with a progress bar, records a :class:`History` the
-notebooks plot, validates now and then on held-out classes, keeps the best weights in a
-checkpoint, and stops cleanly (returning what it has) when interrupted.
+:class:`Loop` is the schedule around any training loop. A trainer gives it a step function
+(one optimiser step; it returns the step's loss and accuracy) and, if it validates, a validate
+function; the loop then keeps a :class:`History`, validates every ``val_every`` steps, at the
+end and when a time budget runs out, keeps the best weights (:class:`KeepBest`, written through
+a :class:`helpers.checkpoints.Saver` on every improvement), stops with one line when the loss is
+not a finite number, and stops cleanly between two steps when asked (the commands' Ctrl-C and
+SIGTERM), handing the trainer the moment to save a resumable state. :func:`train_episodic`
+below, MAML's (:mod:`helpers.maml`), the one-shot pretraining (:mod:`helpers.one_shot`),
+MAML-RL's (:mod:`helpers.maml_rl`) and the Siamese twin's (:mod:`helpers.siamese`) all run on it.
+
+Episodic training imitates testing: every step draws one N-way K-shot episode from the training
+classes, asks the method for its loss on that episode's queries (the method's own
+:meth:`~helpers.fewshot.FewShotMethod.episode_loss`), and takes one optimiser step.
+:func:`train_episodic` runs that loop for any method that has an ``episode_loss`` and weights,
+with a progress bar, a :class:`History` the notebooks plot, periodic validation on held-out
+classes, and the best weights kept in a checkpoint.
 
 :class:`DeviceEpisodeSampler` keeps all the images on the training device and assembles each
 episode there, so on a GPU drawing an episode costs one small index copy and one gather.
@@ -14,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +38,19 @@ from .device import seed_everything
 from .episodes import Episode, EpisodeSampler, FewShotDataset, float_images
 from .fewshot import FewShotMethod, evaluate
 
-EpisodeLoss = Callable[[torch.nn.Module, Episode], tuple[torch.Tensor, torch.Tensor]]
+#: What a step function returns: ``(loss, accuracy)`` (tensors or numbers; ``accuracy`` may be
+#: ``None`` when the step measures none), or ``None`` when a stop request cut the step short.
+StepResult = tuple[Any, Any] | None
 
 
 @dataclass
 class History:
     """Everything a notebook plots about one training run.
 
-    ``loss`` and ``accuracy`` hold one value per training episode (numbered in ``episode``);
-    ``val_accuracy`` and ``val_ci95`` one value per validation (numbered in ``val_episode``).
+    ``loss`` and ``accuracy`` hold one value per training step (numbered in ``episode``: the
+    episodes of episodic training; the meta-steps, batches, iterations or rounds of the other
+    loops; ``accuracy`` is NaN where a step measures none); ``val_accuracy`` and ``val_ci95``
+    hold one value per validation (numbered in ``val_episode``), ``seconds`` the training time.
     """
 
     episode: list[int] = field(default_factory=list)
@@ -120,14 +135,311 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: Any 
     return record
 
 
+# ----------------------------------------------------------------------------- the shared loop
+
+
+def finite_weights(state: Any) -> bool:
+    """True when every floating-point number of ``state`` is finite: a state dict, a list of
+    arrays (Keras weights), or any nesting of them; torch tensors and NumPy arrays alike."""
+    if isinstance(state, Mapping):
+        return all(finite_weights(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(finite_weights(v) for v in state)
+    if isinstance(state, torch.Tensor):
+        return not torch.is_floating_point(state) or bool(torch.isfinite(state).all())
+    if isinstance(state, (np.ndarray, np.generic)):
+        return not np.issubdtype(state.dtype, np.floating) or bool(np.isfinite(state).all())
+    if isinstance(state, float):
+        return math.isfinite(state)
+    return True
+
+
+def save_weights(saver: checkpoints.Saver, state: Any, record: Mapping[str, Any],
+                 writer: Callable[[Any], Callable[[Path], None]] = checkpoints.torch_writer, step: int = 0) -> dict:
+    """Write ``state`` (``writer(state)`` writes the weights file) and ``record`` through ``saver``,
+    atomically; returns the record as written. Weights that are not all finite are never saved:
+    :class:`helpers.runs.NonFiniteLoss` (naming ``step``) is raised instead."""
+    if not finite_weights(state):
+        raise runs.NonFiniteLoss(step, float("nan"), "weights")
+    return saver.save(writer(state), record)
+
+
+class KeepBest:
+    """The best validation so far, the weights behind it, and their checkpoint.
+
+    :meth:`offer` takes every validation. One that beats the best so far (strictly: a tie keeps
+    the earlier weights) becomes the best: ``snapshot()`` is kept as :attr:`state` (a copy of
+    the weights, when they are needed after training; the state dict itself, when they are
+    only saved) and, with a ``saver``, written through it at once with ``record()`` as its
+    record (:func:`save_weights`: atomic, never non-finite), so that a killed run keeps its best
+    weights. ``writer(state)`` writes the weights file (``torch.save`` by default; the Keras
+    twin saves a model). A resumed run passes its best so far as ``step``, ``value``, ``ci95``
+    and ``state``.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Any],
+        saver: checkpoints.Saver | None = None,
+        record: Callable[[], Mapping[str, Any]] | None = None,
+        writer: Callable[[Any], Callable[[Path], None]] = checkpoints.torch_writer,
+        step: int = 0,
+        value: float = -math.inf,
+        ci95: float = math.nan,
+        state: Any = None,
+    ) -> None:
+        self.snapshot, self.saver, self.record, self.writer = snapshot, saver, record, writer
+        self.step, self.value, self.ci95, self.state = int(step), float(value), float(ci95), state
+        self.saved = False
+
+    def offer(self, step: int, value: float, ci95: float = math.nan) -> bool:
+        """Take the validation ``value`` (and its ``ci95``) measured at ``step``; True if it is the new best."""
+        if not value > self.value:
+            return False
+        self.step, self.value, self.ci95 = int(step), float(value), float(ci95)
+        self.state = self.snapshot()
+        if self.saver is not None:
+            save_weights(self.saver, self.state, dict(self.record() if self.record is not None else {}), self.writer, step)
+            self.saved = True
+        return True
+
+
+def _whole(name: str, value: Any, low: int) -> int:
+    from .validation import whole_number
+
+    return whole_number(name, value, low)
+
+
+def _seconds(name: str, value: Any) -> float:
+    from .validation import is_number, show
+
+    if not (is_number(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}={show(value)} must be a finite number of seconds >= 0.")
+    return float(value)
+
+
+def _mean_and_ci95(result: Any) -> tuple[float, float]:
+    """A validation's ``(mean, ci95)`` from an EvalResult, a ``(mean, ci95)`` pair or one number."""
+    if hasattr(result, "mean") and hasattr(result, "ci95"):
+        return float(result.mean), float(result.ci95)
+    if isinstance(result, tuple):
+        mean, ci95 = result
+        return float(mean), (math.nan if ci95 is None else float(ci95))
+    return float(result), math.nan
+
+
+def _as_floats(pairs: list[tuple[Any, Any]]) -> list[tuple[float, float]]:
+    """The ``(loss, accuracy)`` of some steps as Python floats, read from the device in one go
+    when they are tensors (one synchronisation for many steps, not one each)."""
+    if all(isinstance(v, torch.Tensor) for pair in pairs for v in pair):
+        values = torch.stack([torch.stack([lo.detach().float(), ac.detach().float()]) for lo, ac in pairs]).cpu()
+        return [(lo, ac) for lo, ac in values.tolist()]
+    return [(float(lo), math.nan if ac is None else float(ac)) for lo, ac in pairs]
+
+
+class Loop:
+    """The schedule around a training loop, whatever the method and the framework.
+
+    ``Loop(steps, ...).run(step)`` calls ``step(number)`` for the step numbers that follow
+    ``history`` (or from ``first_step``), ``steps`` times (``None``: until the time budget or a
+    stop). ``step`` takes one optimiser step and returns ``(loss, accuracy)`` (tensors or
+    numbers; ``accuracy`` may be ``None``), or ``None`` when a stop request cut it short (the
+    step is then not counted). Around it the loop
+
+    * records every step in :attr:`history` (a :class:`History`; a given one is continued:
+      step numbers, validations, best so far and seconds go on);
+    * stops with :class:`helpers.runs.NonFiniteLoss` ("the {loss_name} became nan at step N")
+      when a loss is not a finite number; losses are read every ``sync_every`` steps (tensors
+      on a GPU in one go), and always before a validation;
+    * calls ``validate(number)`` (returning an :class:`~helpers.fewshot.EvalResult`, a
+      ``(mean, ci95)`` pair or one number) every ``val_every`` steps (counted over the whole
+      run), after the last step, and when the time budget runs out, then ``keep.offer`` (a
+      :class:`KeepBest`) and ``on_validation(history)``;
+    * stops once ``history.seconds`` (earlier sessions included) passes ``max_seconds``,
+      looked at after every ``budget_every``-th step (an epoch's last batch, a chunk's last
+      iteration) and again after a validation, which it may have used up; the stopping step is
+      always validated;
+    * before every step asks ``should_stop()`` (default :func:`helpers.runs.stop_requested`,
+      the commands' Ctrl-C and SIGTERM): if true it ends with ``history.interrupted`` set and
+      calls ``save_resumable(history)``, at a step boundary where weights, optimiser and random
+      state agree;
+    * with ``interruptible``, ends on a ``KeyboardInterrupt`` (a notebook's stop button) with
+      ``history.interrupted`` set, but saves no resumable state (a step may be half done);
+      a ``KeyboardInterrupt`` after a stop request (a second Ctrl-C) always propagates;
+    * calls ``on_step(number, history)`` at the end of every step (the step's own loss is in
+      the history when ``sync_every`` is 1), and shows a progress bar (``progress``;
+      ``postfix(history)`` gives its numbers).
+    """
+
+    def __init__(
+        self,
+        steps: int | None,
+        *,
+        history: History | None = None,
+        first_step: int | None = None,
+        validate: Callable[[int], Any] | None = None,
+        val_every: int | None = None,
+        keep: KeepBest | None = None,
+        max_seconds: float | None = None,
+        budget_every: int = 1,
+        should_stop: Callable[[], bool] | None = runs.stop_requested,
+        save_resumable: Callable[[History], None] | None = None,
+        interruptible: bool = False,
+        sync_every: int = 1,
+        loss_name: str = "loss",
+        on_validation: Callable[[History], None] | None = None,
+        on_step: Callable[[int, History], None] | None = None,
+        progress: bool = False,
+        desc: str = "training",
+        leave: bool = False,
+        postfix: Callable[[History], dict] | None = None,
+    ) -> None:
+        if steps is not None:
+            steps = _whole("steps", steps, 0)
+        elif max_seconds is None:
+            raise ValueError("steps=None trains until the time budget runs out: give max_seconds too.")
+        if val_every is not None:
+            val_every = _whole("val_every", val_every, 1)
+        if max_seconds is not None:
+            max_seconds = _seconds("max_seconds", max_seconds)
+        self.steps, self.val_every, self.max_seconds = steps, val_every, max_seconds
+        self.budget_every, self.sync_every = _whole("budget_every", budget_every, 1), _whole("sync_every", sync_every, 1)
+        self.history = history if history is not None else History()
+        self.last_step = (self.history.n_episodes if first_step is None else _whole("first_step", first_step, 1) - 1)
+        self.validate, self.keep, self.should_stop, self.save_resumable = validate, keep, should_stop, save_resumable
+        self.interruptible, self.loss_name = interruptible, loss_name
+        self.on_validation, self.on_step = on_validation, on_step
+        self.progress, self.desc, self.leave, self.postfix = progress, desc, leave, postfix
+        self._clock: float | None = None
+        self._seconds_before = self.history.seconds
+
+    def elapsed(self) -> float:
+        """Training seconds so far, earlier sessions of the history included."""
+        if self._clock is None:
+            return self.history.seconds
+        return self._seconds_before + time.perf_counter() - self._clock
+
+    def out_of_time(self) -> bool:
+        return self.max_seconds is not None and self.elapsed() > self.max_seconds
+
+    def validation(self, number: int) -> None:
+        """Validate now, as step ``number``: record it, offer it to ``keep``, tell ``on_validation``."""
+        history = self.history
+        history.seconds = self.elapsed()
+        mean, ci95 = _mean_and_ci95(self.validate(number))
+        history.val_episode.append(int(number))
+        history.val_accuracy.append(mean)
+        history.val_ci95.append(ci95)
+        if self.keep is not None:
+            self.keep.offer(number, mean, ci95)
+        if self.on_validation is not None:
+            self.on_validation(history)
+
+    def _flush(self, pending: list) -> None:
+        if not pending:
+            return
+        numbers = [number for number, _, _ in pending]
+        values = _as_floats([(loss, accuracy) for _, loss, accuracy in pending])
+        pending.clear()
+        history = self.history
+        history.episode.extend(numbers)
+        history.loss.extend(loss for loss, _ in values)
+        history.accuracy.extend(accuracy for _, accuracy in values)
+        for number, (loss, _) in zip(numbers, values):
+            if not math.isfinite(loss):
+                raise runs.NonFiniteLoss(number, loss, self.loss_name)
+
+    def _show(self, bar, done: int) -> None:
+        if not self.progress:
+            return
+        bar.update(done - bar.n)
+        if not self.history.loss:
+            return
+        if self.postfix is not None:
+            bar.set_postfix(self.postfix(self.history))
+        else:
+            shown = {"loss": f"{np.mean(self.history.loss[-50:]):.3f}"}
+            accuracy = [a for a in self.history.accuracy[-50:] if math.isfinite(a)]
+            if accuracy:
+                shown["acc"] = f"{np.mean(accuracy):.3f}"
+            bar.set_postfix(shown)
+
+    def run(self, step: Callable[[int], StepResult]) -> History:
+        """Train: ``step(number)`` once per step, with everything the class doc lists; returns :attr:`history`."""
+        from tqdm.auto import tqdm
+
+        history, pending = self.history, []
+        self._seconds_before, self._clock = history.seconds, time.perf_counter()
+        bar = tqdm(total=self.steps, desc=self.desc, disable=not self.progress, leave=self.leave)
+        done, asked = 0, False
+        try:
+            while self.steps is None or done < self.steps:
+                if self.should_stop is not None and self.should_stop():
+                    asked = True
+                    break
+                number = self.last_step + 1
+                result = step(number)
+                if result is None:  # a stop request cut the step short: it does not count
+                    asked = True
+                    break
+                done, self.last_step = done + 1, number
+                pending.append((number, *result))
+                last = done == self.steps
+                if done % self.sync_every == 0 or last:
+                    self._flush(pending)
+                    self._show(bar, done)
+                history.seconds = self.elapsed()
+                budget_due = self.max_seconds is not None and number % self.budget_every == 0
+                out_of_time = budget_due and self.out_of_time()
+                due = self.val_every is not None and number % self.val_every == 0
+                if self.validate is not None and (due or last or out_of_time):
+                    self._flush(pending)  # the history is complete (and finite) when it is validated
+                    self.validation(number)
+                    out_of_time = out_of_time or (budget_due and self.out_of_time())
+                if self.on_step is not None:
+                    self.on_step(number, history)
+                if out_of_time:
+                    break
+        except KeyboardInterrupt:
+            if not self.interruptible or runs.stop_requested():
+                raise
+            history.interrupted = True
+        finally:
+            try:
+                self._flush(pending)
+            finally:
+                self._show(bar, done)
+                bar.close()
+                history.seconds = self.elapsed()
+                self._clock = None
+        if asked:
+            history.interrupted = True
+            if self.save_resumable is not None:
+                self.save_resumable(history)
+        return history
+
+
+# ----------------------------------------------------------------------------- episodic training
+
+
+def trainable_module(method: Any) -> torch.nn.Module:
+    """The module whose weights training changes: the method itself when it is an ``nn.Module``
+    (:class:`~helpers.matching.MatchingNetwork`), else its ``encoder`` (:class:`~helpers.protonet.ProtoNet`)."""
+    if isinstance(method, torch.nn.Module):
+        return method
+    encoder = getattr(method, "encoder", None)
+    if isinstance(encoder, torch.nn.Module):
+        return encoder
+    raise ValueError(f"method={type(method).__name__} has no weights to train: give a method that is an nn.Module "
+                     "or keeps its network as .encoder.")
+
+
 def train_episodic(
-    model: torch.nn.Module,
-    episode_loss: EpisodeLoss,
+    method: FewShotMethod,
     sampler,
     n_episodes: int,
     optimizer: torch.optim.Optimizer,
     scheduler=None,
-    val_method: FewShotMethod | None = None,
     val_episodes: list[Episode] | None = None,
     val_every: int = 500,
     checkpoint: str | Path | checkpoints.Saver | None = None,
@@ -140,74 +452,57 @@ def train_episodic(
     on_validation: Callable[[History], None] | None = None,
     max_seconds: float | None = None,
     should_stop: Callable[[], bool] = runs.stop_requested,
-    save_on_interrupt: bool = True,
+    save_resumable: Callable[[History], None] | None = None,
 ) -> History:
-    """Train ``model`` for ``n_episodes`` episodes, one optimiser step per episode.
+    """Train an episodic ``method`` for ``n_episodes`` episodes, one optimiser step per episode.
 
-    ``episode_loss(model, episode)`` returns ``(loss, accuracy)`` for an episode already on
-    ``device``, with the model in train mode. Every ``val_every`` episodes (counted over the
-    whole run, so a continued ``history`` keeps the schedule) and at the end ``val_method`` is
-    evaluated on ``val_episodes`` with the model in eval mode. With a ``checkpoint`` (a path,
-    or a :class:`helpers.checkpoints.Saver` that decides where this run may save),
-    ``keep="best"`` saves the weights of the best validation (or the last weights when there
-    is no validation) and ``keep="last"`` saves the final weights; ``metadata`` (e.g. the
-    command and hardware) is stored in the ``.json`` beside them. Every save is atomic.
-    ``on_validation(history)`` is called after each validation (live plots).
-    ``max_seconds`` is a time budget: training stops (validating once more) when it runs out.
+    ``method`` is any few-shot method with an ``episode_loss(episode) -> (loss, accuracy)``
+    (:class:`~helpers.protonet.ProtoNet`, :class:`~helpers.matching.MatchingNetwork`) whose
+    weights are the method itself (an ``nn.Module``) or its ``.encoder``
+    (:func:`trainable_module`); ``optimizer`` holds those weights. Each episode of
+    ``sampler.sample()`` is moved to ``device`` and scored with the module in train mode. Every
+    ``val_every`` episodes (counted over the whole run, so a continued ``history`` keeps the
+    schedule) and at the end the method is evaluated on ``val_episodes`` in eval mode. With a
+    ``checkpoint`` (a path, or a :class:`helpers.checkpoints.Saver` that decides where this run
+    may save), ``keep="best"`` saves the weights of the best validation (or the last weights
+    when there is no validation) and ``keep="last"`` saves the final weights; ``metadata``
+    (e.g. the command and hardware) is stored in the ``.json`` beside them. Every save is atomic.
+    ``on_validation(history)`` is called after each validation (live plots). ``max_seconds`` is
+    a time budget for the history's training time: training stops (validating once more) when
+    it runs out.
 
-    A loss that is not a finite number stops training with :class:`helpers.runs.NonFiniteLoss`
-    (checked every 50 episodes and before every validation), and weights that are not finite
-    are never saved. Ctrl-C (KeyboardInterrupt) or ``should_stop()`` turning true (the
-    commands' Ctrl-C and SIGTERM, between two episodes) stops the loop cleanly: the history so
-    far is returned with ``interrupted=True`` (and, unless ``save_on_interrupt=False``, the
-    last weights are saved when they would have been at the end).
+    The loop is a :class:`Loop`: a loss that is not a finite number stops training with
+    :class:`helpers.runs.NonFiniteLoss` (checked every 50 episodes and before every validation),
+    and weights that are not finite are never saved. ``should_stop()`` turning true (the
+    commands' Ctrl-C and SIGTERM, between two episodes) or Ctrl-C in a notebook stops the loop
+    cleanly: the history so far is returned with ``interrupted=True``. After a stop request
+    ``save_resumable(history)`` is called (the commands save what ``--resume`` needs); without
+    it, the last weights are saved when they would have been at the end.
     """
     n_episodes = validation.whole_number("n_episodes", n_episodes, 0)
     val_every = validation.whole_number("val_every", val_every, 1)
     validation.one_of("keep", keep, ("best", "last"))
     validation.seed(seed, allow_none=True)
-    if (val_method is None) != (not val_episodes):
-        raise ValueError("give both val_method and val_episodes, or neither.")
-    from tqdm.auto import tqdm
-
+    module = trainable_module(method)
+    if not callable(getattr(method, "episode_loss", None)) or getattr(type(method), "episode_loss", None) is FewShotMethod.episode_loss:
+        raise ValueError(f"method={type(method).__name__} is not trained episodically (it has no episode_loss); "
+                         "train a ProtoNet or a MatchingNetwork.")
     if seed is not None:
         seed_everything(seed)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
-    if val_method is not None:
-        val_method.device = device
+    device = torch.device(device) if device is not None else next(module.parameters()).device
+    module.to(device)
+    method.device = device
     history = history if history is not None else History()
-    start_episode = history.n_episodes
-    best = history.best_validation()
-    best_accuracy = best[1] if best else -math.inf
     metadata = dict(metadata or {})
     saver = checkpoint if isinstance(checkpoint, checkpoints.Saver) or checkpoint is None else (
         checkpoints.Saver(checkpoint, metadata.get("run_id") or checkpoints.new_run_id()))
-    saved: list[str] = []
-    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # read back in batches: fewer GPU syncs
 
-    def flush() -> None:
-        if pending:
-            values = torch.stack([torch.stack([lo.detach().float(), ac.detach().float()]) for _, lo, ac in pending]).cpu()
-            history.episode.extend(e for e, _, _ in pending)
-            history.loss.extend(values[:, 0].tolist())
-            history.accuracy.extend(values[:, 1].tolist())
-            pending.clear()
-            bad = [i for i, v in enumerate(values[:, 0].tolist()) if not math.isfinite(v)]
-            if bad:
-                raise runs.NonFiniteLoss(history.episode[len(history.episode) - len(values) + bad[0]], values[bad[0], 0].item())
-
-    def save(tag: str) -> None:
-        if saver is None:
-            return
-        state = model.state_dict()
-        if not runs.all_finite(state.values()):
-            raise runs.NonFiniteLoss(history.n_episodes, float("nan"), "weights")
-        last = history.best_validation() if tag == "best" else None
-        val_accuracy = last[1] if last else (history.val_accuracy[-1] if history.val_accuracy else None)
-        val_ci95 = last[2] if last else (history.val_ci95[-1] if history.val_ci95 else None)
-        episode = last[0] if last else history.n_episodes
-        info = {
+    def record(tag: str) -> dict:
+        best = history.best_validation() if tag == "best" else None
+        val_accuracy = best[1] if best else (history.val_accuracy[-1] if history.val_accuracy else None)
+        val_ci95 = best[2] if best else (history.val_ci95[-1] if history.val_ci95 else None)
+        episode = best[0] if best else history.n_episodes
+        return {
             **metadata,
             "saved": tag,
             "episode": episode,
@@ -219,63 +514,44 @@ def train_episodic(
             "episodes_trained": history.n_episodes,
             "status": "interrupted",  # until the run ends (a killed run's record stays so)
         }
-        saver.save(checkpoints.torch_writer(state), info)
-        saved.append(tag)
 
-    def validate(episode_number: int) -> None:
-        nonlocal best_accuracy
-        model.eval()
-        result = evaluate(val_method, val_episodes, progress=False)
-        model.train()
-        history.val_episode.append(episode_number)
-        history.val_accuracy.append(result.mean)
-        history.val_ci95.append(0.0 if math.isnan(result.ci95) else result.ci95)
-        if keep == "best" and result.mean > best_accuracy:
-            best_accuracy = result.mean
-            save("best")
-        if on_validation is not None:
-            on_validation(history)
+    keep_best = None
+    if keep == "best" and val_episodes:
+        best = history.best_validation()
+        keep_best = KeepBest(module.state_dict, saver, lambda: record("best"),
+                             **({"step": best[0], "value": best[1], "ci95": best[2]} if best else {}))
 
-    clock = time.perf_counter()
-    elapsed_before = history.seconds
-    bar = tqdm(total=n_episodes, desc="training", disable=not progress, leave=False)
-    model.train()
+    def validate(number: int) -> tuple[float, float]:
+        module.eval()
+        result = evaluate(method, val_episodes, progress=False)
+        module.train()
+        return result.mean, 0.0 if math.isnan(result.ci95) else result.ci95
+
+    def step(number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        episode = sampler.sample().to(device)
+        loss, accuracy = method.episode_loss(episode)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        return loss, accuracy
+
+    loop = Loop(
+        n_episodes, history=history, validate=validate if val_episodes else None, val_every=val_every, keep=keep_best,
+        max_seconds=max_seconds, should_stop=should_stop, save_resumable=save_resumable, interruptible=True,
+        sync_every=50, on_validation=on_validation, progress=progress, desc="training",
+    )
+    module.train()
     try:
-        for step in range(1, n_episodes + 1):
-            if should_stop():
-                history.interrupted = True
-                break
-            number = start_episode + step
-            episode = sampler.sample().to(device)
-            loss, accuracy = episode_loss(model, episode)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            pending.append((number, loss, accuracy))
-            if step % 50 == 0 or step == n_episodes:
-                flush()
-                bar.update(step - bar.n)
-                bar.set_postfix(loss=f"{np.mean(history.loss[-50:]):.3f}", acc=f"{np.mean(history.accuracy[-50:]):.3f}")
-            out_of_time = max_seconds is not None and time.perf_counter() - clock > max_seconds
-            if val_method is not None and (number % val_every == 0 or step == n_episodes or out_of_time):
-                flush()  # so that the history is complete when on_validation reads it
-                history.seconds = elapsed_before + time.perf_counter() - clock
-                validate(number)
-            if out_of_time:
-                break
-    except KeyboardInterrupt:
-        history.interrupted = True
+        loop.run(step)
     finally:
-        try:
-            flush()
-        finally:
-            bar.close()
-            model.train()
-            history.seconds = elapsed_before + time.perf_counter() - clock
-    if (keep == "last" or not history.val_accuracy) and (save_on_interrupt or not history.interrupted):
-        save("last")
+        module.train()
+    saved = keep_best is not None and keep_best.saved
+    resumable = history.interrupted and save_resumable is not None  # a stopped command saves its resume state instead
+    if saver is not None and (keep == "last" or not history.val_accuracy) and not resumable:
+        save_weights(saver, module.state_dict(), record("last"), step=history.n_episodes)
+        saved = True
     if saved and not history.interrupted:
         checkpoints.update_record(saver.path, status="complete", episodes_total=history.n_episodes)
     return history

@@ -214,7 +214,7 @@ def toy_episodic(tmp_path, name, stop_at=None, resume=False):
 
     from helpers import commands, runs
     from helpers.episodes import FewShotDataset
-    from helpers.protonet import ProtoNet, make_episode_loss
+    from helpers.protonet import ProtoNet
     from helpers.training import DeviceEpisodeSampler
 
     rng = np.random.default_rng(0)
@@ -243,9 +243,9 @@ def toy_episodic(tmp_path, name, stop_at=None, resume=False):
     val = DeviceEpisodeSampler(data, 3, 1, 3, seed=99).take(5)
     record = {"command": f"toy {name}", "method": "toy", "validation": "5 toy episodes"}
     with runs.StopSignals(announce=False):
-        history = commands.episodic_run(files, args, f"toy {name}", model=model, episode_loss=make_episode_loss(),
-                                        sampler=sampler, optimizer=optimizer, scheduler=scheduler, val_method=ProtoNet(model),
-                                        val_episodes=val, record=record, keep="best", device=torch.device("cpu"))
+        history = commands.episodic_run(files, args, f"toy {name}", method=ProtoNet(model), sampler=sampler,
+                                        optimizer=optimizer, scheduler=scheduler, val_episodes=val, record=record, keep="best",
+                                        device=torch.device("cpu"))
     files.finish()
     return history, model, files
 
@@ -282,7 +282,7 @@ def test_a_fresh_run_over_an_interrupted_one_is_refused(tmp_path):
 def test_a_non_finite_loss_stops_training_and_saves_no_nan(tmp_path):
     from helpers import runs
     from helpers.episodes import FewShotDataset
-    from helpers.protonet import ProtoNet, make_episode_loss
+    from helpers.protonet import ProtoNet
     from helpers.training import DeviceEpisodeSampler, load_checkpoint, train_episodic
 
     images = np.random.default_rng(0).integers(0, 255, size=(40, 8, 8)).astype(np.uint8)
@@ -290,8 +290,8 @@ def test_a_non_finite_loss_stops_training_and_saves_no_nan(tmp_path):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
     val = DeviceEpisodeSampler(data, 3, 1, 3, seed=9).take(3)
     with pytest.raises(runs.NonFiniteLoss, match=r"the loss became (nan|inf) at step \d+"):
-        train_episodic(model, make_episode_loss(), DeviceEpisodeSampler(data, 3, 1, 3), 200, torch.optim.SGD(model.parameters(), lr=1e12),
-                       val_method=ProtoNet(model), val_episodes=val, val_every=1, checkpoint=tmp_path / "x.pt", progress=False)
+        train_episodic(ProtoNet(model), DeviceEpisodeSampler(data, 3, 1, 3), 200, torch.optim.SGD(model.parameters(), lr=1e12),
+                       val_episodes=val, val_every=1, checkpoint=tmp_path / "x.pt", progress=False)
     if (tmp_path / "x.pt").exists():  # an early validation may have saved: those weights are finite
         fresh = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
         load_checkpoint(tmp_path / "x.pt", fresh)

@@ -66,7 +66,7 @@ def test_protonet_loss_and_gradient_agree_between_cpu_and_gpu():
         model = Conv4().double()
         model.load_state_dict(reference.state_dict())
         model.to(device)
-        loss, accuracy = protonet.episode_loss(model, in_float64(episode, device))
+        loss, accuracy = protonet.ProtoNet(model).episode_loss(in_float64(episode, device))
         loss.backward()
         results.append((float(loss.detach()), float(accuracy), model.blocks[0][0].weight.grad.cpu()))
     (loss_c, acc_c, grad_c), (loss_g, acc_g, grad_g) = results
@@ -119,8 +119,8 @@ def test_a_short_training_run_on_the_gpu_learns():
     method = protonet.ProtoNet(encoder)
     val = EpisodeSampler(data, 5, 1, 3, seed=9).take(10)
     history = train_episodic(
-        encoder, protonet.make_episode_loss(), DeviceEpisodeSampler(data, 5, 1, 3, device=CUDA, seed=0), 30,
-        torch.optim.Adam(encoder.parameters(), lr=1e-3), val_method=method, val_episodes=val, val_every=30,
+        method, DeviceEpisodeSampler(data, 5, 1, 3, device=CUDA, seed=0), 30,
+        torch.optim.Adam(encoder.parameters(), lr=1e-3), val_episodes=val, val_every=30,
         device=CUDA, progress=False,
     )
     assert next(encoder.parameters()).device.type == "cuda"

@@ -308,3 +308,43 @@ def test_panel_reports_bad_settings_even_inside_a_kernel(monkeypatch):
     assert panel.run() is True and panel.message.value == ""
     panel.controls["alpha"].value = -0.1
     assert panel.run() is False and "alpha=-0.1" in panel.message.value
+
+
+@pytest.mark.parametrize("stop_after", [5, 10])  # inside a chunk of 10 iterations, and at its end
+def test_the_command_stopped_and_resumed_is_the_uninterrupted_run(tmp_path, capsys, monkeypatch, stop_after):
+    from helpers import checkpoints, maml_rl, runs
+
+    real_step = maml_rl.meta_train_step
+    calls = {"n": 0, "stop_after": None}
+
+    def step(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == calls["stop_after"]:
+            runs.request_stop("SIGINT")  # what Ctrl-C does: the loop stops before the next iteration
+        return loss
+
+    monkeypatch.setattr(maml_rl, "meta_train_step", step)
+
+    def run(name, *extra):
+        argv = ["--out", str(tmp_path / f"{name}.pt"), "--iterations", "13", "--meta-batch", "2", "--trajectories", "2",
+                "--eval-goals", "2", "--select-goals", "2", "--threads", "1", *extra]
+        try:
+            maml_rl.main(argv)
+            return 0
+        except SystemExit as stop:
+            return stop.code
+
+    assert run("whole") == 0
+    calls.update(n=0, stop_after=stop_after)
+    assert run("split") == 130
+    err = capsys.readouterr().err
+    assert f"stopped at iteration {stop_after} of 13" in err and "--resume" in err
+    calls["stop_after"] = None
+    assert run("split", "--resume") == 0
+    whole, split = (checkpoints.read_record(tmp_path / f"{n}.pt") for n in ("whole", "split"))
+    for key in ("history", "selection_curve", "kept_iteration", "validation_return_after_steps", "val_score"):
+        assert whole[key] == split[key], key
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [row[0] for row in whole["selection_curve"]] == [10, 13]  # scored every 10 iterations and at the end

@@ -18,7 +18,6 @@ from helpers.matching import (
     evaluate_embedded,
     label_distribution,
     log_label_distribution,
-    matching_loss,
 )
 from helpers.nets import Conv4
 
@@ -192,6 +191,25 @@ def test_fce_model_shapes_gradients_and_interface():
     assert model.device.type == "cpu"
 
 
+def test_the_training_step_by_hand():
+    # 1x2-pixel "images" embedded as themselves; class 0's support is (1, 0), class 1's (0, 1).
+    # Query (1, 0) of class 0 has cosines (1, 0): y_hat_0 = e / (e + 1). Query (1, 1) of class 1
+    # has cosines (1/sqrt 2, 1/sqrt 2): y_hat_1 = 1/2, and the tie goes to class 0 (a miss).
+    from helpers.episodes import Episode
+
+    encoder = nn.Flatten()
+    encoder.out_features = 2
+    model = MatchingNetwork(encoder=encoder)
+    episode = Episode(torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]]), torch.tensor([0, 1]),
+                      torch.tensor([[[[1.0, 0.0]]], [[[1.0, 1.0]]]]), torch.tensor([0, 1]), np.arange(2), ("a", "b"))
+    loss, accuracy = model.episode_loss(episode)
+    assert loss.item() == pytest.approx((-math.log(math.e / (math.e + 1)) + math.log(2)) / 2, rel=1e-6)
+    assert accuracy.item() == 0.5
+    model.log_scale.requires_grad_(True)
+    model.episode_loss(episode)[0].backward()
+    assert model.log_scale.grad is not None  # a learned scale is trained by the same loss
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_bad_processing_steps_are_refused_with_a_sentence(bad):
     with pytest.raises(ValueError, match="processing_steps"):
@@ -230,7 +248,7 @@ def test_training_on_a_few_classes_beats_chance(needs_data, fce):
     before = evaluate(model.eval(), test_episodes, progress=False).mean
     sampler = EpisodeSampler(train, n_way=5, k_shot=1, n_query=5, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    history = train_episodic(model, matching_loss, sampler, 120, optimizer, progress=False, seed=0)
+    history = train_episodic(model, sampler, 120, optimizer, progress=False, seed=0)
     after = evaluate(model.eval(), test_episodes, progress=False).mean
     assert history.loss[-20:] and sum(history.loss[-20:]) / 20 < sum(history.loss[:20]) / 20
     assert after > 0.45, f"5-way accuracy {after:.2f} is not far above chance (0.20)"

@@ -154,3 +154,27 @@ def test_cached_encoder_gives_identical_embeddings(evaluation):
     assert len(cached.memory) == 12
     assert torch.allclose(again, embed_in_batches(encoder, images[4:]), atol=1e-6)
     assert torch.allclose(first, embed_in_batches(encoder, images[:8]), atol=1e-6)
+
+
+def test_pretraining_stopped_between_two_epochs_resumes_exactly():
+    # one step of the shared loop is a batch; a stop before an epoch's first batch keeps that
+    # epoch's order (drawn at the end of the one before), so the resumed run is the same run
+    from helpers.episodes import FewShotDataset
+
+    rng = np.random.default_rng(1)
+    data = FewShotDataset("toy", rng.integers(0, 255, size=(48, 28, 28)).astype(np.uint8), np.repeat(np.arange(4), 12), tuple("abcd"))
+    settings = dict(epochs=3, lr=1e-2, batch_size=16, val_per_class=2, max_shift=1, seed=0, progress=False)
+    whole = pretrain_classifier(data, **settings)  # 40 training images: 3 batches per epoch
+    asked = {"n": 0}
+
+    def stop_before_the_second_epoch():
+        asked["n"] += 1
+        return asked["n"] == 4
+
+    stopped = pretrain_classifier(data, **settings, should_stop=stop_before_the_second_epoch)
+    state = stopped.stopped_state
+    assert (state["epoch"], state["next_batch"], state["sums"]) == (1, 0, [0, 0, 0.0])
+    assert len(stopped.history["loss"]) == len(stopped.history["val accuracy"]) == 1  # the first epoch was validated
+    resumed = pretrain_classifier(data, **settings, resume=state)
+    assert resumed.history == whole.history and resumed.val_accuracy == whole.val_accuracy
+    assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()))

@@ -77,6 +77,65 @@ def test_protonet_method_uses_the_shared_interface():
     assert method.predict(queries).tolist() == [0, 1]
 
 
+def toy_dataset(seed: int = 0) -> FewShotDataset:
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 255, size=(6, 8, 8))
+    images = np.clip(np.repeat(centres, 10, axis=0) + rng.integers(-80, 80, size=(60, 8, 8)), 0, 255).astype(np.uint8)
+    return FewShotDataset("toy", images, np.repeat(np.arange(6), 10), tuple("abcdef"))
+
+
+def small_encoder() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 8))
+
+
+@pytest.mark.parametrize(("distance", "cosine_scale"), [("euclidean", 1.0), ("cosine", 10.0)])
+def test_the_training_step_is_the_prototypical_loss_of_one_batch(distance, cosine_scale):
+    # episode_loss = prototypical_loss of the queries against the class means of the support
+    # embeddings, support and queries embedded in one batch (batch norm sees them together)
+    episode = EpisodeSampler(toy_dataset(), 3, 2, 4, seed=1).sample()
+    encoder = nn.Sequential(small_encoder(), nn.BatchNorm1d(8))
+    method = protonet.ProtoNet(encoder, distance, cosine_scale)
+    loss, accuracy = method.episode_loss(episode)
+    embeddings = encoder(torch.cat([episode.support_images, episode.query_images]))
+    prototypes = torch.stack([embeddings[:6][episode.support_labels == k].mean(0) for k in range(3)])
+    if distance == "euclidean":
+        logits = -((embeddings[6:, None, :] - prototypes[None]) ** 2).sum(-1)
+    else:
+        logits = cosine_scale * torch.nn.functional.normalize(embeddings[6:], dim=-1) @ torch.nn.functional.normalize(prototypes, dim=-1).T
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, episode.query_labels).item(), rel=1e-6)
+    assert accuracy.item() == (logits.argmax(1) == episode.query_labels).float().mean().item()
+    loss.backward()
+    assert all(p.grad is not None for p in encoder.parameters())  # the loss trains the encoder
+
+
+def test_train_episodic_is_exactly_the_plain_loop_of_training_steps():
+    # The reference computation: draw an episode, take the method's training step, step Adam and
+    # the scheduler. train_episodic must give the same losses, accuracies and weights, bit for bit.
+    data = toy_dataset()
+    encoder = small_encoder()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
+    history = train_episodic(protonet.ProtoNet(encoder, "cosine", 5.0), DeviceEpisodeSampler(data, 3, 1, 3, seed=4), 30,
+                             optimizer, scheduler, progress=False, seed=0)
+    reference = small_encoder()
+    method = protonet.ProtoNet(reference, "cosine", 5.0)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
+    sampler = DeviceEpisodeSampler(data, 3, 1, 3, seed=4)
+    losses, accuracies = [], []
+    for _ in range(30):
+        loss, accuracy = method.episode_loss(sampler.sample())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        accuracies.append(accuracy.item())
+    assert history.loss == losses and history.accuracy == accuracies and history.episode == list(range(1, 31))
+    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values()))
+
+
 def test_zero_shot_prototypes_generalise_to_unseen_classes():
     # Each class k has a metadata vector v_k; its images embed near A v_k for a fixed unknown A.
     # Learning g(v) = W v + b on seen classes must recover the map for classes never trained on.
@@ -118,8 +177,8 @@ def test_a_few_dozen_episodes_beat_chance_by_far(needs_data):
     encoder.eval()
     before = evaluate(method, test_episodes, progress=False).mean
     history = train_episodic(
-        encoder, protonet.make_episode_loss(), DeviceEpisodeSampler(train, 10, 1, 5, seed=0), 40,
-        torch.optim.Adam(encoder.parameters(), lr=1e-3), val_method=method, val_episodes=test_episodes,
+        method, DeviceEpisodeSampler(train, 10, 1, 5, seed=0), 40,
+        torch.optim.Adam(encoder.parameters(), lr=1e-3), val_episodes=test_episodes,
         val_every=40, progress=False, seed=0,
     )
     after = history.val_accuracy[-1]

@@ -250,3 +250,50 @@ def test_a_missing_or_truncated_twin_is_one_sentence_with_the_command(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         siamese.load_checkpoint(tmp_path / "twin.keras")
     assert "\n" not in str(caught.value) and str(tmp_path / "twin.keras") in str(caught.value)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_data")
+def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monkeypatch):
+    # The rounds are steps of the shared training loop: validated every round, the best saved
+    # only when it improves, a stop request handing back a resumable state, the time budget
+    # (earlier sessions included) ending the resumed run after one more round.
+    from helpers import checkpoints
+
+    real_make_pairs = siamese.make_pairs
+    monkeypatch.setattr(siamese, "make_pairs", lambda labels, pairs_per_class=None, **kw: real_make_pairs(labels, 1, **kw))
+    saver = checkpoints.Saver(tmp_path / "twin.keras", "run-1")
+    saved_rounds = []
+    real_save = saver.save
+
+    def counting_save(write_weights, record):
+        saved_rounds.append(record["rounds"])
+        return real_save(write_weights, record)
+
+    saver.save = counting_save
+    import helpers.fewshot as fewshot
+
+    validated, real_evaluate = [], fewshot.evaluate
+
+    def counting_evaluate(*args, **kwargs):
+        result = real_evaluate(*args, **kwargs)
+        validated.append(result.mean)
+        return result
+
+    monkeypatch.setattr(fewshot, "evaluate", counting_evaluate)
+
+    def stop_before_round_3():  # asked before every round, after every batch and after every fit
+        return len(validated) == 2
+
+    settings = dict(seed=0, validation_alphabets=2, features=8, saver=saver, progress=False)
+    first = siamese.train_omniglot_checkpoint(tmp_path / "twin.keras", minutes=5, should_stop=stop_before_round_3, **settings)
+    state = first.pop("stopped_state")
+    assert first["status"] == "interrupted" and [e["round"] for e in state["log"]] == [1, 2] and state["round"] == 2
+    assert state["best_accuracy"] == max(validated)
+    improved = [i + 1 for i, v in enumerate(validated) if v > max([-1.0, *validated[:i]])]
+    assert saved_rounds == improved  # saved only when the validation improved
+    resumed = siamese.train_omniglot_checkpoint(tmp_path / "twin.keras", minutes=1e-4, resume=state, **settings)
+    assert resumed["status"] == "complete" and [e["round"] for e in resumed["log"]] == [1, 2, 3] and resumed["rounds"] == 3
+    assert resumed["best_validation_20way_accuracy"] == max(validated) and len(validated) == 3
+    assert checkpoints.read_record(tmp_path / "twin.keras")["status"] == "complete"
+    siamese.load_checkpoint(tmp_path / "twin.keras")

@@ -345,7 +345,7 @@ def seeded_calls():
         "sample_episodes": lambda seed: sample_episodes(data, 3, 1, 2, count=2, seed=seed),
         "RetrainedSoftmax": lambda seed: one_shot.RetrainedSoftmax(seed=seed),
         "split_per_class": lambda seed: one_shot.split_per_class(data, 2, seed=seed),
-        "train_episodic": lambda seed: train_episodic(None, None, None, 1, None, seed=seed),
+        "train_episodic": lambda seed: train_episodic(None, None, 1, None, seed=seed),
         "adaptation_returns": lambda seed: maml_rl.adaptation_returns(maml_rl.GaussianMLPPolicy(), torch.zeros(1, 2), 0.1, seed=seed),
     }
 

@@ -18,23 +18,33 @@ import torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cold", action="store_true", help="decode the archives into a fresh cache first")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cold", action="store_true", help="decode the archives into a fresh cache first"
+    )
     args = parser.parse_args()
 
     from helpers import datasets
     from helpers.episodes import EpisodeSampler, omniglot_dataset
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    )
     if args.cold:
         with tempfile.TemporaryDirectory() as folder:
             os.environ[datasets.DATA_DIR_VARIABLE] = folder
             start = time.perf_counter()
             datasets.load_omniglot(progress=False)
-            print(f"first load (decode 32,460 PNGs, write cache): {time.perf_counter() - start:6.2f} s")
+            print(
+                f"first load (decode 32,460 PNGs, write cache): {time.perf_counter() - start:6.2f} s"
+            )
             start = time.perf_counter()
             datasets.load_omniglot(progress=False)
-            print(f"second load (from the cache):                  {time.perf_counter() - start:6.2f} s")
+            print(
+                f"second load (from the cache):                  {time.perf_counter() - start:6.2f} s"
+            )
             del os.environ[datasets.DATA_DIR_VARIABLE]
     start = time.perf_counter()
     datasets.load_omniglot(progress=False)
@@ -49,7 +59,9 @@ def main() -> None:
         for _ in range(count):
             sampler.sample()
         per = (time.perf_counter() - start) / count
-        print(f"sample a {n_way}-way {k_shot}-shot {n_query}-query episode on the CPU:  {1000 * per:6.2f} ms")
+        print(
+            f"sample a {n_way}-way {k_shot}-shot {n_query}-query episode on the CPU:  {1000 * per:6.2f} ms"
+        )
 
 
 if __name__ == "__main__":

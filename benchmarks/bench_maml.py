@@ -60,8 +60,17 @@ def run_one(config: dict) -> dict:
         model, loss, inner_lr = sinusoid_net().to(device), F.mse_loss, 0.01
     else:
         model, loss, inner_lr = maml_conv4(config["n_way"]).to(device), F.cross_entropy, 0.4
-    learner = MAML(model, inner_lr, 1e-3, config["inner_steps"], config["first_order"], loss, config["mode"])
-    batch = make_batch(config["model"], config["meta_batch"], config["n_way"], config["k_shot"], config["n_query"], device)
+    learner = MAML(
+        model, inner_lr, 1e-3, config["inner_steps"], config["first_order"], loss, config["mode"]
+    )
+    batch = make_batch(
+        config["model"],
+        config["meta_batch"],
+        config["n_way"],
+        config["k_shot"],
+        config["n_query"],
+        device,
+    )
 
     def sync() -> None:
         if device.type == "cuda":
@@ -83,11 +92,19 @@ def run_one(config: dict) -> dict:
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
         memory = "CUDA max_memory_allocated"
     else:
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024  # ru_maxrss is in KiB on Linux
+        peak_mb = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+        ) / 1024  # ru_maxrss is in KiB on Linux
         memory = "growth of peak RSS (warm-up excluded)"
     ms = 1000 * sorted(times)[len(times) // 2]
-    return {**config, "ms_per_meta_step": round(ms, 1), "meta_steps_per_s": round(1000 / ms, 2), "peak_mb": round(peak_mb, 1),
-            "memory_measure": memory, "all_ms": [round(1000 * t, 1) for t in times]}
+    return {
+        **config,
+        "ms_per_meta_step": round(ms, 1),
+        "meta_steps_per_s": round(1000 / ms, 2),
+        "peak_mb": round(peak_mb, 1),
+        "memory_measure": memory,
+        "all_ms": [round(1000 * t, 1) for t in times],
+    }
 
 
 def describe(device: str) -> str:
@@ -101,7 +118,9 @@ def describe(device: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["conv4", "sinusoid"], default="conv4")
-    parser.add_argument("--devices", nargs="*", default=None, help="default: cpu, and cuda when available")
+    parser.add_argument(
+        "--devices", nargs="*", default=None, help="default: cpu, and cuda when available"
+    )
     parser.add_argument("--modes", nargs="*", default=["loop", "vmap"])
     parser.add_argument("--orders", nargs="*", default=["second", "first"])
     parser.add_argument("--meta-batch", type=int, default=32)
@@ -111,7 +130,12 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads on the CPU (default: torch's choice)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -125,29 +149,58 @@ def main() -> None:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = []
     for device in devices:
-        task = (f"K={args.k_shot} support and {args.n_query} query points" if args.model == "sinusoid"
-                else f"{args.n_way}-way {args.k_shot}-shot, {args.n_query} queries per class")
-        print(f"\n{args.model}, device {device}: {describe(device)}; meta-batch {args.meta_batch}, {task}, "
-              f"{args.inner_steps} inner step(s)")
+        task = (
+            f"K={args.k_shot} support and {args.n_query} query points"
+            if args.model == "sinusoid"
+            else f"{args.n_way}-way {args.k_shot}-shot, {args.n_query} queries per class"
+        )
+        print(
+            f"\n{args.model}, device {device}: {describe(device)}; meta-batch {args.meta_batch}, {task}, "
+            f"{args.inner_steps} inner step(s)"
+        )
         print(f"{'order':>7} {'mode':>5} {'ms/meta-step':>13} {'meta-steps/s':>13} {'peak MB':>9}")
         for order in args.orders:
             for mode in args.modes:
-                config = dict(model=args.model, device=device, mode=mode, first_order=order == "first", meta_batch=args.meta_batch,
-                              n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query, inner_steps=args.inner_steps,
-                              warmup=args.warmup, repeats=args.repeats, threads=args.threads if device == "cpu" else None)
-                done = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)], capture_output=True, text=True, cwd=ROOT)
+                config = dict(
+                    model=args.model,
+                    device=device,
+                    mode=mode,
+                    first_order=order == "first",
+                    meta_batch=args.meta_batch,
+                    n_way=args.n_way,
+                    k_shot=args.k_shot,
+                    n_query=args.n_query,
+                    inner_steps=args.inner_steps,
+                    warmup=args.warmup,
+                    repeats=args.repeats,
+                    threads=args.threads if device == "cpu" else None,
+                )
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(config)],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                )
                 if done.returncode != 0:
                     print(f"{order:>7} {mode:>5} failed: {done.stderr.strip().splitlines()[-1]}")
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 result["hardware"] = describe(device)
                 results.append(result)
-                print(f"{order:>7} {mode:>5} {result['ms_per_meta_step']:>13.1f} {result['meta_steps_per_s']:>13.2f} {result['peak_mb']:>9.1f}")
+                print(
+                    f"{order:>7} {mode:>5} {result['ms_per_meta_step']:>13.1f} {result['meta_steps_per_s']:>13.2f} {result['peak_mb']:>9.1f}"
+                )
         for order in args.orders:
-            pair = {r["mode"]: r for r in results if r["device"] == device and r["first_order"] == (order == "first")}
+            pair = {
+                r["mode"]: r
+                for r in results
+                if r["device"] == device and r["first_order"] == (order == "first")
+            }
             if {"loop", "vmap"} <= set(pair):
                 ratio = pair["loop"]["ms_per_meta_step"] / pair["vmap"]["ms_per_meta_step"]
-                print(f"{order}-order on {device}: vmap is {ratio:.2f}x the speed of the loop (loop ms / vmap ms)")
+                print(
+                    f"{order}-order on {device}: vmap is {ratio:.2f}x the speed of the loop (loop ms / vmap ms)"
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

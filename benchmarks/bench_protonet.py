@@ -40,7 +40,9 @@ def timed(function, count: int, device: torch.device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n-way", type=int, nargs="+", default=[60])
     parser.add_argument("--k-shot", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--n-query", type=int, default=5)
@@ -56,9 +58,13 @@ def main() -> None:
     from helpers.training import DeviceEpisodeSampler, train_episodic
 
     device = training_device(args.device, args.threads)  # as the training command does
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {describe_device(device)}; torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {describe_device(device)}; torch {torch.__version__}"
+    )
     data = omniglot_dataset("vinyals-trainval")
-    print(f"{'setting':>22} | {'sample (ms)':>11} | {'compute (ms)':>12} | {'train_episodic (ms)':>19} | episodes/s")
+    print(
+        f"{'setting':>22} | {'sample (ms)':>11} | {'compute (ms)':>12} | {'train_episodic (ms)':>19} | episodes/s"
+    )
     for n_way in args.n_way:
         for k_shot in args.k_shot:
             torch.manual_seed(0)
@@ -78,11 +84,16 @@ def main() -> None:
             compute = timed(step, args.episodes, device)
             train_episodic(method, sampler, 5, optimizer, device=device, progress=False)  # warm-up
             synchronize(device)
-            history = train_episodic(method, sampler, args.episodes, optimizer, device=device, progress=False)
+            history = train_episodic(
+                method, sampler, args.episodes, optimizer, device=device, progress=False
+            )
             synchronize(device)
             loop = history.seconds / len(history.episode)
             setting = f"{n_way}-way {k_shot}-shot {args.n_query}-query"
-            print(f"{setting:>22} | {1000 * sample:11.2f} | {1000 * compute:12.2f} | {1000 * loop:19.2f} | {1 / loop:8.1f}", flush=True)
+            print(
+                f"{setting:>22} | {1000 * sample:11.2f} | {1000 * compute:12.2f} | {1000 * loop:19.2f} | {1 / loop:8.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -53,27 +53,41 @@ def step_seconds(threads: int, steps: int, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts to time (default: 1 .. CPUs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="thread counts to time (default: 1 .. CPUs)",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=400)
-    parser.add_argument("--busy", type=int, default=0, help="other CPU-bound processes to run meanwhile")
+    parser.add_argument(
+        "--busy", type=int, default=0, help="other CPU-bound processes to run meanwhile"
+    )
     args = parser.parse_args()
     cpus = available_cpus()
     counts = args.threads or list(range(1, cpus + 1))
     stop = multiprocessing.Event()
-    neighbours = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.busy)]
+    neighbours = [
+        multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.busy)
+    ]
     for p in neighbours:
         p.start()
     try:
-        print(f"{cpus} usable CPUs (os.cpu_count() {os.cpu_count()}), {args.busy} busy neighbour(s), "
-              f"load average before {os.getloadavg()[0]:.2f}; Conv-4 forward+backward on {args.batch} images 28x28")
+        print(
+            f"{cpus} usable CPUs (os.cpu_count() {os.cpu_count()}), {args.busy} busy neighbour(s), "
+            f"load average before {os.getloadavg()[0]:.2f}; Conv-4 forward+backward on {args.batch} images 28x28"
+        )
         results = {}
         for threads in counts:
             results[threads] = step_seconds(threads, args.steps, args.batch)
             print(f"  {threads} thread(s): {results[threads] * 1000:7.1f} ms per step")
         fastest = min(results, key=results.get)
-        print(f"fastest here: {fastest} thread(s); helpers.device.default_threads() chooses {default_threads(cpus)}; "
-              f"load average after {os.getloadavg()[0]:.2f}")
+        print(
+            f"fastest here: {fastest} thread(s); helpers.device.default_threads() chooses {default_threads(cpus)}; "
+            f"load average after {os.getloadavg()[0]:.2f}"
+        )
     finally:
         stop.set()
         for p in neighbours:

@@ -57,8 +57,21 @@ from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
 SCHEMA_KEYS = (
-    "schema", "method", "run_id", "weights", "status", "command", "hardware", "wall_seconds",
-    "train_seconds", "settings", "validation", "val_score", "history", "results", "saved_at",
+    "schema",
+    "method",
+    "run_id",
+    "weights",
+    "status",
+    "command",
+    "hardware",
+    "wall_seconds",
+    "train_seconds",
+    "settings",
+    "validation",
+    "val_score",
+    "history",
+    "results",
+    "saved_at",
 )
 STATUSES = ("complete", "interrupted", "resumable")
 
@@ -82,8 +95,13 @@ def new_run_id() -> str:
     return now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def score(value: float | None, ci95: float | None = None, step: int | None = None, metric: str = "accuracy",
-          higher_is_better: bool = True) -> dict | None:
+def score(
+    value: float | None,
+    ci95: float | None = None,
+    step: int | None = None,
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
+) -> dict | None:
     """The ``val_score`` entry of a record: a validation number, its 95 % interval and when."""
     if value is None or not math.isfinite(float(value)):
         return None
@@ -183,7 +201,9 @@ def beside(path: str | Path, run_id: str) -> Path:
 def previous_path(path: str | Path) -> Path:
     """Where :func:`write_pair` keeps the previous weights until the new record is in place."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.previous{path.suffix}")  # the suffix kept: Keras insists on .keras
+    return path.with_name(
+        f".{path.stem}.previous{path.suffix}"
+    )  # the suffix kept: Keras insists on .keras
 
 
 def read_record(path: str | Path) -> dict | None:
@@ -194,11 +214,15 @@ def read_record(path: str | Path) -> dict | None:
     try:
         record = json.loads(json_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{json_path} is not a readable checkpoint record ({_summary(exc)}); "
-                              "restore it from git or train the checkpoint again.") from exc
+        raise CheckpointError(
+            f"{json_path} is not a readable checkpoint record ({_summary(exc)}); "
+            "restore it from git or train the checkpoint again."
+        ) from exc
     if not isinstance(record, dict):
-        raise CheckpointError(f"{json_path} holds a JSON {type(record).__name__}, not a checkpoint record; "
-                              "restore it from git or train the checkpoint again.")
+        raise CheckpointError(
+            f"{json_path} holds a JSON {type(record).__name__}, not a checkpoint record; "
+            "restore it from git or train the checkpoint again."
+        )
     return record
 
 
@@ -227,7 +251,9 @@ def signals_deferred() -> Iterator[None]:
         return
     noted: list[int] = []
     held = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.signal(number, lambda number, frame: noted.append(number)) for number in held}
+    previous = {
+        number: signal.signal(number, lambda number, frame: noted.append(number)) for number in held
+    }
     try:
         yield
     finally:
@@ -273,7 +299,9 @@ def _remove_stale_staging(target: Path) -> None:
         _remove(stale)
 
 
-def write_pair(target: str | Path, write_weights: Callable[[Path], None], record: Mapping[str, Any]) -> dict:
+def write_pair(
+    target: str | Path, write_weights: Callable[[Path], None], record: Mapping[str, Any]
+) -> dict:
     """Write weights and record as one pair: both replaced together, or neither.
 
     ``write_weights(path)`` writes the weights file at ``path`` (a staging name with the
@@ -284,8 +312,10 @@ def write_pair(target: str | Path, write_weights: Callable[[Path], None], record
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
     if not os.access(folder, os.W_OK):
-        raise CheckpointError(f"cannot save {target}: the folder {folder} is not writable; "
-                              "choose another path or make the folder writable.")
+        raise CheckpointError(
+            f"cannot save {target}: the folder {folder} is not writable; "
+            "choose another path or make the folder writable."
+        )
     _remove_stale_staging(target)
     token = secrets.token_hex(4)
     staged_weights = _staging_name(target, token, target.suffix)
@@ -296,8 +326,15 @@ def write_pair(target: str | Path, write_weights: Callable[[Path], None], record
         write_weights(staged_weights)
         _fsync_file(staged_weights)
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        written = {**record, "weights": {"file": target.name, "sha256": file_sha256(staged_weights),
-                                         "bytes": staged_weights.stat().st_size}, "saved_at": stamp}
+        written = {
+            **record,
+            "weights": {
+                "file": target.name,
+                "sha256": file_sha256(staged_weights),
+                "bytes": staged_weights.stat().st_size,
+            },
+            "saved_at": stamp,
+        }
         staged_record.write_text(json.dumps(jsonable(written), indent=2, allow_nan=False) + "\n")
         _fsync_file(staged_record)
         with signals_deferred():
@@ -319,7 +356,9 @@ def write_pair(target: str | Path, write_weights: Callable[[Path], None], record
     except BaseException:
         if not committed:
             if weights_moved and backup.exists():
-                os.replace(backup, target)  # the new weights never got their record: the old pair again
+                os.replace(
+                    backup, target
+                )  # the new weights never got their record: the old pair again
             elif weights_moved:
                 _remove(target)
             else:
@@ -337,10 +376,14 @@ def update_record(path: str | Path, **changes: Any) -> dict:
     path = Path(path)
     record = read_record(path)
     if record is None:
-        raise CheckpointError(f"there is no record {record_path(path)} to update; save the checkpoint first.")
+        raise CheckpointError(
+            f"there is no record {record_path(path)} to update; save the checkpoint first."
+        )
     if path.exists() and verified_weights(path, record) != path:
-        raise CheckpointError(f"{path} is not the file its record describes (a save was interrupted); "
-                              "save the checkpoint again before updating its record.")
+        raise CheckpointError(
+            f"{path} is not the file its record describes (a save was interrupted); "
+            "save the checkpoint again before updating its record."
+        )
     updated = {**record, **changes}
     staged = _staging_name(path, secrets.token_hex(4), ".json")
     try:
@@ -376,7 +419,9 @@ def torch_writer(state: Mapping[str, Any]) -> Callable[[Path], None]:
     return write
 
 
-def protection(existing: Mapping[str, Any] | None, record: Mapping[str, Any], weights_exist: bool) -> str | None:
+def protection(
+    existing: Mapping[str, Any] | None, record: Mapping[str, Any], weights_exist: bool
+) -> str | None:
     """Why the checkpoint described by ``existing`` must not be replaced by ``record``'s run, or ``None``."""
     if not weights_exist:
         return None
@@ -391,12 +436,21 @@ def protection(existing: Mapping[str, Any] | None, record: Mapping[str, Any], we
         return "its record holds no validation score to compare with"
     if new is None:
         return f"it has a validation score ({_show_score(old)}) and this run has none yet"
-    same_measure = (old.get("metric") == new.get("metric") and existing.get("validation") == record.get("validation")
-                    and old.get("higher_is_better", True) == new.get("higher_is_better", True))
+    same_measure = (
+        old.get("metric") == new.get("metric")
+        and existing.get("validation") == record.get("validation")
+        and old.get("higher_is_better", True) == new.get("higher_is_better", True)
+    )
     if not same_measure:
-        return (f"its validation ({_show_score(old)} on {existing.get('validation') or 'unrecorded data'}) "
-                "is not measured like this run's")
-    better = old["value"] > new["value"] if new.get("higher_is_better", True) else old["value"] < new["value"]
+        return (
+            f"its validation ({_show_score(old)} on {existing.get('validation') or 'unrecorded data'}) "
+            "is not measured like this run's"
+        )
+    better = (
+        old["value"] > new["value"]
+        if new.get("higher_is_better", True)
+        else old["value"] < new["value"]
+    )
     if better:
         return f"its validation {_show_score(old)} is better than this run's {_show_score(new)}"
     return None
@@ -426,7 +480,13 @@ class Saver:
     :func:`beside` (``name_<run_id>.pt``) from then on, and ``say`` is told where, once.
     """
 
-    def __init__(self, path: str | Path, run_id: str, overwrite: bool = False, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        run_id: str,
+        overwrite: bool = False,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.requested = Path(path)
         self.path = Path(path)
         self.run_id, self.overwrite, self.say = run_id, bool(overwrite), say
@@ -440,8 +500,10 @@ class Saver:
                 reason = protection(read_record(self.requested), record, self.requested.exists())
             if reason is not None:
                 self.path = beside(self.requested, self.run_id)
-                self.say(f"{self.requested} holds another run's checkpoint and {reason}, so it is kept: "
-                         f"this run saves to {self.path} (--overwrite replaces it instead).")
+                self.say(
+                    f"{self.requested} holds another run's checkpoint and {reason}, so it is kept: "
+                    f"this run saves to {self.path} (--overwrite replaces it instead)."
+                )
             self.decided = True
         return write_pair(self.path, write_weights, record)
 
@@ -459,7 +521,9 @@ def how_to_make(record: Mapping[str, Any] | None, command: str | None) -> str:
     return f"make it with `{made_by}`" if made_by else "train it again with its method's command"
 
 
-def verified_weights(path: str | Path, record: Mapping[str, Any] | None, command: str | None = None) -> Path:
+def verified_weights(
+    path: str | Path, record: Mapping[str, Any] | None, command: str | None = None
+) -> Path:
     """The file holding the weights ``record`` describes: ``path`` itself, or the previous
     weights of a save that died between its two renames. Raises :class:`CheckpointError` if
     neither matches the SHA-256 the record names. Records without one are taken as they are."""
@@ -480,7 +544,9 @@ def verified_weights(path: str | Path, record: Mapping[str, Any] | None, command
     )
 
 
-def load(path: str | Path, read_weights: Callable[[Path], T], expected: str, command: str | None = None) -> tuple[T, dict]:
+def load(
+    path: str | Path, read_weights: Callable[[Path], T], expected: str, command: str | None = None
+) -> tuple[T, dict]:
     """``(read_weights(file), record)`` for the checkpoint at ``path``, or one clear error.
 
     ``expected`` says what the file should hold ("a Conv-4 ProtoNet encoder"), ``command``
@@ -496,7 +562,9 @@ def load(path: str | Path, read_weights: Callable[[Path], T], expected: str, com
             record = read_record(path)
         except CheckpointError:
             record = None
-        raise MissingCheckpoint(f"no checkpoint at {path}: expected {expected}; {how_to_make(record, command)}.")
+        raise MissingCheckpoint(
+            f"no checkpoint at {path}: expected {expected}; {how_to_make(record, command)}."
+        )
     record = read_record(path)
     source = verified_weights(path, record, command)
     try:
@@ -514,8 +582,13 @@ def state_mismatch(model_state: Mapping[str, Any], saved_state: Mapping[str, Any
     """How a saved state dict differs from a model's, in a few words, or ``None`` when it fits."""
     missing = [k for k in model_state if k not in saved_state]
     unexpected = [k for k in saved_state if k not in model_state]
-    reshaped = [k for k in model_state if k in saved_state and hasattr(saved_state[k], "shape")
-                and tuple(saved_state[k].shape) != tuple(model_state[k].shape)]
+    reshaped = [
+        k
+        for k in model_state
+        if k in saved_state
+        and hasattr(saved_state[k], "shape")
+        and tuple(saved_state[k].shape) != tuple(model_state[k].shape)
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]!r}")
@@ -523,8 +596,10 @@ def state_mismatch(model_state: Mapping[str, Any], saved_state: Mapping[str, Any
         parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]!r}")
     if reshaped:
         k = reshaped[0]
-        parts.append(f"{len(reshaped)} of another shape, e.g. {k!r} is {tuple(saved_state[k].shape)} in the file "
-                     f"and {tuple(model_state[k].shape)} in the model")
+        parts.append(
+            f"{len(reshaped)} of another shape, e.g. {k!r} is {tuple(saved_state[k].shape)} in the file "
+            f"and {tuple(model_state[k].shape)} in the model"
+        )
     return "; ".join(parts) if parts else None
 
 
@@ -540,7 +615,9 @@ def torch_reader(model: Any, map_location: Any = "cpu") -> Callable[[Path], Any]
             model.load_state_dict(state)  # a model may accept older layouts (its own load hooks)
         except RuntimeError as exc:
             problem = state_mismatch(model.state_dict(), state)
-            raise ValueError(f"it holds the weights of another network: {problem or _summary(exc)}") from exc
+            raise ValueError(
+                f"it holds the weights of another network: {problem or _summary(exc)}"
+            ) from exc
         return model
 
     return read

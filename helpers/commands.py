@@ -54,7 +54,12 @@ class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose mistakes become :class:`CommandError` (one line, exit 2)."""
 
     def __init__(self, prog: str, description: str | None = None, **kwargs: Any) -> None:
-        super().__init__(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(
+            prog=prog,
+            description=description,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            **kwargs,
+        )
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise CommandError(f"{message} (see {self.prog} --help)")
@@ -62,17 +67,38 @@ class Parser(argparse.ArgumentParser):
 
 def add_run_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
     """The options every training command has: seed, device, threads, resume, overwrite, debug."""
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice of the run (0 .. 2**32 - 1)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice of the run (0 .. 2**32 - 1)",
+    )
     if device:
-        parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available, "
-                            "or METALEARN_DEVICE)")
-        parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run that Ctrl-C or SIGTERM stopped, from its .resume.pt beside the checkpoint")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the checkpoint even if another run with a better validation made it "
-                        "(without it, this run saves beside it), and start afresh over an interrupted run")
-    parser.add_argument("--debug", action="store_true", help="show Python's traceback when something fails")
+        parser.add_argument(
+            "--device",
+            default=None,
+            help="cpu, cuda, cuda:N or mps (default: the best available, or METALEARN_DEVICE)",
+        )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="torch CPU threads (1 is fastest on a busy CPU)",
+        )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run that Ctrl-C or SIGTERM stopped, from its .resume.pt beside the checkpoint",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the checkpoint even if another run with a better validation made it "
+        "(without it, this run saves beside it), and start afresh over an interrupted run",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show Python's traceback when something fails"
+    )
 
 
 def command_line(prog: str, argv: Sequence[str]) -> str:
@@ -124,25 +150,39 @@ def run_options(args: argparse.Namespace) -> None:
         if os.environ.get(DEVICE_VARIABLE):
             check_device_name(os.environ[DEVICE_VARIABLE], DEVICE_VARIABLE)
     if args.resume and args.overwrite:
-        raise ValueError("--resume continues an interrupted run and --overwrite starts afresh over it; give one of them.")
+        raise ValueError(
+            "--resume continues an interrupted run and --overwrite starts afresh over it; give one of them."
+        )
 
 
-def omniglot_episodes(split: str, n_way: int, k_shot: int, n_query: int, flags: Sequence[str] = ("--n-way", "--k-shot", "--n-query")) -> None:
+def omniglot_episodes(
+    split: str,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    flags: Sequence[str] = ("--n-way", "--k-shot", "--n-query"),
+) -> None:
     """Episodes of ``split`` with these settings can be drawn: checked without loading Omniglot."""
     from .episodes import OMNIGLOT_CLASSES, OMNIGLOT_DRAWINGS
 
     if split not in OMNIGLOT_CLASSES:
-        raise ValueError(f"split {split!r} is not an Omniglot split; use one of {', '.join(OMNIGLOT_CLASSES)}.")
+        raise ValueError(
+            f"split {split!r} is not an Omniglot split; use one of {', '.join(OMNIGLOT_CLASSES)}."
+        )
     way, shot, query = flags
     validation.whole_number(way, n_way, 2)
     if n_way > OMNIGLOT_CLASSES[split]:
-        raise ValueError(f"{way}={n_way} is more than the {OMNIGLOT_CLASSES[split]} classes of Omniglot's {split} split; "
-                         f"use {way} <= {OMNIGLOT_CLASSES[split]}.")
+        raise ValueError(
+            f"{way}={n_way} is more than the {OMNIGLOT_CLASSES[split]} classes of Omniglot's {split} split; "
+            f"use {way} <= {OMNIGLOT_CLASSES[split]}."
+        )
     validation.whole_number(shot, k_shot, 1, OMNIGLOT_DRAWINGS - 1)
     validation.whole_number(query, n_query, 1, OMNIGLOT_DRAWINGS - 1)
     if k_shot + n_query > OMNIGLOT_DRAWINGS:
-        raise ValueError(f"{shot} {k_shot} plus {query} {n_query} is {k_shot + n_query} images per class, but every "
-                         f"Omniglot class has {OMNIGLOT_DRAWINGS}; use {shot} + {query} <= {OMNIGLOT_DRAWINGS}.")
+        raise ValueError(
+            f"{shot} {k_shot} plus {query} {n_query} is {k_shot + n_query} images per class, but every "
+            f"Omniglot class has {OMNIGLOT_DRAWINGS}; use {shot} + {query} <= {OMNIGLOT_DRAWINGS}."
+        )
 
 
 def writable_target(path: Path, what: str = "the checkpoint") -> None:
@@ -154,7 +194,9 @@ def writable_target(path: Path, what: str = "the checkpoint") -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ValueError(f"cannot write {what} {path}: {existing} is not a writable folder; choose another path.")
+        raise ValueError(
+            f"cannot write {what} {path}: {existing} is not a writable folder; choose another path."
+        )
 
 
 # ----------------------------------------------------------------------------- the files of one run
@@ -171,9 +213,28 @@ class RunFiles:
     """
 
     #: settings that may differ between a run and its resumption
-    FREE = frozenset({"device", "threads", "resume", "overwrite", "debug", "no_progress", "max_minutes", "minutes", "note", "hardware"})
+    FREE = frozenset(
+        {
+            "device",
+            "threads",
+            "resume",
+            "overwrite",
+            "debug",
+            "no_progress",
+            "max_minutes",
+            "minutes",
+            "note",
+            "hardware",
+        }
+    )
 
-    def __init__(self, checkpoint: str | Path, args: argparse.Namespace, settings: dict, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        args: argparse.Namespace,
+        settings: dict,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.checkpoint = Path(checkpoint)
         self.resume_file = checkpoints.resume_path(self.checkpoint)
         self.settings = dict(settings)  # as given: a command may add derived settings to its record
@@ -182,8 +243,10 @@ class RunFiles:
             self.state = self._read_state()
             self._check_same_settings(self.state.get("settings", {}))
         elif self.resume_file.exists() and not args.overwrite:
-            raise CommandError(f"{self.resume_file} holds an interrupted run of this checkpoint; continue it with --resume, "
-                               "or start afresh with --overwrite.")
+            raise CommandError(
+                f"{self.resume_file} holds an interrupted run of this checkpoint; continue it with --resume, "
+                "or start afresh with --overwrite."
+            )
         run_id = self.state["run_id"] if self.state else checkpoints.new_run_id()
         self.saver = checkpoints.Saver(self.checkpoint, run_id, overwrite=args.overwrite, say=say)
         if self.state:
@@ -198,7 +261,9 @@ class RunFiles:
         import torch
 
         if not self.resume_file.exists():
-            raise CommandError(f"--resume: there is no interrupted run at {self.resume_file}; start the run without --resume.")
+            raise CommandError(
+                f"--resume: there is no interrupted run at {self.resume_file}; start the run without --resume."
+            )
 
         def read(path: Path) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -211,14 +276,25 @@ class RunFiles:
             if key in self.FREE or key not in saved:
                 continue
             if saved[key] != value:
-                raise CommandError(f"--resume: {self.resume_file} was made with {flag(key)} {saved[key]}, not {value}; "
-                                   "resume with the run's own settings, or start afresh with --overwrite.")
+                raise CommandError(
+                    f"--resume: {self.resume_file} was made with {flag(key)} {saved[key]}, not {value}; "
+                    "resume with the run's own settings, or start afresh with --overwrite."
+                )
 
     def save_state(self, state: dict, record: dict) -> Path:
         """Write the resume state (``name.resume.pt`` and its ``.json``) atomically."""
-        state = {**state, "run_id": self.run_id, "settings": self.settings,
-                 "checkpoint_path": str(self.saver.path), "checkpoint_decided": self.saver.decided}
-        checkpoints.write_pair(self.resume_file, checkpoints.torch_writer(state), {**record, "run_id": self.run_id, "status": "resumable"})
+        state = {
+            **state,
+            "run_id": self.run_id,
+            "settings": self.settings,
+            "checkpoint_path": str(self.saver.path),
+            "checkpoint_decided": self.saver.decided,
+        }
+        checkpoints.write_pair(
+            self.resume_file,
+            checkpoints.torch_writer(state),
+            {**record, "run_id": self.run_id, "status": "resumable"},
+        )
         return self.resume_file
 
     def finish(self) -> None:
@@ -230,13 +306,20 @@ class RunFiles:
     def interrupted(self, where: str, command: str, saved_checkpoint: bool) -> Interrupted:
         """The exception (and its one line) for a run stopped at ``where`` ("episode 120")."""
         best = f"; its best weights so far are in {self.saver.path}" if saved_checkpoint else ""
-        return Interrupted(f"stopped at {where}: the run is saved in {self.resume_file}{best}; "
-                           f"continue it with: {resume_command(command)}", runs.stop_reason())
+        return Interrupted(
+            f"stopped at {where}: the run is saved in {self.resume_file}{best}; "
+            f"continue it with: {resume_command(command)}",
+            runs.stop_reason(),
+        )
 
 
 def nonfinite(exc: runs.NonFiniteLoss, hint: str, saved: Path | None) -> CommandError:
     """The one line for a run whose loss (or weights) stopped being finite."""
-    kept = f"; {saved} keeps the last good weights saved before it" if saved is not None and saved.exists() else "; nothing was saved"
+    kept = (
+        f"; {saved} keeps the last good weights saved before it"
+        if saved is not None and saved.exists()
+        else "; nothing was saved"
+    )
     return CommandError(f"training stopped: {exc} ({hint}){kept}.")
 
 
@@ -247,7 +330,15 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .datasets import DatasetError
     from .device import DeviceError
 
-    return (CommandError, ValueError, DatasetError, checkpoints.CheckpointError, DeviceError, runs.NonFiniteLoss, OSError)
+    return (
+        CommandError,
+        ValueError,
+        DatasetError,
+        checkpoints.CheckpointError,
+        DeviceError,
+        runs.NonFiniteLoss,
+        OSError,
+    )
 
 
 def main(
@@ -283,7 +374,11 @@ def main(
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"{prog}: stopped at once by a second Ctrl-C; nothing more was saved.", file=sys.stderr, flush=True)
+        print(
+            f"{prog}: stopped at once by a second Ctrl-C; nothing more was saved.",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(128 + signal.SIGINT) from None
     except _known_errors() as exc:
         if debug:
@@ -293,8 +388,11 @@ def main(
     except Exception as exc:
         if debug:
             raise
-        print(f"{prog}: internal error ({type(exc).__name__}: {one_line(exc)}); rerun with --debug for the traceback.",
-              file=sys.stderr, flush=True)
+        print(
+            f"{prog}: internal error ({type(exc).__name__}: {one_line(exc)}); rerun with --debug for the traceback.",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(EXIT_INTERNAL) from None
 
 
@@ -321,8 +419,21 @@ def wall_seconds(files: RunFiles, args: argparse.Namespace) -> float:
     return before + time.perf_counter() - args.started
 
 
-def episodic_run(files: RunFiles, args: argparse.Namespace, command: str, *, method, sampler, optimizer,
-                 scheduler, val_episodes, record: dict, keep: str, device, on_validation=None):
+def episodic_run(
+    files: RunFiles,
+    args: argparse.Namespace,
+    command: str,
+    *,
+    method,
+    sampler,
+    optimizer,
+    scheduler,
+    val_episodes,
+    record: dict,
+    keep: str,
+    device,
+    on_validation=None,
+):
     """Train ``method`` with :func:`helpers.training.train_episodic` as a command: resume, stop, save.
 
     Continues ``files.state`` when resuming (weights, optimiser, scheduler, sampler and global
@@ -346,7 +457,10 @@ def episodic_run(files: RunFiles, args: argparse.Namespace, command: str, *, met
         history.interrupted = False
         runs.set_rng_state(state["rng"])
         seed = None  # the random state goes on from where it stopped
-        print(f"resuming {files.resume_file} at episode {history.n_episodes} of {args.episodes}", flush=True)
+        print(
+            f"resuming {files.resume_file} at episode {history.n_episodes} of {args.episodes}",
+            flush=True,
+        )
     saved: list[Path] = []
 
     def save_resumable(history: History) -> None:
@@ -359,21 +473,49 @@ def episodic_run(files: RunFiles, args: argparse.Namespace, command: str, *, met
             "history": history.as_dict(),
             "wall_seconds": wall_seconds(files, args),
         }
-        saved.append(files.save_state(state, {**record, "train_seconds": round(history.seconds, 1),
-                                              "episodes_trained": history.n_episodes}))
+        saved.append(
+            files.save_state(
+                state,
+                {
+                    **record,
+                    "train_seconds": round(history.seconds, 1),
+                    "episodes_trained": history.n_episodes,
+                },
+            )
+        )
 
     try:
         history = train_episodic(
-            method, sampler, max(0, args.episodes - history.n_episodes), optimizer, scheduler,
-            val_episodes=val_episodes, val_every=args.val_every, checkpoint=files.saver,
-            device=device, progress=not args.no_progress, seed=seed, history=history, metadata=record, keep=keep,
-            on_validation=on_validation, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+            method,
+            sampler,
+            max(0, args.episodes - history.n_episodes),
+            optimizer,
+            scheduler,
+            val_episodes=val_episodes,
+            val_every=args.val_every,
+            checkpoint=files.saver,
+            device=device,
+            progress=not args.no_progress,
+            seed=seed,
+            history=history,
+            metadata=record,
+            keep=keep,
+            on_validation=on_validation,
+            max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
             save_resumable=save_resumable,
         )
     except runs.NonFiniteLoss as exc:
-        raise nonfinite(exc, "the learning rate --lr is probably too large", files.saver.path if own_checkpoint(files) else None) from None
+        raise nonfinite(
+            exc,
+            "the learning rate --lr is probably too large",
+            files.saver.path if own_checkpoint(files) else None,
+        ) from None
     if history.interrupted:
-        if not saved:  # stopped by a KeyboardInterrupt in the middle of an episode: nothing to resume from
+        if (
+            not saved
+        ):  # stopped by a KeyboardInterrupt in the middle of an episode: nothing to resume from
             raise KeyboardInterrupt
-        raise files.interrupted(f"episode {history.n_episodes} of {args.episodes}", command, own_checkpoint(files))
+        raise files.interrupted(
+            f"episode {history.n_episodes} of {args.episodes}", command, own_checkpoint(files)
+        )
     return history

@@ -95,7 +95,12 @@ FILES: dict[str, RemoteFile] = {
             sha256=("437c1eeab0af8484112e1b4cc0f3d541ec727f7c47b9b202da738af9dfd6c325",),
         ),
         *[
-            RemoteFile("omniglot", f"splits/vinyals/{split}.txt", (_SPLITS + f"{split}.txt",), sha256=(digest,))
+            RemoteFile(
+                "omniglot",
+                f"splits/vinyals/{split}.txt",
+                (_SPLITS + f"{split}.txt",),
+                sha256=(digest,),
+            )
             for split, digest in {
                 "train": "984522c194c30fb678ce53304a160a42faf5403ad4f9a67010f32dd3a35738e0",
                 "val": "11f99e54faee3e26f53d3231c1cceac5bf7b8730e9be31cb6dab256551dc0c1a",
@@ -113,7 +118,9 @@ FILES: dict[str, RemoteFile] = {
             }.items()
         ],
         *[
-            RemoteFile("fashion-mnist", name, tuple(base + name for base in _FASHION), sha256=(digest,))
+            RemoteFile(
+                "fashion-mnist", name, tuple(base + name for base in _FASHION), sha256=(digest,)
+            )
             for name, digest in {
                 "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
                 "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
@@ -179,7 +186,9 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 def _png_members(archive: zipfile.ZipFile) -> list[str]:
     return sorted(
-        n for n in archive.namelist() if n.endswith(".png") and not n.startswith("__MACOSX") and "/._" not in n
+        n
+        for n in archive.namelist()
+        if n.endswith(".png") and not n.startswith("__MACOSX") and "/._" not in n
     )
 
 
@@ -195,7 +204,9 @@ def omniglot_content_hash(path: Path) -> str:
     with zipfile.ZipFile(path) as archive:
         for member in _png_members(archive):
             relative = member.split("/", 1)[1]
-            pixels = np.asarray(Image.open(io.BytesIO(archive.read(member))).convert("1"), dtype=np.uint8)
+            pixels = np.asarray(
+                Image.open(io.BytesIO(archive.read(member))).convert("1"), dtype=np.uint8
+            )
             digest.update(relative.encode())
             digest.update(np.ascontiguousarray(pixels).tobytes())
     return digest.hexdigest()
@@ -279,7 +290,9 @@ def _download(remote: RemoteFile, destination: Path) -> None:
         staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".download-"))
         try:
             fetched = Path(
-                pooch.retrieve(url, known_hash=None, fname=remote.filename, path=staging, progressbar=True)
+                pooch.retrieve(
+                    url, known_hash=None, fname=remote.filename, path=staging, progressbar=True
+                )
             )
             if not verify(fetched, remote):
                 failures.append(f"{url} gave a file whose checksum does not match")
@@ -291,7 +304,11 @@ def _download(remote: RemoteFile, destination: Path) -> None:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     mirror = mirror_dir()
-    where = f"not in the mirror folder {mirror}" if mirror else f"no mirror folder is set in {MIRROR_VARIABLE}"
+    where = (
+        f"not in the mirror folder {mirror}"
+        if mirror
+        else f"no mirror folder is set in {MIRROR_VARIABLE}"
+    )
     raise DatasetError(
         f"Cannot get {remote.dataset}/{remote.name}: it is not cached at {destination}, {where}, "
         f"and the download did not work ({'; '.join(failures)}); connect to the network, or put the "
@@ -356,14 +373,20 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             payload = handle.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(f"{path} is not a readable idx file ({exc}); delete it so it is fetched again.") from exc
+        raise DatasetError(
+            f"{path} is not a readable idx file ({exc}); delete it so it is fetched again."
+        ) from exc
     zero, dtype_code, ndim = payload[0:2], payload[2], payload[3]
     if zero != b"\x00\x00" or dtype_code != 0x08:
-        raise DatasetError(f"{path} does not start with an idx header for unsigned bytes; delete it so it is fetched again.")
+        raise DatasetError(
+            f"{path} does not start with an idx header for unsigned bytes; delete it so it is fetched again."
+        )
     shape = tuple(int.from_bytes(payload[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DatasetError(f"{path} holds {data.size} bytes of data where its header promises {shape}; it is truncated.")
+        raise DatasetError(
+            f"{path} holds {data.size} bytes of data where its header promises {shape}; it is truncated."
+        )
     return data.reshape(shape)
 
 
@@ -439,7 +462,9 @@ def _character_members(path: Path) -> dict[str, list[str]]:
             groups.setdefault(f"{alphabet}/{character}", []).append(member)
     for name, members in groups.items():
         if len(members) != 20:
-            raise DatasetError(f"{path}: character {name} has {len(members)} drawings instead of 20; the archive is damaged.")
+            raise DatasetError(
+                f"{path}: character {name} has {len(members)} drawings instead of 20; the archive is damaged."
+            )
         members.sort(key=lambda m: m.rsplit("_", 1)[-1])
     return dict(sorted(groups.items()))
 
@@ -451,14 +476,18 @@ def load_omniglot(image_size: int = 28, *, progress: bool = True) -> Omniglot:
     ``data/omniglot/omniglot_<size>px.npz``; later calls read that file in well under 2 s.
     """
     if not 8 <= image_size <= 105:
-        raise ValueError(f"image_size must be between 8 and 105 pixels (the originals are 105), got {image_size}.")
+        raise ValueError(
+            f"image_size must be between 8 and 105 pixels (the originals are 105), got {image_size}."
+        )
     sources = [fetch("omniglot", f"images_{part}.zip") for part in ("background", "evaluation")]
     stamp = f"v{CACHE_VERSION}:" + ":".join(file_digest(p) for p in sources)
     cache = data_dir() / "omniglot" / f"omniglot_{image_size}px.npz"
     if cache.exists():
         with contextlib.suppress(Exception), np.load(cache, allow_pickle=False) as stored:
             if str(stored["stamp"]) == stamp:
-                return Omniglot(stored["images"], tuple(stored["characters"].tolist()), stored["background"])
+                return Omniglot(
+                    stored["images"], tuple(stored["characters"].tolist()), stored["background"]
+                )
     # Decoding takes a while; find out first whether its result can be kept.
     require_writable(cache.parent, f"cache the decoded {image_size}px Omniglot arrays")
     from tqdm.auto import tqdm
@@ -467,13 +496,21 @@ def load_omniglot(image_size: int = 28, *, progress: bool = True) -> Omniglot:
     for part, path in zip(("background", "evaluation"), sources):
         groups = _character_members(path)
         with zipfile.ZipFile(path) as archive:
-            for name, members in tqdm(groups.items(), desc=f"Omniglot {part} -> {image_size}px", disable=not progress):
+            for name, members in tqdm(
+                groups.items(), desc=f"Omniglot {part} -> {image_size}px", disable=not progress
+            ):
                 names.append(name)
                 arrays.append(np.stack([_to_small(archive.read(m), image_size) for m in members]))
                 flags.append(part == "background")
     data = Omniglot(np.stack(arrays), tuple(names), np.array(flags))
     buffer = io.BytesIO()
-    np.savez(buffer, images=data.images, characters=np.array(names), background=data.background, stamp=np.array(stamp))
+    np.savez(
+        buffer,
+        images=data.images,
+        characters=np.array(names),
+        background=data.background,
+        stamp=np.array(stamp),
+    )
     _atomic_write_bytes(cache, buffer.getvalue())
     return data
 
@@ -510,8 +547,16 @@ def load_lake_runs(image_size: int = 28) -> list[LakeRun]:
     with zipfile.ZipFile(path) as archive:
         for r in range(1, 21):
             run = f"run{r:02d}"
-            pairs = [line.split() for line in archive.read(f"{run}/class_labels.txt").decode().splitlines() if line.strip()]
-            train_names = sorted(n for n in archive.namelist() if n.startswith(f"{run}/training/") and n.endswith(".png"))
+            pairs = [
+                line.split()
+                for line in archive.read(f"{run}/class_labels.txt").decode().splitlines()
+                if line.strip()
+            ]
+            train_names = sorted(
+                n
+                for n in archive.namelist()
+                if n.startswith(f"{run}/training/") and n.endswith(".png")
+            )
             position = {n: i for i, n in enumerate(train_names)}
             tests = [test for test, _ in pairs]
             runs.append(

@@ -51,14 +51,22 @@ def check_device_name(prefer: str, source: str = "device") -> str:
     name = str(prefer).strip().lower()
     unset = " or unset it" if source == DEVICE_VARIABLE else " or leave it unset"
     if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
-        raise DeviceError(f"{source}={prefer!r} is not a device name; use cpu, cuda (or cuda:0, cuda:1, ...) or mps,{unset}.")
+        raise DeviceError(
+            f"{source}={prefer!r} is not a device name; use cpu, cuda (or cuda:0, cuda:1, ...) or mps,{unset}."
+        )
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"{source}={prefer!r} asks for a GPU but PyTorch sees no CUDA GPU; use 'cpu'{unset}.")
+        raise DeviceError(
+            f"{source}={prefer!r} asks for a GPU but PyTorch sees no CUDA GPU; use 'cpu'{unset}."
+        )
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise DeviceError(f"{source}={prefer!r} names GPU {name[5:]} but PyTorch sees {torch.cuda.device_count()}; "
-                          f"use cuda:0 up to cuda:{torch.cuda.device_count() - 1}.")
+        raise DeviceError(
+            f"{source}={prefer!r} names GPU {name[5:]} but PyTorch sees {torch.cuda.device_count()}; "
+            f"use cuda:0 up to cuda:{torch.cuda.device_count() - 1}."
+        )
     if name == "mps" and not _mps_available():
-        raise DeviceError(f"{source}={prefer!r} was asked for but Apple's MPS backend is not available; use 'cpu'{unset}.")
+        raise DeviceError(
+            f"{source}={prefer!r} was asked for but Apple's MPS backend is not available; use 'cpu'{unset}."
+        )
     return name
 
 
@@ -97,6 +105,7 @@ def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
     Reads cgroup v2's ``cpu.max`` ("200000 100000") or v1's ``cpu.cfs_quota_us`` and
     ``cpu.cfs_period_us``; ``max`` or ``-1`` (no quota), or no such file, gives ``None``.
     """
+
     def read(name: str) -> str | None:
         try:
             with open(os.path.join(root, name)) as f:
@@ -122,7 +131,9 @@ def available_cpus(root: str = "/sys/fs/cgroup") -> int:
     Binder, JupyterHub and Docker often show every core of the host (``os.cpu_count()``) but
     let a container use one or two; threads beyond the quota only wait for each other.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     quota = _cgroup_cpu_quota(root)
     if quota is not None:
         cpus = min(cpus, max(1, math.floor(quota)))

@@ -59,7 +59,9 @@ class FewShotDataset:
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
-            raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels.")
+            raise ValueError(
+                f"{self.name}: {len(self.images)} images but {len(self.labels)} labels."
+            )
         order = np.argsort(self.labels, kind="stable")
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         self._members = np.split(order, np.cumsum(counts)[:-1])
@@ -81,7 +83,13 @@ class FewShotDataset:
         """Indices into :attr:`images` of every image of class ``class_id``."""
         return self._members[class_id]
 
-    def episode(self, class_ids: np.ndarray, support_indices: np.ndarray, query_indices: np.ndarray, pixels: bool = True) -> Episode:
+    def episode(
+        self,
+        class_ids: np.ndarray,
+        support_indices: np.ndarray,
+        query_indices: np.ndarray,
+        pixels: bool = True,
+    ) -> Episode:
         """The :class:`Episode` of these classes and image rows (grouped by class, in label order).
 
         With ``pixels=False`` its images are ``(n, 1, 1, 1)`` zeros: an episode of indices and
@@ -103,8 +111,16 @@ class FewShotDataset:
     def subset(self, class_ids: Sequence[int], name: str | None = None) -> FewShotDataset:
         """A dataset holding only ``class_ids`` (renumbered in the order given)."""
         class_ids = list(class_ids)
-        index = np.concatenate([self._members[c] for c in class_ids]) if class_ids else np.array([], dtype=int)
-        labels = np.concatenate([np.full(len(self._members[c]), i) for i, c in enumerate(class_ids)]) if class_ids else index
+        index = (
+            np.concatenate([self._members[c] for c in class_ids])
+            if class_ids
+            else np.array([], dtype=int)
+        )
+        labels = (
+            np.concatenate([np.full(len(self._members[c]), i) for i, c in enumerate(class_ids)])
+            if class_ids
+            else index
+        )
         return FewShotDataset(
             name or f"{self.name}[{len(class_ids)} classes]",
             self.images[index],
@@ -143,7 +159,9 @@ def omniglot_dataset(split: str = "vinyals-test", image_size: int = 28) -> FewSh
         for i, name in enumerate(classes):
             character, rotation = name.rsplit("/", 1)
             # rot090 turns the drawing a quarter turn counter-clockwise, like PIL's rotate(90)
-            blocks[i] = np.rot90(omniglot.images[where[character]], k=int(rotation[3:]) // 90, axes=(1, 2))
+            blocks[i] = np.rot90(
+                omniglot.images[where[character]], k=int(rotation[3:]) // 90, axes=(1, 2)
+            )
         names = tuple(classes)
     n_classes, per_class = blocks.shape[:2]
     return FewShotDataset(
@@ -162,8 +180,12 @@ def mnist_dataset(
     ``classes`` keeps only those digits (or garments), e.g. to hold some out of training.
     """
     data = datasets.load_mnist(variant)
-    images, labels = (data.train_images, data.train_labels) if train else (data.test_images, data.test_labels)
-    full = FewShotDataset(f"{variant}/{'train' if train else 'test'}", images, labels, data.class_names)
+    images, labels = (
+        (data.train_images, data.train_labels) if train else (data.test_images, data.test_labels)
+    )
+    full = FewShotDataset(
+        f"{variant}/{'train' if train else 'test'}", images, labels, data.class_names
+    )
     if classes is None:
         return full
     return full.subset(classes, name=f"{full.name}{list(classes)}")
@@ -252,9 +274,16 @@ class EpisodeSampler:
     ``seed`` gives the same sequence of episodes, so methods can be compared on identical tasks.
     """
 
-    def __init__(self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int | None = 0) -> None:
+    def __init__(
+        self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int | None = 0
+    ) -> None:
         check_episode_settings(dataset, n_way, k_shot, n_query)
-        self.dataset, self.n_way, self.k_shot, self.n_query = dataset, int(n_way), int(k_shot), int(n_query)
+        self.dataset, self.n_way, self.k_shot, self.n_query = (
+            dataset,
+            int(n_way),
+            int(k_shot),
+            int(n_query),
+        )
         self.rng = np.random.default_rng(None if seed is None else _checked_seed(seed))
 
     def sample(self) -> Episode:
@@ -273,7 +302,9 @@ class EpisodeSampler:
         sizes = self.dataset._sizes[classes]
         keys = self.rng.random((self.n_way, self.dataset._table.shape[1]))
         keys[np.arange(keys.shape[1]) >= sizes[:, None]] = np.inf
-        chosen = np.argsort(keys, axis=1)[:, :per_class]  # a uniform draw without replacement per class
+        chosen = np.argsort(keys, axis=1)[
+            :, :per_class
+        ]  # a uniform draw without replacement per class
         picks = np.take_along_axis(self.dataset._table[classes], chosen, axis=1)
         return classes, picks[:, : self.k_shot].reshape(-1), picks[:, self.k_shot :].reshape(-1)
 
@@ -304,13 +335,19 @@ def float_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     divides a tensor by a number by multiplying with its reciprocal, which rounds 126 of the 256
     values one step differently.
     """
-    if not isinstance(images, torch.Tensor):  # NumPy: one float copy (a read-only array is fine too)
+    if not isinstance(
+        images, torch.Tensor
+    ):  # NumPy: one float copy (a read-only array is fine too)
         images = np.asarray(images)
         if images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 pixels (a dataset's .images), got dtype {images.dtype}; use float_images only on uint8 images.")
+            raise ValueError(
+                f"images must be uint8 pixels (a dataset's .images), got dtype {images.dtype}; use float_images only on uint8 images."
+            )
         return torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)
     if images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 pixels (a dataset's .images), got dtype {images.dtype}; use float_images only on uint8 images.")
+        raise ValueError(
+            f"images must be uint8 pixels (a dataset's .images), got dtype {images.dtype}; use float_images only on uint8 images."
+        )
     if images.device.type == "cpu":
         return images.float().div_(255.0).unsqueeze(1)
     return _pixel_values(images.device)[images.long()].unsqueeze(1)
@@ -328,7 +365,9 @@ class EpisodeList(Sequence[Episode]):
     float images would. The episodes are the same on every pass.
     """
 
-    def __init__(self, dataset: FewShotDataset, draws: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def __init__(
+        self, dataset: FewShotDataset, draws: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> None:
         self.dataset, self._draws = dataset, list(draws)
 
     def __len__(self) -> int:

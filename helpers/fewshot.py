@@ -60,7 +60,9 @@ class FewShotMethod(abc.ABC):
             cls.scores = _checking_queries(own["scores"])
 
     @abc.abstractmethod
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
         """Take the support set: images ``(n_way * k_shot, 1, H, W)``, labels ``(n_way * k_shot,)``."""
 
     @abc.abstractmethod
@@ -71,19 +73,38 @@ class FewShotMethod(abc.ABC):
         """The most likely label in ``0 .. n_way - 1`` for each query image."""
         return self.scores(query_images).argmax(dim=-1)
 
-    def check_support(self, support_images, support_labels) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def check_support(
+        self, support_images, support_labels
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(images, labels, n_way)`` after checking a support set (one read of its values)."""
-        images = validation.images("support_images", support_images, self.image_shape, device=self.device, check_values=False)
-        labels = validation.labels("support_labels", support_labels, len(images), images_name="support_images",
-                                   device=images.device, check_values=False)
+        images = validation.images(
+            "support_images",
+            support_images,
+            self.image_shape,
+            device=self.device,
+            check_values=False,
+        )
+        labels = validation.labels(
+            "support_labels",
+            support_labels,
+            len(images),
+            images_name="support_images",
+            device=images.device,
+            check_values=False,
+        )
         n_way = validation.check_pixel_values("support_images", images, "support_labels", labels)
         return images, labels, n_way
 
     def check_queries(self, query_images) -> torch.Tensor:
         """The query images after checking them; they must have the support images' shape."""
-        shape, source = (self.image_shape, "this method takes") if self.image_shape is not None else (
-            self.__dict__.get("_support_shape"), "the support set has")
-        return validation.images("query_images", query_images, shape, device=self.device, shape_source=source)
+        shape, source = (
+            (self.image_shape, "this method takes")
+            if self.image_shape is not None
+            else (self.__dict__.get("_support_shape"), "the support set has")
+        )
+        return validation.images(
+            "query_images", query_images, shape, device=self.device, shape_source=source
+        )
 
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """The training step of an episodic method: ``(loss, accuracy)`` on one training episode.
@@ -92,7 +113,9 @@ class FewShotMethod(abc.ABC):
         :func:`helpers.training.train_episodic` minimises), ``accuracy`` the fraction of the
         episode's queries labelled correctly. The episode is already on the method's device.
         """
-        raise NotImplementedError(f"{type(self).__name__} is not trained episodically: it has no episode_loss.")
+        raise NotImplementedError(
+            f"{type(self).__name__} is not trained episodically: it has no episode_loss."
+        )
 
 
 def _checking_support(process):
@@ -100,7 +123,9 @@ def _checking_support(process):
 
     @functools.wraps(process)
     def process_support_set(self, support_images, support_labels):
-        if self.__dict__.get("_inside_checked_call"):  # a subclass's method calling its parent's: checked already
+        if self.__dict__.get(
+            "_inside_checked_call"
+        ):  # a subclass's method calling its parent's: checked already
             return process(self, support_images, support_labels)
         self.__dict__["_support_shape"] = None
         images, labels, _ = self.check_support(support_images, support_labels)
@@ -123,8 +148,10 @@ def _checking_queries(scores):
         if self.__dict__.get("_inside_checked_call"):
             return scores(self, query_images)
         if self.__dict__.get("_support_shape") is None:
-            raise NoSupportSet(f"{type(self).__name__}.scores was called before process_support_set; give the method "
-                               "an episode's support set first: method.process_support_set(support_images, support_labels).")
+            raise NoSupportSet(
+                f"{type(self).__name__}.scores was called before process_support_set; give the method "
+                "an episode's support set first: method.process_support_set(support_images, support_labels)."
+            )
         images = self.check_queries(query_images)
         self.__dict__["_inside_checked_call"] = True
         try:
@@ -161,7 +188,9 @@ class PixelNearestNeighbour(FewShotMethod):
     def __init__(self, metric: str = "cosine") -> None:
         self.metric = validation.one_of("metric", metric, ("cosine", "euclidean"))
 
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
         self.support = support_images.flatten(start_dim=1)
         self.support_labels = support_labels
         self.n_way = int(support_labels.max()) + 1
@@ -215,7 +244,12 @@ def episode_accuracy(method: FewShotMethod, episode: Episode) -> float:
     return float((predictions == episode.query_labels).float().mean())
 
 
-def evaluate(method: FewShotMethod, episodes: Iterable[Episode], progress: bool = True, desc: str = "evaluating") -> EvalResult:
+def evaluate(
+    method: FewShotMethod,
+    episodes: Iterable[Episode],
+    progress: bool = True,
+    desc: str = "evaluating",
+) -> EvalResult:
     """Accuracy of ``method`` on each episode, averaged, with a 95 % confidence interval.
 
     ``episodes`` is a finite collection (a list, ``sampler.take(n)``, ``sample_episodes(...)``,
@@ -226,7 +260,12 @@ def evaluate(method: FewShotMethod, episodes: Iterable[Episode], progress: bool 
     episodes = validation.episodes(episodes)
     # Iterated, never copied into a list: an EpisodeList reads each episode's pixels as it comes.
     total = len(episodes) if isinstance(episodes, Sized) else None
-    accuracies = np.array([episode_accuracy(method, e) for e in tqdm(episodes, total=total, desc=desc, disable=not progress, leave=False)])
+    accuracies = np.array(
+        [
+            episode_accuracy(method, e)
+            for e in tqdm(episodes, total=total, desc=desc, disable=not progress, leave=False)
+        ]
+    )
     if not len(accuracies):
         raise ValueError("evaluate needs at least one episode.")
     mean, ci95 = confidence_interval(accuracies)
@@ -255,12 +294,18 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.T
 def _check_rows(a: torch.Tensor, b: torch.Tensor | None) -> None:
     for name, rows in (("a", a), ("b", a if b is None else b)):
         if rows.dim() != 2:
-            raise ValueError(f"{name} must be a matrix with one vector per row, got shape {tuple(rows.shape)}; reshape it to (n, d).")
+            raise ValueError(
+                f"{name} must be a matrix with one vector per row, got shape {tuple(rows.shape)}; reshape it to (n, d)."
+            )
     if b is not None and a.shape[1] != b.shape[1]:
-        raise ValueError(f"a and b must have rows of one length, got shapes {tuple(a.shape)} and {tuple(b.shape)}; compare vectors of the same dimension.")
+        raise ValueError(
+            f"a and b must have rows of one length, got shapes {tuple(a.shape)} and {tuple(b.shape)}; compare vectors of the same dimension."
+        )
 
 
-def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None = None) -> torch.Tensor:
+def prototypes(
+    embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None = None
+) -> torch.Tensor:
     """Class means ``(n_way, dim)`` of ``embeddings (n, dim)`` labelled ``0 .. n_way - 1``.
 
     Row k is the prototype of class k, ``c_k = 1/|S_k| * sum_{i: y_i = k} f(x_i)`` (Snell et
@@ -273,24 +318,34 @@ def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None
     counts = one_hot.sum(dim=0)
     if bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"every class needs at least one support example; classes {missing} have none.")
+        raise ValueError(
+            f"every class needs at least one support example; classes {missing} have none."
+        )
     return (one_hot.T @ embeddings) / counts[:, None]
 
 
 def _check_labels(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int | None) -> int:
     """``n_way`` (the largest label + 1 when ``None``), once the labels fit the embeddings."""
     if len(labels) != len(embeddings) or not len(labels):
-        raise ValueError(f"labels must give one label to each of the {len(embeddings)} embeddings, got {len(labels)} labels.")
+        raise ValueError(
+            f"labels must give one label to each of the {len(embeddings)} embeddings, got {len(labels)} labels."
+        )
     n_way = int(labels.max()) + 1 if n_way is None else int(n_way)
     if int(labels.min()) < 0 or int(labels.max()) >= n_way:
-        raise ValueError(f"labels must lie in 0 .. n_way - 1 = {n_way - 1}, got labels from {int(labels.min())} to {int(labels.max())}.")
+        raise ValueError(
+            f"labels must lie in 0 .. n_way - 1 = {n_way - 1}, got labels from {int(labels.min())} to {int(labels.max())}."
+        )
     return n_way
 
 
 @torch.no_grad()
 def embed_in_batches(
-    encoder: torch.nn.Module, images, batch_size: int = 512, device: torch.device | str | None = None,
-    progress: bool = False, desc: str = "embedding",
+    encoder: torch.nn.Module,
+    images,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "embedding",
 ) -> torch.Tensor:
     """``encoder(images)`` ``(n, dim)``, ``batch_size`` images at a time, in eval mode, without gradients.
 
@@ -310,20 +365,40 @@ def embed_in_batches(
     from .validation import whole_number
 
     whole_number("batch_size", batch_size, 1)
-    images = images if isinstance(images, torch.Tensor) else np.asarray(images)  # NumPy stays NumPy: no read-only tensors
+    images = (
+        images if isinstance(images, torch.Tensor) else np.asarray(images)
+    )  # NumPy stays NumPy: no read-only tensors
     pixels = images.dtype in (torch.uint8, np.uint8)
-    if not (pixels or images.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, np.float32, np.float64)):
-        raise ValueError(f"images must be uint8 pixels (n, H, W) or floats (n, 1, H, W), got dtype {images.dtype}; convert them to one of these.")
+    if not (
+        pixels
+        or images.dtype
+        in (torch.float16, torch.bfloat16, torch.float32, torch.float64, np.float32, np.float64)
+    ):
+        raise ValueError(
+            f"images must be uint8 pixels (n, H, W) or floats (n, 1, H, W), got dtype {images.dtype}; convert them to one of these."
+        )
     if not len(images):
         raise ValueError("images must hold at least one image, got none.")
-    device = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
-    modes = [(module, module.training) for module in encoder.modules()]  # each part's own, e.g. a frozen inner encoder
+    device = (
+        torch.device(device)
+        if device is not None
+        else next(encoder.parameters(), torch.empty(0)).device
+    )
+    modes = [
+        (module, module.training) for module in encoder.modules()
+    ]  # each part's own, e.g. a frozen inner encoder
     encoder.eval()
     chunks = []
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        for start in tqdm(
+            range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False
+        ):
             batch = images[start : start + batch_size]
-            batch = float_images(batch) if pixels else torch.as_tensor(np.array(batch) if isinstance(batch, np.ndarray) else batch)
+            batch = (
+                float_images(batch)
+                if pixels
+                else torch.as_tensor(np.array(batch) if isinstance(batch, np.ndarray) else batch)
+            )
             chunks.append(encoder(batch.to(device)))
     finally:
         for module, training in modes:

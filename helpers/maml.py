@@ -90,10 +90,15 @@ def inner_adapt(
     names = list(params)
     # Evaluation code runs under no_grad; adaptation still needs gradients.
     with torch.enable_grad():
-        params = {k: (v if v.requires_grad else v.detach().requires_grad_(True)) for k, v in params.items()}
+        params = {
+            k: (v if v.requires_grad else v.detach().requires_grad_(True))
+            for k, v in params.items()
+        }
         for _ in range(steps):
             loss = loss_fn(params)
-            grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=not first_order)
+            grads = torch.autograd.grad(
+                loss, [params[k] for k in names], create_graph=not first_order
+            )
             params = sgd_step(params, dict(zip(names, grads, strict=True)), inner_lr)
     return params
 
@@ -123,7 +128,9 @@ def inner_adapt_functional(
 
 def _check_inner(inner_lr: float, steps: int) -> tuple[float, int]:
     """alpha and the number of inner steps, as a float and an int (0 steps: no adaptation)."""
-    return validation.positive_number("inner_lr (alpha)", inner_lr, 0.01), validation.whole_number("steps", steps, 0)
+    return validation.positive_number("inner_lr (alpha)", inner_lr, 0.01), validation.whole_number(
+        "steps", steps, 0
+    )
 
 
 # ----------------------------------------------------------------------------- meta-batches
@@ -143,11 +150,15 @@ class TaskBatch:
         return len(self.support_x)
 
     def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return TaskBatch(
+            *(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y))
+        )
 
     def task(self, i: int) -> TaskBatch:
         """Task ``i`` alone, as a batch of one."""
-        return TaskBatch(*(t[i : i + 1] for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return TaskBatch(
+            *(t[i : i + 1] for t in (self.support_x, self.support_y, self.query_x, self.query_y))
+        )
 
 
 def resolve_mode(mode: str, device: torch.device | str, model: nn.Module | None = None) -> str:
@@ -168,13 +179,22 @@ def resolve_mode(mode: str, device: torch.device | str, model: nn.Module | None 
         return mode
     if torch.device(device).type == "cuda":
         return "vmap"
-    has_conv = model is not None and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    has_conv = model is not None and any(
+        isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()
+    )
     return "loop" if has_conv else "vmap"
 
 
 def _adapt_on_support(
-    model: nn.Module, params: Params, loss: LossFn, support_x: Tensor, support_y: Tensor,
-    inner_lr: float, steps: int, first_order: bool, functional: bool,
+    model: nn.Module,
+    params: Params,
+    loss: LossFn,
+    support_x: Tensor,
+    support_y: Tensor,
+    inner_lr: float,
+    steps: int,
+    first_order: bool,
+    functional: bool,
 ) -> Params:
     """One task's adapted parameters: ``steps`` inner steps on its support loss.
 
@@ -206,14 +226,25 @@ def adapted_query_losses(
     """
     mode = resolve_mode(mode, batch.support_x.device, model)
 
-    def task_query_loss(p: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, functional: bool) -> Tensor:
-        adapted = _adapt_on_support(model, p, loss, sx, sy, inner_lr, steps, first_order, functional)
+    def task_query_loss(
+        p: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, functional: bool
+    ) -> Tensor:
+        adapted = _adapt_on_support(
+            model, p, loss, sx, sy, inner_lr, steps, first_order, functional
+        )
         return loss(functional_call(model, adapted, (qx,)), qy)
 
     if mode == "loop":
         return torch.stack(
             [
-                task_query_loss(params, batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i], False)
+                task_query_loss(
+                    params,
+                    batch.support_x[i],
+                    batch.support_y[i],
+                    batch.query_x[i],
+                    batch.query_y[i],
+                    False,
+                )
                 for i in range(batch.n_tasks)
             ]
         )
@@ -232,10 +263,14 @@ def meta_gradient(
     mode: str = "auto",
 ) -> tuple[Tensor, Params]:
     """The meta-loss (mean query loss after adaptation) and its gradient with respect to ``params``."""
-    meta_loss = adapted_query_losses(model, params, batch, loss, inner_lr, steps, first_order, mode).mean()
+    meta_loss = adapted_query_losses(
+        model, params, batch, loss, inner_lr, steps, first_order, mode
+    ).mean()
     names = list(params)
     grads = torch.autograd.grad(meta_loss, [params[k] for k in names], allow_unused=True)
-    grads = [torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads, strict=True)]
+    grads = [
+        torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads, strict=True)
+    ]
     return meta_loss.detach(), dict(zip(names, grads, strict=True))
 
 
@@ -305,7 +340,12 @@ class MAML:
         first_order = validation.boolean("first_order", first_order)
         resolve_mode(mode, "cpu")
         self.model, self.inner_lr, self.outer_lr = model, inner_lr, outer_lr
-        self.inner_steps, self.first_order, self.loss, self.mode = inner_steps, first_order, loss, mode
+        self.inner_steps, self.first_order, self.loss, self.mode = (
+            inner_steps,
+            first_order,
+            loss,
+            mode,
+        )
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.outer_lr)
 
     @property
@@ -321,14 +361,23 @@ class MAML:
         batch = batch.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         losses = adapted_query_losses(
-            self.model, self.params, batch, self.loss, self.inner_lr, self.inner_steps, self.first_order, self.mode
+            self.model,
+            self.params,
+            batch,
+            self.loss,
+            self.inner_lr,
+            self.inner_steps,
+            self.first_order,
+            self.mode,
         )
         meta_loss = losses.mean()
         meta_loss.backward()
         self.optimizer.step()
         return float(meta_loss.detach())
 
-    def adapt(self, x: Tensor, y: Tensor, steps: int | None = None, inner_lr: float | None = None) -> Params:
+    def adapt(
+        self, x: Tensor, y: Tensor, steps: int | None = None, inner_lr: float | None = None
+    ) -> Params:
         """Weights adapted to one task's support set (detached: for evaluation)."""
         steps = self.inner_steps if steps is None else steps
         inner_lr = self.inner_lr if inner_lr is None else inner_lr
@@ -362,8 +411,17 @@ class MAMLClassifier(FewShotMethod):
 
     def process_support_set(self, support_images: Tensor, support_labels: Tensor) -> None:
         start = {k: v.detach() for k, v in parameters_of(self.model).items()}
-        adapted = _adapt_on_support(self.model, start, F.cross_entropy, support_images, support_labels,
-                                    self.inner_lr, self.steps, first_order=True, functional=False)
+        adapted = _adapt_on_support(
+            self.model,
+            start,
+            F.cross_entropy,
+            support_images,
+            support_labels,
+            self.inner_lr,
+            self.steps,
+            first_order=True,
+            functional=False,
+        )
         self.adapted = {k: v.detach() for k, v in adapted.items()}
 
     def scores(self, query_images: Tensor) -> Tensor:
@@ -397,7 +455,9 @@ class BatchStatNorm(nn.Module):
         mean = x.mean(dim=dims, keepdim=True)
         var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
         shape = [1, -1] + [1] * (x.dim() - 2)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(
+            shape
+        )
 
 
 def drop_running_stats(model: nn.Module) -> nn.Module:
@@ -447,7 +507,9 @@ class SinusoidTasks:
     phase: tuple[float, float] = (0.0, math.pi)
     x_range: tuple[float, float] = (-5.0, 5.0)
 
-    def sample_functions(self, n_tasks: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample_functions(
+        self, n_tasks: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``n_tasks`` amplitudes and phases, each ``(n_tasks,)``."""
         n_tasks = validation.whole_number("n_tasks", n_tasks, 1)
         u = torch.rand(2, n_tasks, generator=generator)
@@ -455,7 +517,9 @@ class SinusoidTasks:
         phase = self.phase[0] + (self.phase[1] - self.phase[0]) * u[1]
         return amplitude, phase
 
-    def sample_x(self, n_tasks: int, n_points: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample_x(
+        self, n_tasks: int, n_points: int, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Inputs ``(n_tasks, n_points, 1)`` uniform in ``x_range``."""
         low, high = self.x_range
         return low + (high - low) * torch.rand(n_tasks, n_points, 1, generator=generator)
@@ -469,7 +533,10 @@ class SinusoidTasks:
         self, n_tasks: int, k_support: int, k_query: int, generator: torch.Generator | None = None
     ) -> tuple[TaskBatch, Tensor, Tensor]:
         """A meta-batch (``k_support`` training and ``k_query`` held-out points per task), amplitudes, phases."""
-        k_support, k_query = validation.whole_number("k_support", k_support, 1), validation.whole_number("k_query", k_query, 1)
+        k_support, k_query = (
+            validation.whole_number("k_support", k_support, 1),
+            validation.whole_number("k_query", k_query, 1),
+        )
         amplitude, phase = self.sample_functions(n_tasks, generator)
         x = self.sample_x(n_tasks, k_support + k_query, generator)
         y = self.evaluate(amplitude, phase, x)
@@ -509,7 +576,9 @@ def pretrain_jointly(
         optimizer.step()
         return float(loss.detach()), None
 
-    return Loop(steps, should_stop=should_stop, progress=progress, desc="pretraining").run(step).loss
+    return (
+        Loop(steps, should_stop=should_stop, progress=progress, desc="pretraining").run(step).loss
+    )
 
 
 def train_maml(
@@ -535,8 +604,16 @@ def train_maml(
     from .training import Loop
 
     on_step = None if callback is None else (lambda step, history: callback(step, history.loss[-1]))
-    loop = Loop(meta_steps, first_step=first_step, max_seconds=time_limit, should_stop=should_stop, loss_name="meta-loss",
-                on_step=on_step, progress=progress, desc=desc)
+    loop = Loop(
+        meta_steps,
+        first_step=first_step,
+        max_seconds=time_limit,
+        should_stop=should_stop,
+        loss_name="meta-loss",
+        on_step=on_step,
+        progress=progress,
+        desc=desc,
+    )
     return loop.run(lambda step: (learner.meta_step(sample_batch()), None)).loss
 
 
@@ -573,7 +650,13 @@ def adaptation_curve(
 
 
 def adapt_predictions(
-    model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor, x: Tensor, inner_lr: float, steps: Sequence[int],
+    model: nn.Module,
+    params: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    x: Tensor,
+    inner_lr: float,
+    steps: Sequence[int],
     loss: LossFn = F.mse_loss,
 ) -> dict[int, Tensor]:
     """The model's outputs on ``x`` after each number of inner steps in ``steps`` (one task)."""
@@ -584,7 +667,12 @@ def adapt_predictions(
 
     for target in sorted(steps):
         if target > done:
-            p = {k: v.detach() for k, v in inner_adapt(model, p, support_loss, inner_lr, target - done, True).items()}
+            p = {
+                k: v.detach()
+                for k, v in inner_adapt(
+                    model, p, support_loss, inner_lr, target - done, True
+                ).items()
+            }
             done = target
         with torch.no_grad():
             out[target] = functional_call(model, p, (x,))
@@ -596,13 +684,25 @@ def adapt_predictions(
 
 #: The paper's Omniglot settings (Finn et al. 2017, section 5.2 and appendix A).
 PAPER_OMNIGLOT = {
-    5: dict(inner_lr=0.4, train_steps=1, eval_steps=3, meta_batch=32, meta_lr=1e-3, meta_steps=60000),
-    20: dict(inner_lr=0.1, train_steps=5, eval_steps=5, meta_batch=16, meta_lr=1e-3, meta_steps=60000),
+    5: dict(
+        inner_lr=0.4, train_steps=1, eval_steps=3, meta_batch=32, meta_lr=1e-3, meta_steps=60000
+    ),
+    20: dict(
+        inner_lr=0.1, train_steps=5, eval_steps=5, meta_batch=16, meta_lr=1e-3, meta_steps=60000
+    ),
 }
 #: Reported accuracies (%): (n_way, k_shot) -> MAML, first-order MAML (None where not reported).
-PAPER_OMNIGLOT_ACCURACY = {(5, 1): (98.7, 98.3), (5, 5): (99.9, 99.2), (20, 1): (95.8, None), (20, 5): (98.9, None)}
+PAPER_OMNIGLOT_ACCURACY = {
+    (5, 1): (98.7, 98.3),
+    (5, 5): (99.9, 99.2),
+    (20, 1): (95.8, None),
+    (20, 5): (98.9, None),
+}
 #: Reported sinusoid MSE, K = 5, after 1 / 5 / 10 steps (read from the paper's figure and text).
-PAPER_SINUSOID_MSE = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
+PAPER_SINUSOID_MSE = {
+    "maml": {1: 0.67, 5: 0.38, 10: 0.35},
+    "pretrained": {1: 2.41, 5: 2.23, 10: 2.19},
+}
 
 
 def episodes_to_batch(episodes: Sequence) -> TaskBatch:
@@ -654,23 +754,45 @@ def check_omniglot_run(run: OmniglotRun, name: Callable[[str], str] = str) -> No
     from .episodes import OMNIGLOT_CLASSES, OMNIGLOT_DRAWINGS
 
     for field_name in ("inner_lr", "meta_lr"):
-        validation.positive_number(name(field_name), getattr(run, field_name), 0.4 if field_name == "inner_lr" else 0.001)
+        validation.positive_number(
+            name(field_name), getattr(run, field_name), 0.4 if field_name == "inner_lr" else 0.001
+        )
     if run.minutes is not None:
         validation.positive_number(name("minutes"), run.minutes, 20)
-    for field_name, low in (("train_steps", 0), ("eval_steps", 0), ("meta_batch", 1), ("meta_steps", 1), ("val_every", 1),
-                            ("val_episodes", 1), ("k_shot", 1), ("n_query", 1)):
+    for field_name, low in (
+        ("train_steps", 0),
+        ("eval_steps", 0),
+        ("meta_batch", 1),
+        ("meta_steps", 1),
+        ("val_every", 1),
+        ("val_episodes", 1),
+        ("k_shot", 1),
+        ("n_query", 1),
+    ):
         validation.whole_number(name(field_name), getattr(run, field_name), low)
-    validation.whole_number(name("n_way"), run.n_way, 2, min(OMNIGLOT_CLASSES["vinyals-train"], OMNIGLOT_CLASSES["vinyals-val"]))
+    validation.whole_number(
+        name("n_way"),
+        run.n_way,
+        2,
+        min(OMNIGLOT_CLASSES["vinyals-train"], OMNIGLOT_CLASSES["vinyals-val"]),
+    )
     if run.k_shot + run.n_query > OMNIGLOT_DRAWINGS:
-        raise ValueError(f"{name('k_shot')} {run.k_shot} plus {name('n_query')} {run.n_query} is {run.k_shot + run.n_query} "
-                         f"images per class, but every Omniglot class has {OMNIGLOT_DRAWINGS}; use at most {OMNIGLOT_DRAWINGS} together.")
+        raise ValueError(
+            f"{name('k_shot')} {run.k_shot} plus {name('n_query')} {run.n_query} is {run.k_shot + run.n_query} "
+            f"images per class, but every Omniglot class has {OMNIGLOT_DRAWINGS}; use at most {OMNIGLOT_DRAWINGS} together."
+        )
     validation.seed(run.seed, name("seed"))
     resolve_mode(run.mode, "cpu")
 
 
 def train_omniglot(
-    run: OmniglotRun, out: str | Path | None = None, progress: bool = True, command: str = "", hardware: str = "",
-    device: torch.device | str | None = None, files=None,
+    run: OmniglotRun,
+    out: str | Path | None = None,
+    progress: bool = True,
+    command: str = "",
+    hardware: str = "",
+    device: torch.device | str | None = None,
+    files=None,
 ) -> tuple[nn.Module, dict]:
     """Meta-train a Conv-4 on Omniglot (Vinyals train classes), validating on the Vinyals val classes.
 
@@ -692,15 +814,40 @@ def train_omniglot(
     seed_everything(run.seed)
     device = torch.device(device) if device is not None else pick_device()
     model = maml_conv4(run.n_way).to(device)
-    learner = MAML(model, run.inner_lr, run.meta_lr, run.train_steps, run.first_order, F.cross_entropy, run.mode)
-    sampler = DeviceEpisodeSampler(omniglot_dataset("vinyals-train"), run.n_way, run.k_shot, run.n_query, device, seed=run.seed)
+    learner = MAML(
+        model,
+        run.inner_lr,
+        run.meta_lr,
+        run.train_steps,
+        run.first_order,
+        F.cross_entropy,
+        run.mode,
+    )
+    sampler = DeviceEpisodeSampler(
+        omniglot_dataset("vinyals-train"), run.n_way, run.k_shot, run.n_query, device, seed=run.seed
+    )
     val_query = validation_queries(run.k_shot)
-    val = sample_episodes(omniglot_dataset("vinyals-val"), run.n_way, run.k_shot, val_query, run.val_episodes, seed=run.seed + 1)
-    saver = files.saver if files is not None else (checkpoints.Saver(out, checkpoints.new_run_id()) if out is not None else None)
+    val = sample_episodes(
+        omniglot_dataset("vinyals-val"),
+        run.n_way,
+        run.k_shot,
+        val_query,
+        run.val_episodes,
+        seed=run.seed + 1,
+    )
+    saver = (
+        files.saver
+        if files is not None
+        else (checkpoints.Saver(out, checkpoints.new_run_id()) if out is not None else None)
+    )
     history = History()  # one meta-loss per meta-step; the validations
     # the best starts below any accuracy at -1 (what the records say before the first validation)
-    keep = KeepBest(lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}, saver,
-                    lambda: record("interrupted", loop.elapsed()), value=-1.0)
+    keep = KeepBest(
+        lambda: {k: v.detach().clone() for k, v in model.state_dict().items()},
+        saver,
+        lambda: record("interrupted", loop.elapsed()),
+        value=-1.0,
+    )
     wall_before = 0.0
     state = files.state if files is not None else None
     if state:
@@ -709,16 +856,28 @@ def train_omniglot(
         runs.set_generator_state(sampler.rng, state["sampler"])
         history = _history_from_state(state["losses"], state["history"], state["train_seconds"])
         best = state["best"]
-        keep.step, keep.value, keep.ci95, keep.state = int(best["step"]), float(best["accuracy"]), float(best["ci95"]), state["best_state"]
+        keep.step, keep.value, keep.ci95, keep.state = (
+            int(best["step"]),
+            float(best["accuracy"]),
+            float(best["ci95"]),
+            state["best_state"],
+        )
         wall_before = float(state["wall_seconds"])
         runs.set_rng_state(state["rng"])
-        print(f"resuming {files.resume_file} at meta-step {history.n_episodes} of {run.meta_steps}", flush=True)
+        print(
+            f"resuming {files.resume_file} at meta-step {history.n_episodes} of {run.meta_steps}",
+            flush=True,
+        )
     description = hardware_description(device) + (f"; {hardware}" if hardware else "")
     val_text = f"omniglot/vinyals-val, {run.val_episodes} episodes {run.n_way}-way {run.k_shot}-shot, {val_query} queries per class"
 
     def curves() -> dict[str, list]:
         """The validations as the records and the resume state keep them."""
-        return {"step": list(history.val_episode), "val_accuracy": list(history.val_accuracy), "val_ci95": list(history.val_ci95)}
+        return {
+            "step": list(history.val_episode),
+            "val_accuracy": list(history.val_accuracy),
+            "val_ci95": list(history.val_ci95),
+        }
 
     def best_so_far() -> dict:
         return {"accuracy": keep.value, "ci95": keep.ci95, "step": keep.step}
@@ -726,15 +885,31 @@ def train_omniglot(
     def record(status: str, train_seconds: float) -> dict:
         done, best = history.n_episodes, best_so_far()
         return checkpoints.make_record(
-            "maml", command=command, hardware=description, settings=dict(run.__dict__), status=status,
-            run_id=saver.run_id if saver is not None else None, validation=val_text,
-            val_score=checkpoints.score(best["accuracy"], best["ci95"], best["step"]) if best["step"] else None,
-            history=curves(), results={"meta_steps_done": done, "best_step": best["step"]},
-            wall_seconds=wall_before + time.perf_counter() - started, train_seconds=train_seconds,
-            meta_steps_done=done, seconds_per_meta_step=round(train_seconds / max(1, done), 3), best_step=best["step"],
-            val_accuracy=round(best["accuracy"], 4), val_ci95=round(best["ci95"], 4), val_episodes=run.val_episodes,
-            val_split=f"omniglot/vinyals-val, {val_query} queries per class", train_split="omniglot/vinyals-train",
-            meta_loss_every_10=[round(float(np.mean(history.loss[i : i + 10])), 4) for i in range(0, done, 10)],
+            "maml",
+            command=command,
+            hardware=description,
+            settings=dict(run.__dict__),
+            status=status,
+            run_id=saver.run_id if saver is not None else None,
+            validation=val_text,
+            val_score=checkpoints.score(best["accuracy"], best["ci95"], best["step"])
+            if best["step"]
+            else None,
+            history=curves(),
+            results={"meta_steps_done": done, "best_step": best["step"]},
+            wall_seconds=wall_before + time.perf_counter() - started,
+            train_seconds=train_seconds,
+            meta_steps_done=done,
+            seconds_per_meta_step=round(train_seconds / max(1, done), 3),
+            best_step=best["step"],
+            val_accuracy=round(best["accuracy"], 4),
+            val_ci95=round(best["ci95"], 4),
+            val_episodes=run.val_episodes,
+            val_split=f"omniglot/vinyals-val, {val_query} queries per class",
+            train_split="omniglot/vinyals-train",
+            meta_loss_every_10=[
+                round(float(np.mean(history.loss[i : i + 10])), 4) for i in range(0, done, 10)
+            ],
         )
 
     def validate(step: int):
@@ -744,30 +919,55 @@ def train_omniglot(
         return result
 
     def save_resumable(history: History) -> None:
-        files.save_state({
-            "model": model.state_dict(), "optimizer": learner.optimizer.state_dict(), "sampler": runs.generator_state(sampler.rng),
-            "rng": runs.rng_state(), "losses": list(history.loss), "history": curves(), "best": best_so_far(), "best_state": keep.state,
-            "train_seconds": history.seconds, "wall_seconds": wall_before + time.perf_counter() - started,
-        }, record("resumable", history.seconds))
+        files.save_state(
+            {
+                "model": model.state_dict(),
+                "optimizer": learner.optimizer.state_dict(),
+                "sampler": runs.generator_state(sampler.rng),
+                "rng": runs.rng_state(),
+                "losses": list(history.loss),
+                "history": curves(),
+                "best": best_so_far(),
+                "best_state": keep.state,
+                "train_seconds": history.seconds,
+                "wall_seconds": wall_before + time.perf_counter() - started,
+            },
+            record("resumable", history.seconds),
+        )
 
     loop = Loop(
-        run.meta_steps - history.n_episodes, history=history, validate=validate, val_every=run.val_every, keep=keep,
-        max_seconds=None if run.minutes is None else 60 * run.minutes, should_stop=runs.stop_requested if files is not None else None,
-        save_resumable=save_resumable if files is not None else None, loss_name="meta-loss", progress=progress, desc="meta-training",
+        run.meta_steps - history.n_episodes,
+        history=history,
+        validate=validate,
+        val_every=run.val_every,
+        keep=keep,
+        max_seconds=None if run.minutes is None else 60 * run.minutes,
+        should_stop=runs.stop_requested if files is not None else None,
+        save_resumable=save_resumable if files is not None else None,
+        loss_name="meta-loss",
+        progress=progress,
+        desc="meta-training",
     )
     try:
-        loop.run(lambda step: (learner.meta_step(episodes_to_batch(sampler.take(run.meta_batch))), None))
+        loop.run(
+            lambda step: (learner.meta_step(episodes_to_batch(sampler.take(run.meta_batch))), None)
+        )
     except runs.NonFiniteLoss as exc:
         if files is None:
             raise
         from .commands import nonfinite, own_checkpoint
 
-        raise nonfinite(exc, "the step sizes --inner-lr or --meta-lr are probably too large",
-                        saver.path if own_checkpoint(files) else None) from None
+        raise nonfinite(
+            exc,
+            "the step sizes --inner-lr or --meta-lr are probably too large",
+            saver.path if own_checkpoint(files) else None,
+        ) from None
     if history.interrupted:  # a stop request: the resume state is saved
         from .commands import own_checkpoint
 
-        raise files.interrupted(f"meta-step {history.n_episodes} of {run.meta_steps}", command, own_checkpoint(files))
+        raise files.interrupted(
+            f"meta-step {history.n_episodes} of {run.meta_steps}", command, own_checkpoint(files)
+        )
     train_seconds = history.seconds
     if not history.val_episode or history.val_episode[-1] != history.n_episodes:
         loop.validation(history.n_episodes)
@@ -784,12 +984,20 @@ def _history_from_state(losses: Sequence[float], validations: dict, seconds: flo
     """A :class:`helpers.training.History` from the meta-losses and validations a resume state keeps."""
     from .training import History
 
-    return History(episode=list(range(1, len(losses) + 1)), loss=[float(v) for v in losses], accuracy=[math.nan] * len(losses),
-                   val_episode=[int(v) for v in validations["step"]], val_accuracy=[float(v) for v in validations["val_accuracy"]],
-                   val_ci95=[float(v) for v in validations["val_ci95"]], seconds=float(seconds))
+    return History(
+        episode=list(range(1, len(losses) + 1)),
+        loss=[float(v) for v in losses],
+        accuracy=[math.nan] * len(losses),
+        val_episode=[int(v) for v in validations["step"]],
+        val_accuracy=[float(v) for v in validations["val_accuracy"]],
+        val_ci95=[float(v) for v in validations["val_ci95"]],
+        seconds=float(seconds),
+    )
 
 
-def load_omniglot_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+def load_omniglot_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict]:
     """A Conv-4 MAML network and its metadata from a checkpoint written by :func:`train_omniglot`."""
     from . import checkpoints
 
@@ -799,15 +1007,26 @@ def load_omniglot_checkpoint(path: str | Path, device: torch.device | str = "cpu
         where = "no record" if record is None else "a record without settings.n_way"
         raise checkpoints.MissingCheckpoint(
             f"{checkpoints.record_path(path)} is missing or incomplete ({where}): expected the record of a MAML Conv-4 "
-            f"checkpoint that says its n_way; {checkpoints.how_to_make(record, command)}.")
+            f"checkpoint that says its n_way; {checkpoints.how_to_make(record, command)}."
+        )
     model = maml_conv4(record["settings"]["n_way"])
-    _, record = checkpoints.load(path, checkpoints.torch_reader(model), f"a {record['settings']['n_way']}-way MAML Conv-4", command)
+    _, record = checkpoints.load(
+        path,
+        checkpoints.torch_reader(model),
+        f"a {record['settings']['n_way']}-way MAML Conv-4",
+        command,
+    )
     return model.to(device), record
 
 
 def sinusoid_report(
-    models: dict[str, tuple[nn.Module, Params]], shots: Sequence[int] = (5, 10), steps: int = 10, n_tasks: int = 600,
-    inner_lr: float = 0.01, n_eval_points: int = 100, seed: int = 1234,
+    models: dict[str, tuple[nn.Module, Params]],
+    shots: Sequence[int] = (5, 10),
+    steps: int = 10,
+    n_tasks: int = 600,
+    inner_lr: float = 0.01,
+    n_eval_points: int = 100,
+    seed: int = 1234,
 ) -> dict[str, dict[int, list[float]]]:
     """Mean-squared error on ``n_tasks`` new sinusoids after 0..``steps`` steps, per model and K.
 
@@ -817,17 +1036,30 @@ def sinusoid_report(
     seed = validation.seed(seed)
     tasks, out = SinusoidTasks(), {name: {} for name in models}
     for k in shots:
-        batch, _, _ = tasks.sample(n_tasks, k, n_eval_points, torch.Generator().manual_seed(seed + k))
+        batch, _, _ = tasks.sample(
+            n_tasks, k, n_eval_points, torch.Generator().manual_seed(seed + k)
+        )
         for name, (model, params) in models.items():
             device = next(model.parameters()).device
-            out[name][k] = [float(v) for v in adaptation_curve(model, params, batch.to(device), inner_lr, steps)]
+            out[name][k] = [
+                float(v) for v in adaptation_curve(model, params, batch.to(device), inner_lr, steps)
+            ]
     return out
 
 
 def train_sinusoid(
-    meta_steps: int = 70000, meta_batch: int = 25, k: int = 10, inner_lr: float = 0.01, inner_steps: int = 1,
-    outer_lr: float = 1e-3, first_order: bool = False, minutes: float | None = None, seed: int = 0,
-    progress: bool = True, files=None, command: str = "",
+    meta_steps: int = 70000,
+    meta_batch: int = 25,
+    k: int = 10,
+    inner_lr: float = 0.01,
+    inner_steps: int = 1,
+    outer_lr: float = 1e-3,
+    first_order: bool = False,
+    minutes: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    files=None,
+    command: str = "",
 ) -> tuple[MAML, nn.Module, dict]:
     """Meta-train the paper's sinusoid regressor, and a jointly pretrained baseline for as many steps.
 
@@ -848,34 +1080,74 @@ def train_sinusoid(
         learner.model.load_state_dict(state["model"])
         learner.optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        history = _history_from_state(state["losses"], {"step": [], "val_accuracy": [], "val_ci95": []}, state["maml_seconds"])
+        history = _history_from_state(
+            state["losses"], {"step": [], "val_accuracy": [], "val_ci95": []}, state["maml_seconds"]
+        )
         runs.set_rng_state(state["rng"])
     stop = runs.stop_requested if files is not None else None
-    settings = dict(meta_steps=meta_steps, meta_batch=meta_batch, k=k, inner_lr=inner_lr, inner_steps=inner_steps,
-                    outer_lr=outer_lr, first_order=first_order, minutes=minutes, seed=seed)
+    settings = dict(
+        meta_steps=meta_steps,
+        meta_batch=meta_batch,
+        k=k,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        outer_lr=outer_lr,
+        first_order=first_order,
+        minutes=minutes,
+        seed=seed,
+    )
 
     def save_state(phase: str) -> None:
-        files.save_state({"phase": phase, "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
-                          "generator": generator.get_state() if phase == "maml" else state_generator, "losses": list(history.loss),
-                          "maml_seconds": history.seconds, "rng": rng_after_maml if phase == "pretrain" else runs.rng_state()},
-                         checkpoints.make_record("maml", command=command, hardware="", settings=settings, status="resumable"))
+        files.save_state(
+            {
+                "phase": phase,
+                "model": learner.model.state_dict(),
+                "optimizer": learner.optimizer.state_dict(),
+                "generator": generator.get_state() if phase == "maml" else state_generator,
+                "losses": list(history.loss),
+                "maml_seconds": history.seconds,
+                "rng": rng_after_maml if phase == "pretrain" else runs.rng_state(),
+            },
+            checkpoints.make_record(
+                "maml", command=command, hardware="", settings=settings, status="resumable"
+            ),
+        )
 
     def stopped(phase: str, done: int, of: int) -> Exception:
         what = "meta-step" if phase == "maml" else "pretraining step"
         return files.interrupted(f"{what} {done} of {of}", command, False)
 
     if not state or state.get("phase", "maml") == "maml":
-        loop = Loop(meta_steps - history.n_episodes, history=history, max_seconds=None if minutes is None else 60 * minutes,
-                    should_stop=stop, save_resumable=(lambda h: save_state("maml")) if files is not None else None,
-                    loss_name="meta-loss", progress=progress, desc="meta-training")
-        loop.run(lambda step: (learner.meta_step(tasks.sample(meta_batch, k, k, generator)[0]), None))
+        loop = Loop(
+            meta_steps - history.n_episodes,
+            history=history,
+            max_seconds=None if minutes is None else 60 * minutes,
+            should_stop=stop,
+            save_resumable=(lambda h: save_state("maml")) if files is not None else None,
+            loss_name="meta-loss",
+            progress=progress,
+            desc="meta-training",
+        )
+        loop.run(
+            lambda step: (learner.meta_step(tasks.sample(meta_batch, k, k, generator)[0]), None)
+        )
         if history.interrupted:
             raise stopped("maml", history.n_episodes, meta_steps)
     state_generator, rng_after_maml = generator.get_state(), runs.rng_state()
     seed_everything(seed + 1)
     pretrained = sinusoid_net()
     start = time.perf_counter()
-    done = pretrain_jointly(pretrained, tasks, history.n_episodes, meta_batch, k, outer_lr, seed + 1, progress, should_stop=stop)
+    done = pretrain_jointly(
+        pretrained,
+        tasks,
+        history.n_episodes,
+        meta_batch,
+        k,
+        outer_lr,
+        seed + 1,
+        progress,
+        should_stop=stop,
+    )
     if files is not None and len(done) < history.n_episodes:
         save_state("pretrain")
         raise stopped("pretrain", len(done), history.n_episodes)
@@ -885,7 +1157,9 @@ def train_sinusoid(
         "meta_steps_done": len(losses),
         "maml_seconds": round(history.seconds, 1),
         "pretrain_seconds": round(time.perf_counter() - start, 1),
-        "meta_loss_every_100": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
+        "meta_loss_every_100": [
+            round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)
+        ],
     }
     return learner, pretrained, meta
 
@@ -895,8 +1169,12 @@ def load_sinusoid_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     from . import checkpoints
 
     model = sinusoid_net()
-    _, record = checkpoints.load(path, checkpoints.torch_reader(model), "a sinusoid regressor (MLP 1-40-40-1)",
-                                 "python -m helpers.maml sinusoid --out " + str(path).replace("_pretrained", ""))
+    _, record = checkpoints.load(
+        path,
+        checkpoints.torch_reader(model),
+        "a sinusoid regressor (MLP 1-40-40-1)",
+        "python -m helpers.maml sinusoid --out " + str(path).replace("_pretrained", ""),
+    )
     return model, record
 
 
@@ -909,10 +1187,15 @@ def build_parser():
     """``python -m helpers.maml omniglot ...`` and ``python -m helpers.maml sinusoid ...``."""
     from .commands import Parser, add_run_options
 
-    parser = Parser(PROG, description="Meta-train MAML on Omniglot or on the paper's sinusoids. "
-                    "Ctrl-C or SIGTERM saves the run; --resume continues it.")
+    parser = Parser(
+        PROG,
+        description="Meta-train MAML on Omniglot or on the paper's sinusoids. "
+        "Ctrl-C or SIGTERM saves the run; --resume continues it.",
+    )
     sub = parser.add_subparsers(dest="task", required=True, parser_class=Parser)
-    om = sub.add_parser("omniglot", help="Conv-4 on Omniglot; defaults are the paper's 5-way 1-shot settings")
+    om = sub.add_parser(
+        "omniglot", help="Conv-4 on Omniglot; defaults are the paper's 5-way 1-shot settings"
+    )
     defaults = OmniglotRun()
     for name, value in defaults.__dict__.items():
         flag = "--" + name.replace("_", "-")
@@ -921,25 +1204,44 @@ def build_parser():
         if isinstance(value, bool):
             om.add_argument(flag, action="store_true")
         elif name == "minutes":
-            om.add_argument(flag, type=float, default=None, help="stop after this many minutes of training")
+            om.add_argument(
+                flag, type=float, default=None, help="stop after this many minutes of training"
+            )
         elif name == "mode":
             om.add_argument(flag, choices=MODES, default=value)
         else:
             om.add_argument(flag, type=type(value), default=value)
-    om.add_argument("--paper", action="store_true",
-                    help="the paper's alpha, inner steps, meta-batch and meta-steps for --n-way (flags given explicitly win)")
-    om.add_argument("--out", type=Path, default=Path("data/checkpoints/maml_omniglot.pt"), help="the checkpoint to write")
+    om.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's alpha, inner steps, meta-batch and meta-steps for --n-way (flags given explicitly win)",
+    )
+    om.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/checkpoints/maml_omniglot.pt"),
+        help="the checkpoint to write",
+    )
     om.add_argument("--no-progress", action="store_true")
-    si = sub.add_parser("sinusoid", help="the paper's sinusoid regression (and the jointly pretrained baseline)")
+    si = sub.add_parser(
+        "sinusoid", help="the paper's sinusoid regression (and the jointly pretrained baseline)"
+    )
     si.add_argument("--meta-steps", type=int, default=70000)
     si.add_argument("--meta-batch", type=int, default=25)
     si.add_argument("--k", type=int, default=10)
     si.add_argument("--inner-lr", type=float, default=0.01)
     si.add_argument("--minutes", type=float, default=None)
-    si.add_argument("--out", type=Path, required=True, help="MAML weights; the baseline goes beside it with _pretrained")
+    si.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="MAML weights; the baseline goes beside it with _pretrained",
+    )
     si.add_argument("--no-progress", action="store_true")
     for p in (om, si):
-        p.add_argument("--hardware", default="", help="a note on the machine, added to the recorded hardware")
+        p.add_argument(
+            "--hardware", default="", help="a note on the machine, added to the recorded hardware"
+        )
         add_run_options(p)
     return parser
 
@@ -948,7 +1250,9 @@ def _omniglot_settings(args) -> dict:
     defaults = OmniglotRun()
     settings = {k: getattr(args, k) for k in defaults.__dict__}
     if args.paper:
-        explicit = {k for k, v in settings.items() if v != getattr(defaults, k)}  # flags given win over --paper
+        explicit = {
+            k for k, v in settings.items() if v != getattr(defaults, k)
+        }  # flags given win over --paper
         settings.update({k: v for k, v in PAPER_OMNIGLOT[args.n_way].items() if k not in explicit})
     return settings
 
@@ -966,7 +1270,9 @@ def validate_arguments(args) -> None:
         commands.whole(args, "k", 1)
     else:
         if args.paper and args.n_way not in PAPER_OMNIGLOT:
-            raise ValueError(f"--paper knows the paper's settings for --n-way 5 and 20, not {validation.show(args.n_way)}.")
+            raise ValueError(
+                f"--paper knows the paper's settings for --n-way 5 and 20, not {validation.show(args.n_way)}."
+            )
         check_omniglot_run(OmniglotRun(**_omniglot_settings(args)), commands.flag)
     commands.writable_target(Path(args.out))
 
@@ -977,35 +1283,92 @@ def train_command(args, device: torch.device, command: str) -> dict:
     if args.task == "omniglot":
         settings = _omniglot_settings(args)
         files = commands.RunFiles(args.out, args, settings)
-        _, meta = train_omniglot(OmniglotRun(**settings), args.out, progress=not args.no_progress, command=command,
-                                 hardware=args.hardware, device=device, files=files)
-        print(json.dumps({k: v for k, v in meta.items() if k not in ("history", "meta_loss_every_10", "settings")}, indent=2))
+        _, meta = train_omniglot(
+            OmniglotRun(**settings),
+            args.out,
+            progress=not args.no_progress,
+            command=command,
+            hardware=args.hardware,
+            device=device,
+            files=files,
+        )
+        print(
+            json.dumps(
+                {
+                    k: v
+                    for k, v in meta.items()
+                    if k not in ("history", "meta_loss_every_10", "settings")
+                },
+                indent=2,
+            )
+        )
         print(f"checkpoint: {files.saver.path}")
         return meta
     from .device import hardware_description
 
-    settings = {k: getattr(args, k) for k in ("meta_steps", "meta_batch", "k", "inner_lr", "minutes", "seed")}
+    settings = {
+        k: getattr(args, k)
+        for k in ("meta_steps", "meta_batch", "k", "inner_lr", "minutes", "seed")
+    }
     files = commands.RunFiles(args.out, args, settings)
-    learner, pretrained, meta = train_sinusoid(args.meta_steps, args.meta_batch, args.k, args.inner_lr, minutes=args.minutes,
-                                               seed=args.seed, progress=not args.no_progress, files=files, command=command)
-    report = sinusoid_report({"maml": (learner.model, learner.params), "pretrained": (pretrained, parameters_of(pretrained))})
+    learner, pretrained, meta = train_sinusoid(
+        args.meta_steps,
+        args.meta_batch,
+        args.k,
+        args.inner_lr,
+        minutes=args.minutes,
+        seed=args.seed,
+        progress=not args.no_progress,
+        files=files,
+        command=command,
+    )
+    report = sinusoid_report(
+        {
+            "maml": (learner.model, learner.params),
+            "pretrained": (pretrained, parameters_of(pretrained)),
+        }
+    )
     test = "600 new tasks per K, adapted with alpha=0.01 on K points, MSE on 100 fresh points"
     written = {}
     for name, model, saver in (
         ("maml", learner.model, files.saver),
-        ("pretrained", pretrained, checkpoints.Saver(args.out.with_name(args.out.stem + "_pretrained.pt"), files.run_id, args.overwrite)),
+        (
+            "pretrained",
+            pretrained,
+            checkpoints.Saver(
+                args.out.with_name(args.out.stem + "_pretrained.pt"), files.run_id, args.overwrite
+            ),
+        ),
     ):
         record = checkpoints.make_record(
-            "maml", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
-            settings=meta["settings"], validation=f"test MSE after 1 step at K=5 ({test})",
+            "maml",
+            command=command,
+            hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
+            settings=meta["settings"],
+            validation=f"test MSE after 1 step at K=5 ({test})",
             val_score=checkpoints.score(report[name][5][1], metric="mse", higher_is_better=False),
-            history={"meta_loss_every_100": meta["meta_loss_every_100"]}, results={"test_mse": report},
-            wall_seconds=commands.wall_seconds(files, args), train_seconds=meta["maml_seconds"] + meta["pretrain_seconds"],
-            run_id=files.run_id, **{k: v for k, v in meta.items() if k != "settings"}, test_mse=report, test=test, model=name,
+            history={"meta_loss_every_100": meta["meta_loss_every_100"]},
+            results={"test_mse": report},
+            wall_seconds=commands.wall_seconds(files, args),
+            train_seconds=meta["maml_seconds"] + meta["pretrain_seconds"],
+            run_id=files.run_id,
+            **{k: v for k, v in meta.items() if k != "settings"},
+            test_mse=report,
+            test=test,
+            model=name,
         )
         written[name] = saver.save(checkpoints.torch_writer(model.state_dict()), record)
     files.finish()
-    print(json.dumps({k: v for k, v in written["maml"].items() if k not in ("meta_loss_every_100", "history", "results")}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: v
+                for k, v in written["maml"].items()
+                if k not in ("meta_loss_every_100", "history", "results")
+            },
+            indent=1,
+        )
+    )
     return written["maml"]
 
 

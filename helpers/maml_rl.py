@@ -125,7 +125,9 @@ class PointNavigation:
         A robot that was already finished before this step does not move and earns 0.
         """
         if self.t >= self.horizon:
-            raise RuntimeError(f"the episode is over after horizon={self.horizon} steps; call reset().")
+            raise RuntimeError(
+                f"the episode is over after horizon={self.horizon} steps; call reset()."
+            )
         moving = ~self.finished
         moves = actions.clamp(-self.max_action, self.max_action)
         self.positions = torch.where(moving[:, None], self.positions + moves, self.positions)
@@ -199,10 +201,17 @@ class Trajectories:
 
     def task(self, i: int) -> Trajectories:
         """Task ``i`` alone (``T = 1``)."""
-        return Trajectories(*(t[i : i + 1] for t in (self.goals, self.positions, self.actions, self.rewards, self.mask)))
+        return Trajectories(
+            *(
+                t[i : i + 1]
+                for t in (self.goals, self.positions, self.actions, self.rewards, self.mask)
+            )
+        )
 
 
-def _policy_outputs(policy: nn.Module, params: Params, observations: Tensor, per_task: bool) -> tuple[Tensor, Tensor]:
+def _policy_outputs(
+    policy: nn.Module, params: Params, observations: Tensor, per_task: bool
+) -> tuple[Tensor, Tensor]:
     """Mean and std for observations ``(T, N, 2)``: one shared ``params``, or (``per_task``)
     parameters stacked along a first axis of length ``T``, run on their own task by ``vmap``."""
     if not per_task:
@@ -231,7 +240,9 @@ def rollout(
     goals = torch.as_tensor(goals, dtype=torch.float32)
     n_tasks = len(goals)
     if not isinstance(params, dict) and len(params) != n_tasks:
-        raise ValueError(f"got {len(params)} parameter sets for {n_tasks} goals; give one dict, or one per goal.")
+        raise ValueError(
+            f"got {len(params)} parameter sets for {n_tasks} goals; give one dict, or one per goal."
+        )
     device = goals.device
     per_task = not isinstance(params, dict)
     if per_task:
@@ -291,12 +302,16 @@ def baseline_features(observations: Tensor) -> Tensor:
     ``observations`` ``(..., H, 2)`` gives ``(..., H, 8)``.
     """
     horizon = observations.shape[-2]
-    t = (torch.arange(horizon, dtype=observations.dtype, device=observations.device) / 100).view(-1, 1)
+    t = (torch.arange(horizon, dtype=observations.dtype, device=observations.device) / 100).view(
+        -1, 1
+    )
     t = t.expand(*observations.shape[:-1], 1)
     return torch.cat([observations, observations**2, t, t**2, t**3, torch.ones_like(t)], dim=-1)
 
 
-def fit_linear_baseline(observations: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5) -> Tensor:
+def fit_linear_baseline(
+    observations: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5
+) -> Tensor:
     """Value estimates ``b(s_t)`` from a ridge regression of ``returns`` on :func:`baseline_features`.
 
     One regression per task (first axis) over the valid steps of its trajectories:
@@ -327,7 +342,9 @@ def advantages(trajectories: Trajectories, gamma: float = 0.99, normalize: bool 
     return adv.detach()
 
 
-def policy_gradient_loss(policy: nn.Module, params: Params, trajectories: Trajectories, advantage: Tensor) -> Tensor:
+def policy_gradient_loss(
+    policy: nn.Module, params: Params, trajectories: Trajectories, advantage: Tensor
+) -> Tensor:
     """The REINFORCE surrogate ``-mean_t log pi_theta(a_t | s_t) A_t`` over the valid steps.
 
     Its gradient is minus the policy-gradient estimate, so a gradient *descent* step on it
@@ -394,7 +411,15 @@ def adapt(
     current: Params | list[Params] = params
     sampled = []
     for _ in range(steps):
-        trajectories = rollout(policy, current, goals, settings.n_trajectories, settings.horizon, settings.reward, generator)
+        trajectories = rollout(
+            policy,
+            current,
+            goals,
+            settings.n_trajectories,
+            settings.horizon,
+            settings.reward,
+            generator,
+        )
         sampled.append(trajectories)
         current = [
             policy_gradient_step(
@@ -426,14 +451,27 @@ def meta_loss(
     ``first_order``). Also returns every batch of trajectories, the post-adaptation one last.
     """
     settings = settings or RLSettings()
-    adapted, sampled = adapt(policy, params, goals, inner_lr, inner_steps, settings, first_order, generator)
-    post = rollout(policy, adapted, goals, settings.n_trajectories, settings.horizon, settings.reward, generator)
+    adapted, sampled = adapt(
+        policy, params, goals, inner_lr, inner_steps, settings, first_order, generator
+    )
+    post = rollout(
+        policy,
+        adapted,
+        goals,
+        settings.n_trajectories,
+        settings.horizon,
+        settings.reward,
+        generator,
+    )
     advantage = advantages(post, settings.gamma)
     if isinstance(adapted, dict):  # no inner step: ordinary policy gradient on all goals jointly
         loss = policy_gradient_loss(policy, adapted, post, advantage)
     else:
         loss = torch.stack(
-            [policy_gradient_loss(policy, adapted[i], post.task(i), advantage[i : i + 1]) for i in range(len(goals))]
+            [
+                policy_gradient_loss(policy, adapted[i], post.task(i), advantage[i : i + 1])
+                for i in range(len(goals))
+            ]
         ).mean()
     return loss, [*sampled, post]
 
@@ -488,20 +526,48 @@ def meta_train(
     first = len(history.pre_return) + 1
 
     def step(number: int) -> tuple[float, None]:
-        loss = meta_train_step(policy, optimizer, generator, meta_batch, inner_lr, inner_steps, settings, first_order, history, number)
+        loss = meta_train_step(
+            policy,
+            optimizer,
+            generator,
+            meta_batch,
+            inner_lr,
+            inner_steps,
+            settings,
+            first_order,
+            history,
+            number,
+        )
         if callback is not None:
             callback(number - first, history)
         return loss, None
 
-    Loop(iterations, first_step=first, should_stop=should_stop, progress=progress, leave=True,
-         desc="MAML meta-training" if inner_steps else "pretraining (no inner step)",
-         postfix=lambda _: {"before": f"{history.pre_return[-1]:.1f}", "after": f"{history.post_return[-1]:.1f}"}).run(step)
+    Loop(
+        iterations,
+        first_step=first,
+        should_stop=should_stop,
+        progress=progress,
+        leave=True,
+        desc="MAML meta-training" if inner_steps else "pretraining (no inner step)",
+        postfix=lambda _: {
+            "before": f"{history.pre_return[-1]:.1f}",
+            "after": f"{history.post_return[-1]:.1f}",
+        },
+    ).run(step)
     return history
 
 
 def meta_train_step(
-    policy: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator | None, meta_batch: int, inner_lr: float,
-    inner_steps: int, settings: RLSettings, first_order: bool, history: MetaHistory, number: int,
+    policy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator | None,
+    meta_batch: int,
+    inner_lr: float,
+    inner_steps: int,
+    settings: RLSettings,
+    first_order: bool,
+    history: MetaHistory,
+    number: int,
 ) -> float:
     """Meta-iteration ``number``: :func:`meta_loss` on ``meta_batch`` fresh goals, one step of
     ``optimizer``; the returns before and after adaptation and the seconds go into ``history``.
@@ -511,7 +577,16 @@ def meta_train_step(
 
     start = time.perf_counter()
     goals = sample_goals(meta_batch, generator).to(next(policy.parameters()).device)
-    loss, sampled = meta_loss(policy, parameters_of(policy), goals, inner_lr, inner_steps, settings, first_order, generator)
+    loss, sampled = meta_loss(
+        policy,
+        parameters_of(policy),
+        goals,
+        inner_lr,
+        inner_steps,
+        settings,
+        first_order,
+        generator,
+    )
     value = check_finite(number, float(loss.detach()))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -561,7 +636,15 @@ def adaptation_returns(
     current: Params | list[Params] = {k: v.detach() for k, v in parameters_of(policy).items()}
     sampled, params = [], []
     for step in range(max_steps + 1):
-        trajectories = rollout(policy, current, goals, settings.n_trajectories, settings.horizon, settings.reward, generator)
+        trajectories = rollout(
+            policy,
+            current,
+            goals,
+            settings.n_trajectories,
+            settings.horizon,
+            settings.reward,
+            generator,
+        )
         sampled.append(trajectories)
         params.append(current)
         if step < max_steps:
@@ -595,10 +678,16 @@ def save_policy(policy: GaussianMLPPolicy, path: str | Path, record: dict, saver
     from . import checkpoints
 
     writer = checkpoints.torch_writer({k: v.detach().cpu() for k, v in policy.state_dict().items()})
-    return saver.save(writer, record) if saver is not None else checkpoints.write_pair(path, writer, record)
+    return (
+        saver.save(writer, record)
+        if saver is not None
+        else checkpoints.write_pair(path, writer, record)
+    )
 
 
-def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[GaussianMLPPolicy, dict]:
+def load_policy(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[GaussianMLPPolicy, dict]:
     """A policy saved by :func:`save_policy`, and its JSON record.
 
     ``wall_time_s`` (the name earlier records used, and notebook 08 reads) is filled in from
@@ -608,8 +697,12 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[G
     from . import checkpoints
 
     policy = GaussianMLPPolicy()
-    _, record = checkpoints.load(path, checkpoints.torch_reader(policy), "a 2-D navigation policy (GaussianMLPPolicy 100-100)",
-                                 f"{MAML_RL_COMMAND} --out {path}")
+    _, record = checkpoints.load(
+        path,
+        checkpoints.torch_reader(policy),
+        "a 2-D navigation policy (GaussianMLPPolicy 100-100)",
+        f"{MAML_RL_COMMAND} --out {path}",
+    )
     if "wall_time_s" not in record and record.get("wall_seconds") is not None:
         record["wall_time_s"] = record["wall_seconds"]
     return policy.to(device), record
@@ -622,12 +715,17 @@ NOT_SETTINGS = ("out", "hardware", "resume", "overwrite", "debug", "started")
 def build_parser():
     from .commands import Parser, add_run_options
 
-    parser = Parser(PROG, description="Train a 2-D navigation policy with MAML-RL (or the pretrained baseline with "
-                    "--inner-steps 0) and save it with its record. Ctrl-C or SIGTERM saves the run; --resume continues it.")
+    parser = Parser(
+        PROG,
+        description="Train a 2-D navigation policy with MAML-RL (or the pretrained baseline with "
+        "--inner-steps 0) and save it with its record. Ctrl-C or SIGTERM saves the run; --resume continues it.",
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--meta-batch", type=int, default=20)
-    parser.add_argument("--inner-steps", type=int, default=1, help="0 trains the pretrained baseline")
+    parser.add_argument(
+        "--inner-steps", type=int, default=1, help="0 trains the pretrained baseline"
+    )
     parser.add_argument("--inner-lr", type=float, default=0.1)
     parser.add_argument("--outer-lr", type=float, default=0.01)
     parser.add_argument("--trajectories", type=int, default=20)
@@ -635,8 +733,12 @@ def build_parser():
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--eval-goals", type=int, default=40)
     parser.add_argument("--select-goals", type=int, default=20)
-    parser.add_argument("--max-minutes", type=float, default=20.0, help="stop meta-training after this long")
-    parser.add_argument("--hardware", default="", help="a note on the machine, added to the recorded hardware")
+    parser.add_argument(
+        "--max-minutes", type=float, default=20.0, help="stop meta-training after this long"
+    )
+    parser.add_argument(
+        "--hardware", default="", help="a note on the machine, added to the recorded hardware"
+    )
     add_run_options(parser)
     parser.set_defaults(device="cpu")  # the policy is tiny: the CPU is the fastest place for it
     return parser
@@ -649,8 +751,14 @@ def validate_arguments(args) -> None:
     commands.positive(args, "inner_lr", example=0.1)
     commands.positive(args, "outer_lr", example=0.01)
     commands.positive(args, "max_minutes", example=19)
-    for dest, low in (("iterations", 1), ("meta_batch", 1), ("inner_steps", 0), ("trajectories", 2), ("eval_goals", 1),
-                      ("select_goals", 1)):
+    for dest, low in (
+        ("iterations", 1),
+        ("meta_batch", 1),
+        ("inner_steps", 0),
+        ("trajectories", 2),
+        ("eval_goals", 1),
+        ("select_goals", 1),
+    ):
         commands.whole(args, dest, low)
     commands.writable_target(Path(args.out))
 
@@ -672,9 +780,13 @@ def train_command(args, device: torch.device, command: str) -> dict:
     # unlike the paper's TRPO), so beta decays along a cosine and the weights kept are those with
     # the best return after one step on selection goals, checked every 10 iterations.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iterations)
-    select_goals = sample_goals(args.select_goals, torch.Generator().manual_seed(20_000 + args.seed))
+    select_goals = sample_goals(
+        args.select_goals, torch.Generator().manual_seed(20_000 + args.seed)
+    )
     select_steps = max(1, args.inner_steps)
-    keep = KeepBest(lambda: copy.deepcopy(policy.state_dict()), state=copy.deepcopy(policy.state_dict()))
+    keep = KeepBest(
+        lambda: copy.deepcopy(policy.state_dict()), state=copy.deepcopy(policy.state_dict())
+    )
     selection: list = []
     seconds_before, chunk_generator = 0.0, None
     if files.state:
@@ -688,7 +800,10 @@ def train_command(args, device: torch.device, command: str) -> dict:
         chunk_generator = torch.Generator()
         chunk_generator.set_state(state["chunk_generator"])
         runs.set_rng_state(state["rng"])
-        print(f"resuming {files.resume_file} at iteration {len(history.pre_return)} of {args.iterations}", flush=True)
+        print(
+            f"resuming {files.resume_file} at iteration {len(history.pre_return)} of {args.iterations}",
+            flush=True,
+        )
 
     def chunk_start(number: int) -> torch.Generator:
         # Each chunk of 10 iterations draws its goals and actions from its own seed, kept apart from every evaluation seed.
@@ -698,63 +813,142 @@ def train_command(args, device: torch.device, command: str) -> dict:
         nonlocal chunk_generator
         if (number - 1) % 10 == 0:
             chunk_generator = chunk_start(number)
-        loss = meta_train_step(policy, optimizer, chunk_generator, args.meta_batch, args.inner_lr, args.inner_steps, rl,
-                               args.first_order, history, number)
+        loss = meta_train_step(
+            policy,
+            optimizer,
+            chunk_generator,
+            args.meta_batch,
+            args.inner_lr,
+            args.inner_steps,
+            rl,
+            args.first_order,
+            history,
+            number,
+        )
         schedule.step()
         return loss, None
 
     def validate(number: int) -> float:
-        score = adaptation_returns(policy, select_goals, args.inner_lr, select_steps, rl, seed=2).mean_returns[-1]
+        score = adaptation_returns(
+            policy, select_goals, args.inner_lr, select_steps, rl, seed=2
+        ).mean_returns[-1]
         selection.append([number, round(score, 3)])
         return score
 
     def report(trained: History) -> None:
-        print(f"iteration {len(history.pre_return)}: return before {history.pre_return[-1]:.2f}, after {history.post_return[-1]:.2f}, "
-              f"selection goals after {select_steps} step(s) {trained.val_accuracy[-1]:.2f}", flush=True)
+        print(
+            f"iteration {len(history.pre_return)}: return before {history.pre_return[-1]:.2f}, after {history.post_return[-1]:.2f}, "
+            f"selection goals after {select_steps} step(s) {trained.val_accuracy[-1]:.2f}",
+            flush=True,
+        )
 
     def save_resumable(trained: History) -> None:
-        record = checkpoints.make_record("maml_rl", command=command, hardware=hardware_description(device), settings=settings,
-                                         status="resumable", train_seconds=trained.seconds)
-        generator = chunk_generator if chunk_generator is not None else chunk_start(len(history.pre_return) + 1)
-        files.save_state({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                          "history": history.__dict__, "best": [keep.value, keep.step, keep.state], "selection": selection,
-                          "seconds": trained.seconds, "chunk_generator": generator.get_state(),
-                          "rng": runs.rng_state(), "wall_seconds": commands.wall_seconds(files, args)}, record)
+        record = checkpoints.make_record(
+            "maml_rl",
+            command=command,
+            hardware=hardware_description(device),
+            settings=settings,
+            status="resumable",
+            train_seconds=trained.seconds,
+        )
+        generator = (
+            chunk_generator
+            if chunk_generator is not None
+            else chunk_start(len(history.pre_return) + 1)
+        )
+        files.save_state(
+            {
+                "policy": policy.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "history": history.__dict__,
+                "best": [keep.value, keep.step, keep.state],
+                "selection": selection,
+                "seconds": trained.seconds,
+                "chunk_generator": generator.get_state(),
+                "rng": runs.rng_state(),
+                "wall_seconds": commands.wall_seconds(files, args),
+            },
+            record,
+        )
 
     # The time budget is looked at every 10 iterations, after the selection goals have been scored.
-    loop = Loop(args.iterations - len(history.pre_return), history=History(seconds=seconds_before),
-                first_step=len(history.pre_return) + 1, validate=validate, val_every=10, keep=keep,
-                max_seconds=60 * args.max_minutes, budget_every=10, should_stop=runs.stop_requested,
-                save_resumable=save_resumable, on_validation=report)
+    loop = Loop(
+        args.iterations - len(history.pre_return),
+        history=History(seconds=seconds_before),
+        first_step=len(history.pre_return) + 1,
+        validate=validate,
+        val_every=10,
+        keep=keep,
+        max_seconds=60 * args.max_minutes,
+        budget_every=10,
+        should_stop=runs.stop_requested,
+        save_resumable=save_resumable,
+        on_validation=report,
+    )
     try:
         trained = loop.run(step)
     except runs.NonFiniteLoss as exc:
-        raise commands.nonfinite(exc, "the step sizes --inner-lr or --outer-lr are probably too large", None) from None
+        raise commands.nonfinite(
+            exc, "the step sizes --inner-lr or --outer-lr are probably too large", None
+        ) from None
     if trained.interrupted:
-        raise files.interrupted(f"iteration {len(history.pre_return)} of {args.iterations}", command, False)
+        raise files.interrupted(
+            f"iteration {len(history.pre_return)} of {args.iterations}", command, False
+        )
     seconds = trained.seconds
     policy.load_state_dict(keep.state)
     # Held-out goals from a seed no training or selection batch used.
     goals = sample_goals(args.eval_goals, torch.Generator().manual_seed(10_000 + args.seed))
     result = adaptation_returns(policy, goals, args.inner_lr, 3, rl, seed=1)
-    returns_after_steps = {str(k): dict(zip(("mean", "ci95"), confidence_interval(r.tolist()))) for k, r in enumerate(result.returns)}
-    selection_text = (f"every 10 iterations, mean return after {select_steps} step(s) on {args.select_goals} goals "
-                      f"from sample_goals(seed={20_000 + args.seed})")
+    returns_after_steps = {
+        str(k): dict(zip(("mean", "ci95"), confidence_interval(r.tolist())))
+        for k, r in enumerate(result.returns)
+    }
+    selection_text = (
+        f"every 10 iterations, mean return after {select_steps} step(s) on {args.select_goals} goals "
+        f"from sample_goals(seed={20_000 + args.seed})"
+    )
     record = checkpoints.make_record(
-        "maml_rl", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
-        settings=settings, run_id=files.run_id, validation=selection_text,
+        "maml_rl",
+        command=command,
+        hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
+        settings=settings,
+        run_id=files.run_id,
+        validation=selection_text,
         val_score=checkpoints.score(keep.value, step=keep.step, metric="return"),
-        history={"pre_return": [round(x, 3) for x in history.pre_return], "post_return": [round(x, 3) for x in history.post_return]},
-        results={"iterations_done": len(history.pre_return), "kept_iteration": keep.step, "validation_return_after_steps": returns_after_steps},
-        wall_seconds=commands.wall_seconds(files, args), train_seconds=seconds,
-        threads=torch.get_num_threads(), torch=torch.__version__, iterations_done=len(history.pre_return), kept_iteration=keep.step,
-        selection=selection_text, selection_curve=selection,
+        history={
+            "pre_return": [round(x, 3) for x in history.pre_return],
+            "post_return": [round(x, 3) for x in history.post_return],
+        },
+        results={
+            "iterations_done": len(history.pre_return),
+            "kept_iteration": keep.step,
+            "validation_return_after_steps": returns_after_steps,
+        },
+        wall_seconds=commands.wall_seconds(files, args),
+        train_seconds=seconds,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        iterations_done=len(history.pre_return),
+        kept_iteration=keep.step,
+        selection=selection_text,
+        selection_curve=selection,
         validation_goals=f"{args.eval_goals} goals from sample_goals(seed={10_000 + args.seed})",
         validation_return_after_steps=returns_after_steps,
     )
     written = save_policy(policy, args.out, record, saver=files.saver)
     files.finish()
-    print(json.dumps({k: v for k, v in written.items() if k not in ("history", "selection_curve", "settings", "results")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: v
+                for k, v in written.items()
+                if k not in ("history", "selection_curve", "settings", "results")
+            },
+            indent=2,
+        )
+    )
     return written
 
 

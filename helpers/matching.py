@@ -48,7 +48,11 @@ from .nets import Conv4
 # --------------------------------------------------------------------------------------------
 
 
-def attention_weights(query_embeddings: torch.Tensor, support_embeddings: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+def attention_weights(
+    query_embeddings: torch.Tensor,
+    support_embeddings: torch.Tensor,
+    scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
     """``a(x_hat, x_i) = softmax_i( s * c(f(x_hat), g(x_i)) )``: ``(q, s)``, each row sums to 1.
 
     ``c`` is the cosine of every query ``(q, d)`` with every support ``(s, d)``
@@ -58,7 +62,9 @@ def attention_weights(query_embeddings: torch.Tensor, support_embeddings: torch.
     return (scale * cosine_similarity(query_embeddings, support_embeddings)).softmax(dim=-1)
 
 
-def label_distribution(attention: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
+def label_distribution(
+    attention: torch.Tensor, support_labels: torch.Tensor, n_way: int
+) -> torch.Tensor:
     """``y_hat = sum_i a(x_hat, x_i) y_i``: attention ``(q, s)`` times one-hot labels ``(s, n_way)``.
 
     Row ``j`` is query ``j``'s probability for each class: a convex combination of one-hot
@@ -68,7 +74,9 @@ def label_distribution(attention: torch.Tensor, support_labels: torch.Tensor, n_
     return attention @ one_hot
 
 
-def log_label_distribution(similarities: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
+def log_label_distribution(
+    similarities: torch.Tensor, support_labels: torch.Tensor, n_way: int
+) -> torch.Tensor:
     """``log y_hat`` computed stably from the similarities ``(q, s)`` -> ``(q, n_way)``.
 
     ``y_hat_k`` sums the attention of class k's support images, so
@@ -144,7 +152,10 @@ class AttentionLSTM(nn.Module):
         return weights @ support_context, weights
 
     def forward(
-        self, query_embeddings: torch.Tensor, support_context: torch.Tensor, return_reads: bool = False
+        self,
+        query_embeddings: torch.Tensor,
+        support_context: torch.Tensor,
+        return_reads: bool = False,
     ):
         """``(q, d)`` embeddings f'(x_hat) and ``(s, d)`` g(S) -> ``(q, d)`` embeddings f(x_hat, S).
 
@@ -192,8 +203,12 @@ class MatchingNetwork(FewShotMethod, nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module | None = None, fce: bool = False, processing_steps: int = 5,
-        scale: float = 1.0, learn_scale: bool = False,
+        self,
+        encoder: nn.Module | None = None,
+        fce: bool = False,
+        processing_steps: int = 5,
+        scale: float = 1.0,
+        learn_scale: bool = False,
     ) -> None:
         nn.Module.__init__(self)
         self.encoder = encoder if encoder is not None else Conv4()
@@ -205,13 +220,17 @@ class MatchingNetwork(FewShotMethod, nn.Module):
         learn_scale = validation.boolean("learn_scale", learn_scale)
         # the attention is softmax(s * cosine); s is stored as log s, so that it stays positive
         # when it is learned, and it is saved in the checkpoint either way
-        self.log_scale = nn.Parameter(torch.tensor(float(np.log(scale))), requires_grad=bool(learn_scale))
+        self.log_scale = nn.Parameter(
+            torch.tensor(float(np.log(scale))), requires_grad=bool(learn_scale)
+        )
         if self.fce:
             self.support_context = SupportContextEncoder(dim)
             self.query_context = AttentionLSTM(dim, processing_steps)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if "log_scale" not in state_dict:  # saved before the scale existed: the paper's kernel, s = 1
+        if (
+            "log_scale" not in state_dict
+        ):  # saved before the scale existed: the paper's kernel, s = 1
             state_dict = {**state_dict, "log_scale": torch.tensor(0.0)}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -233,7 +252,9 @@ class MatchingNetwork(FewShotMethod, nn.Module):
         """g(x_i, S) for ``(s, 1, H, W)`` images -> ``(s, d)`` (g'(x_i) alone without FCE)."""
         return self.support_in_context(self.encoder(support_images))
 
-    def embed_queries(self, query_images: torch.Tensor, support_context: torch.Tensor) -> torch.Tensor:
+    def embed_queries(
+        self, query_images: torch.Tensor, support_context: torch.Tensor
+    ) -> torch.Tensor:
         """f(x_hat, S) for ``(q, 1, H, W)`` images -> ``(q, d)`` (f'(x_hat) alone without FCE)."""
         return self.queries_in_context(self.encoder(query_images), support_context)
 
@@ -241,11 +262,17 @@ class MatchingNetwork(FewShotMethod, nn.Module):
         """g'(x_i) ``(s, d)`` -> g(x_i, S): the bidirectional LSTM with FCE, unchanged without."""
         return self.support_context(support_embeddings) if self.fce else support_embeddings
 
-    def queries_in_context(self, query_embeddings: torch.Tensor, support_context: torch.Tensor) -> torch.Tensor:
+    def queries_in_context(
+        self, query_embeddings: torch.Tensor, support_context: torch.Tensor
+    ) -> torch.Tensor:
         """f'(x_hat) ``(q, d)`` -> f(x_hat, S): the attention LSTM with FCE, unchanged without."""
-        return self.query_context(query_embeddings, support_context) if self.fce else query_embeddings
+        return (
+            self.query_context(query_embeddings, support_context) if self.fce else query_embeddings
+        )
 
-    def similarities(self, support_images: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+    def similarities(
+        self, support_images: torch.Tensor, query_images: torch.Tensor
+    ) -> torch.Tensor:
         """``c(f(x_hat, S), g(x_i, S))``: cosine of every query with every support image, ``(q, s)``.
 
         Support and query images go through Conv-4 in one batch, so that in training mode batch
@@ -254,21 +281,31 @@ class MatchingNetwork(FewShotMethod, nn.Module):
         n_support = len(support_images)
         embeddings = self.encoder(torch.cat([support_images, query_images]))
         support_context = self.support_in_context(embeddings[:n_support])
-        return cosine_similarity(self.queries_in_context(embeddings[n_support:], support_context), support_context)
+        return cosine_similarity(
+            self.queries_in_context(embeddings[n_support:], support_context), support_context
+        )
 
     def forward(
-        self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor, n_way: int | None = None
+        self,
+        support_images: torch.Tensor,
+        support_labels: torch.Tensor,
+        query_images: torch.Tensor,
+        n_way: int | None = None,
     ) -> torch.Tensor:
         """``log y_hat``: ``(q, n_way)`` log-probabilities of each class for each query."""
         n_way = n_way or int(support_labels.max()) + 1
-        return log_label_distribution(self.scale * self.similarities(support_images, query_images), support_labels, n_way)
+        return log_label_distribution(
+            self.scale * self.similarities(support_images, query_images), support_labels, n_way
+        )
 
     def attention(self, support_images: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
         """The attention ``a(x_hat, x_i)`` of every query over the support set, ``(q, s)``."""
         return (self.scale * self.similarities(support_images, query_images)).softmax(dim=-1)
 
     # ---- the shared few-shot interface -------------------------------------------------------
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
         with torch.no_grad():
             self._support_context = self.embed_support(support_images)
         self._support_labels = support_labels
@@ -283,13 +320,21 @@ class MatchingNetwork(FewShotMethod, nn.Module):
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """The training step (:func:`helpers.training.train_episodic`): ``-mean log y_hat[true class]``
         over the episode's queries, and their accuracy."""
-        log_probabilities = self(episode.support_images, episode.support_labels, episode.query_images, episode.n_way)
+        log_probabilities = self(
+            episode.support_images, episode.support_labels, episode.query_images, episode.n_way
+        )
         loss = F.nll_loss(log_probabilities, episode.query_labels)
         accuracy = (log_probabilities.argmax(dim=-1) == episode.query_labels).float().mean()
         return loss, accuracy
 
 
-def evaluate_embedded(model: MatchingNetwork, embeddings: torch.Tensor, episodes, progress: bool = True, desc: str = "evaluating"):
+def evaluate_embedded(
+    model: MatchingNetwork,
+    embeddings: torch.Tensor,
+    episodes,
+    progress: bool = True,
+    desc: str = "evaluating",
+):
     """The same numbers as ``helpers.fewshot.evaluate(model.eval(), episodes)``, much faster.
 
     Without FCE an image's embedding does not depend on the episode, and with FCE only the two
@@ -306,13 +351,19 @@ def evaluate_embedded(model: MatchingNetwork, embeddings: torch.Tensor, episodes
     accuracies = []
     with torch.no_grad():
         for episode in tqdm(list(episodes), desc=desc, disable=not progress, leave=False):
-            rows = torch.from_numpy(np.concatenate([episode.support_indices, episode.query_indices])).to(device)
+            rows = torch.from_numpy(
+                np.concatenate([episode.support_indices, episode.query_indices])
+            ).to(device)
             n_support = len(episode.support_indices)
             support = model.support_in_context(embeddings[rows[:n_support]])
             queries = model.queries_in_context(embeddings[rows[n_support:]], support)
             labels = episode.support_labels.to(device)
-            y_hat = label_distribution(attention_weights(queries, support, model.scale), labels, episode.n_way)
-            accuracies.append(float((y_hat.argmax(dim=-1).cpu() == episode.query_labels.cpu()).float().mean()))
+            y_hat = label_distribution(
+                attention_weights(queries, support, model.scale), labels, episode.n_way
+            )
+            accuracies.append(
+                float((y_hat.argmax(dim=-1).cpu() == episode.query_labels.cpu()).float().mean())
+            )
     mean, ci95 = confidence_interval(accuracies)
     return EvalResult(mean, ci95, np.array(accuracies))
 
@@ -330,30 +381,55 @@ def build_parser():
     """The options of ``python -m helpers.matching``."""
     from .commands import Parser, add_run_options
 
-    parser = Parser(PROG, description="Train a Matching Network episodically on Omniglot and save the best-validation weights "
-                    "with a record (.json: command, hardware, time, validation). Ctrl-C or SIGTERM saves the run; --resume continues it.")
+    parser = Parser(
+        PROG,
+        description="Train a Matching Network episodically on Omniglot and save the best-validation weights "
+        "with a record (.json: command, hardware, time, validation). Ctrl-C or SIGTERM saves the run; --resume continues it.",
+    )
     parser.add_argument("--fce", action="store_true", help="use full context embeddings")
     parser.add_argument("--processing-steps", type=int, default=5, help="T of the attention LSTM")
-    parser.add_argument("--scale", type=float, default=10.0, help="s in softmax(s * cosine), its starting value when learned (the paper: 1)")
-    parser.add_argument("--fixed-scale", action="store_true", help="keep s fixed instead of learning it")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=10.0,
+        help="s in softmax(s * cosine), its starting value when learned (the paper: 1)",
+    )
+    parser.add_argument(
+        "--fixed-scale", action="store_true", help="keep s fixed instead of learning it"
+    )
     parser.add_argument("--n-way", type=int, default=20)
     parser.add_argument("--k-shot", type=int, default=1)
     parser.add_argument("--n-query", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=6000)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lr-halve-every", type=int, default=2000, help="episodes between halvings")
+    parser.add_argument(
+        "--lr-halve-every", type=int, default=2000, help="episodes between halvings"
+    )
     parser.add_argument("--train-split", default="vinyals-train")
     parser.add_argument("--val-split", default="vinyals-val")
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--val-episodes", type=int, default=200)
-    parser.add_argument("--max-minutes", type=float, default=None, help="time budget: stop (validate, save) after it")
-    parser.add_argument("--hardware", default=None, help="a note on the machine, added to the recorded hardware")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (print each validation instead)")
     parser.add_argument(
-        "--keep", choices=("best", "last"), default=None,
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="time budget: stop (validate, save) after it",
+    )
+    parser.add_argument(
+        "--hardware", default=None, help="a note on the machine, added to the recorded hardware"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (print each validation instead)"
+    )
+    parser.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default=None,
         help="weights to save; default: 'last' when the validation classes are inside the training split, else 'best'",
     )
-    parser.add_argument("--out", required=True, help="checkpoint path, e.g. data/checkpoints/matching_fce.pt")
+    parser.add_argument(
+        "--out", required=True, help="checkpoint path, e.g. data/checkpoints/matching_fce.pt"
+    )
     add_run_options(parser)
     return parser
 
@@ -385,40 +461,77 @@ def train_command(args, device: torch.device, command: str) -> dict:
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     files = commands.RunFiles(args.out, args, settings)
     torch.manual_seed(args.seed)
-    model = MatchingNetwork(fce=args.fce, processing_steps=args.processing_steps, scale=args.scale, learn_scale=not args.fixed_scale).to(device)
+    model = MatchingNetwork(
+        fce=args.fce,
+        processing_steps=args.processing_steps,
+        scale=args.scale,
+        learn_scale=not args.fixed_scale,
+    ).to(device)
     train = omniglot_dataset(args.train_split)
     val = omniglot_dataset(args.val_split)
     overlap = bool(set(train.class_names) & set(val.class_names))
     keep = args.keep or ("last" if overlap else "best")
     settings["keep"] = keep
     # the images live on the training device and episodes are gathered there
-    sampler = DeviceEpisodeSampler(train, args.n_way, args.k_shot, args.n_query, device=device, seed=args.seed)
-    val_episodes = [e.to(device) for e in sample_episodes(val, args.n_way, args.k_shot, args.n_query, args.val_episodes, seed=args.seed + 1)]
+    sampler = DeviceEpisodeSampler(
+        train, args.n_way, args.k_shot, args.n_query, device=device, seed=args.seed
+    )
+    val_episodes = [
+        e.to(device)
+        for e in sample_episodes(
+            val, args.n_way, args.k_shot, args.n_query, args.val_episodes, seed=args.seed + 1
+        )
+    ]
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_halve_every, gamma=0.5)
     record = checkpoints.make_record(
-        "matching", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
-        settings=settings, run_id=files.run_id,
+        "matching",
+        command=command,
+        hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
+        settings=settings,
+        run_id=files.run_id,
         validation=f"{args.val_episodes} {args.n_way}-way {args.k_shot}-shot episodes of {args.val_split}"
-        + (" (these classes are inside the training split: a monitor, not a held-out score)" if overlap else " (held-out classes)"),
-        arguments=settings, torch=torch.__version__, keep=keep,
+        + (
+            " (these classes are inside the training split: a monitor, not a held-out score)"
+            if overlap
+            else " (held-out classes)"
+        ),
+        arguments=settings,
+        torch=torch.__version__,
+        keep=keep,
     )
     history = commands.episodic_run(
-        files, args, command, method=model, sampler=sampler, optimizer=optimizer,
-        scheduler=scheduler, val_episodes=val_episodes, record=record, keep=keep, device=device,
+        files,
+        args,
+        command,
+        method=model,
+        sampler=sampler,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        val_episodes=val_episodes,
+        record=record,
+        keep=keep,
+        device=device,
         on_validation=lambda h: report_validation(h, f"scale {model.scale.item():.2f}"),
     )
     # the loop wrote the kept weights and their record; add the whole run's wall time and curves
-    saved_scale = torch.load(files.saver.path, map_location="cpu", weights_only=True)["log_scale"].exp()
+    saved_scale = torch.load(files.saver.path, map_location="cpu", weights_only=True)[
+        "log_scale"
+    ].exp()
     checkpoints.update_record(
-        files.saver.path, wall_seconds=round(commands.wall_seconds(files, args), 1), interrupted=False,
+        files.saver.path,
+        wall_seconds=round(commands.wall_seconds(files, args), 1),
+        interrupted=False,
         episodes_total=history.n_episodes,  # "episodes_trained" counts those behind the saved weights
-        scale=round(float(saved_scale), 4), history=history.blocks(10),  # means over blocks of 10 episodes: a small file
+        scale=round(float(saved_scale), 4),
+        history=history.blocks(10),  # means over blocks of 10 episodes: a small file
         results={"episodes_total": history.n_episodes, "scale": round(float(saved_scale), 4)},
     )
     files.finish()
-    print(f"best validation: {history.best_validation()}; {history.n_episodes} episodes in {history.seconds:.0f} s; "
-          f"checkpoint {files.saver.path}")
+    print(
+        f"best validation: {history.best_validation()}; {history.n_episodes} episodes in {history.seconds:.0f} s; "
+        f"checkpoint {files.saver.path}"
+    )
     return {"checkpoint": str(files.saver.path), "episodes": history.n_episodes}
 
 

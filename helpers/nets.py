@@ -30,7 +30,9 @@ class Conv4(nn.Module):
     def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4) -> None:
         super().__init__()
         channels = [in_channels] + [hidden] * depth
-        self.blocks = nn.Sequential(*[conv_block(a, b) for a, b in zip(channels[:-1], channels[1:])])
+        self.blocks = nn.Sequential(
+            *[conv_block(a, b) for a, b in zip(channels[:-1], channels[1:])]
+        )
         self.out_features = hidden
         self.image_shape = (in_channels, 28, 28) if depth == 4 else None
 
@@ -41,11 +43,12 @@ class Conv4(nn.Module):
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """A plain multilayer perceptron: ``mlp([1, 40, 40, 1])`` is the sinusoid net of MAML."""
     if len(sizes) < 2:
-        raise ValueError(f"mlp needs at least an input and an output size, got sizes={list(sizes)}.")
+        raise ValueError(
+            f"mlp needs at least an input and an output size, got sizes={list(sizes)}."
+        )
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
-

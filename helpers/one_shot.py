@@ -91,7 +91,9 @@ def _shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
     return padded[torch.arange(n).view(n, 1, 1), 0, rows, cols].unsqueeze(1)
 
 
-def split_per_class(dataset: FewShotDataset, val_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_per_class(
+    dataset: FewShotDataset, val_per_class: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of training and validation images: ``val_per_class`` held out of every class."""
     rng = validation.numpy_rng(seed)
     train, val = [], []
@@ -192,40 +194,78 @@ def pretrain_classifier(
             scheduler.step()
             history["loss"].append(loss_sum / total)
             history["train accuracy"].append(correct / total)
-            if epoch + 1 < epochs:  # drawn here, so that a run stopped between epochs has the next one's order
+            if (
+                epoch + 1 < epochs
+            ):  # drawn here, so that a run stopped between epochs has the next one's order
                 order, total, correct, loss_sum = shuffled(), 0, 0, 0.0
         return value, right / len(batch)
 
     def validate(number: int) -> float:
-        accuracy = classification_accuracy(model, images[val_idx], labels[val_idx], device) if len(val_idx) else float("nan")
+        accuracy = (
+            classification_accuracy(model, images[val_idx], labels[val_idx], device)
+            if len(val_idx)
+            else float("nan")
+        )
         history["val accuracy"].append(accuracy)
         if progress:
-            print(f"epoch {len(history['loss'])}: loss {history['loss'][-1]:.3f}, val accuracy {accuracy:.3f}, "
-                  f"{loop.elapsed():.0f} s", flush=True)
+            print(
+                f"epoch {len(history['loss'])}: loss {history['loss'][-1]:.3f}, val accuracy {accuracy:.3f}, "
+                f"{loop.elapsed():.0f} s",
+                flush=True,
+            )
         return accuracy
 
     stopped: list[dict] = []
 
     def save_resumable(trained: History) -> None:
         epoch, b = divmod(loop.last_step, batches)
-        stopped.append({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                        "generator": generator.get_state(), "history": history, "epoch": epoch, "order": torch.as_tensor(order),
-                        "next_batch": b * batch_size, "sums": [total, correct, loss_sum], "seconds": trained.seconds,
-                        "rng": runs.rng_state()})
+        stopped.append(
+            {
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "history": history,
+                "epoch": epoch,
+                "order": torch.as_tensor(order),
+                "next_batch": b * batch_size,
+                "sums": [total, correct, loss_sum],
+                "seconds": trained.seconds,
+                "rng": runs.rng_state(),
+            }
+        )
 
-    loop = Loop(epochs * batches - first_step + 1, history=History(seconds=seconds_before), first_step=first_step,
-                validate=validate, val_every=batches, max_seconds=None if max_minutes is None else 60 * max_minutes,
-                budget_every=batches, should_stop=should_stop, save_resumable=save_resumable, progress=progress,
-                desc="pretraining", leave=True)
+    loop = Loop(
+        epochs * batches - first_step + 1,
+        history=History(seconds=seconds_before),
+        first_step=first_step,
+        validate=validate,
+        val_every=batches,
+        max_seconds=None if max_minutes is None else 60 * max_minutes,
+        budget_every=batches,
+        should_stop=should_stop,
+        save_resumable=save_resumable,
+        progress=progress,
+        desc="pretraining",
+        leave=True,
+    )
     model.train()
     trained = loop.run(step)
     if stopped:
-        return PretrainResult(model, history, float("nan"), trained.seconds, stopped_state=stopped[0])
+        return PretrainResult(
+            model, history, float("nan"), trained.seconds, stopped_state=stopped[0]
+        )
     model.eval()
     return PretrainResult(model, history, history["val accuracy"][-1], trained.seconds)
 
 
-def classification_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 512) -> float:
+def classification_accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+) -> float:
     """Fraction of ``images`` whose largest logit is their label (in eval mode, in batches)."""
     predictions = embed_in_batches(model, images, batch_size, device).argmax(1).cpu()
     return int((predictions == labels).sum()) / len(images)
@@ -239,16 +279,22 @@ def save_encoder(model: SoftmaxClassifier, path: str | Path, record: dict, saver
     """
     from . import checkpoints
 
-    writer = checkpoints.torch_writer({k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()})
+    writer = checkpoints.torch_writer(
+        {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+    )
     if saver is not None:
         return saver.save(writer, record)
     return checkpoints.write_pair(path, writer, record)
 
 
-ONE_SHOT_COMMAND = "python -m helpers.one_shot --epochs 30 --batch-size 128 --lr 2e-3 --max-minutes 6"
+ONE_SHOT_COMMAND = (
+    "python -m helpers.one_shot --epochs 30 --batch-size 128 --lr 2e-3 --max-minutes 6"
+)
 
 
-def load_encoder(path: str | Path = ONE_SHOT_CHECKPOINT, device: torch.device | str = "cpu") -> Conv4:
+def load_encoder(
+    path: str | Path = ONE_SHOT_CHECKPOINT, device: torch.device | str = "cpu"
+) -> Conv4:
     """The pretrained Conv-4 embedding, in eval mode, with gradients switched off.
 
     A missing, truncated or mismatched file raises :class:`helpers.checkpoints.CheckpointError`
@@ -257,7 +303,12 @@ def load_encoder(path: str | Path = ONE_SHOT_CHECKPOINT, device: torch.device | 
     from . import checkpoints
 
     encoder = Conv4()
-    checkpoints.load(path, checkpoints.torch_reader(encoder), "a pretrained Conv-4 embedding", f"{ONE_SHOT_COMMAND} --out {path}")
+    checkpoints.load(
+        path,
+        checkpoints.torch_reader(encoder),
+        "a pretrained Conv-4 embedding",
+        f"{ONE_SHOT_COMMAND} --out {path}",
+    )
     encoder.to(device).eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
@@ -274,8 +325,10 @@ def checkpoint_record(path: str | Path = ONE_SHOT_CHECKPOINT) -> dict:
 
     record = checkpoints.read_record(path)
     if record is None:
-        raise checkpoints.MissingCheckpoint(f"no record {checkpoints.record_path(path)}: expected the record of a pretrained "
-                                            f"Conv-4 embedding; make it with `{ONE_SHOT_COMMAND} --out {path}`.")
+        raise checkpoints.MissingCheckpoint(
+            f"no record {checkpoints.record_path(path)}: expected the record of a pretrained "
+            f"Conv-4 embedding; make it with `{ONE_SHOT_COMMAND} --out {path}`."
+        )
     if "wall_time_s" not in record and record.get("wall_seconds") is not None:
         record["wall_time_s"] = record["wall_seconds"]
     return record
@@ -341,7 +394,9 @@ class EmbeddingDatabase:
         """``(n_query, len(self))`` similarity of each query to each stored entry."""
         if not self.names:
             raise ValueError("the database is empty: add at least one class before identifying.")
-        return similarity(embed_in_batches(self.encoder, query_images).cpu(), self.keys, self.metric)
+        return similarity(
+            embed_in_batches(self.encoder, query_images).cpu(), self.keys, self.metric
+        )
 
     def identify(self, query_images: torch.Tensor) -> list[str]:
         """The name of the nearest stored entry for every query."""
@@ -367,7 +422,9 @@ class NearestEmbedding(FewShotMethod):
         self.image_shape = declared_image_shape(encoder)
         self.device = next(encoder.parameters()).device
 
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
         self.keys = prototypes(embed_in_batches(self.encoder, support_images), support_labels)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
@@ -384,12 +441,16 @@ class RetrainedSoftmax(FewShotMethod):
 
     image_shape = (1, 28, 28)  # the Conv-4 of its SoftmaxClassifier
 
-    def __init__(self, steps: int = 50, lr: float = 1e-2, device: torch.device | str = "cpu", seed: int = 0) -> None:
+    def __init__(
+        self, steps: int = 50, lr: float = 1e-2, device: torch.device | str = "cpu", seed: int = 0
+    ) -> None:
         self.steps = validation.whole_number("steps", steps, 1)
         self.lr = validation.positive_number("lr", lr, 0.01)
         self.device, self.seed = torch.device(device), validation.seed(seed)
 
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
         torch.manual_seed(self.seed)
         n_way = int(support_labels.max()) + 1
         self.model = SoftmaxClassifier(n_way).to(self.device)
@@ -436,16 +497,31 @@ NOT_SETTINGS = ("out", "hardware", "no_progress", "resume", "overwrite", "debug"
 def build_parser():
     from .commands import Parser, add_run_options
 
-    parser = Parser(PROG, description="Pretrain the Conv-4 embedding of notebook 03: a softmax classifier over the 964 "
-                    "Omniglot background characters, saved without its head. Ctrl-C or SIGTERM saves the run; --resume continues it.")
+    parser = Parser(
+        PROG,
+        description="Pretrain the Conv-4 embedding of notebook 03: a softmax classifier over the 964 "
+        "Omniglot background characters, saved without its head. Ctrl-C or SIGTERM saves the run; --resume continues it.",
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--val-per-class", type=int, default=4, help="drawings of each character held out for validation")
-    parser.add_argument("--max-shift", type=int, default=2, help="random shifts of up to this many pixels (augmentation)")
+    parser.add_argument(
+        "--val-per-class",
+        type=int,
+        default=4,
+        help="drawings of each character held out for validation",
+    )
+    parser.add_argument(
+        "--max-shift",
+        type=int,
+        default=2,
+        help="random shifts of up to this many pixels (augmentation)",
+    )
     parser.add_argument("--out", default=str(ONE_SHOT_CHECKPOINT))
     parser.add_argument("--max-minutes", type=float, default=None)
-    parser.add_argument("--hardware", default=None, help="a note on the machine, added to the recorded hardware")
+    parser.add_argument(
+        "--hardware", default=None, help="a note on the machine, added to the recorded hardware"
+    )
     parser.add_argument("--no-progress", action="store_true")
     add_run_options(parser)
     parser.set_defaults(threads=1)
@@ -479,35 +555,69 @@ def train_command(args, device: torch.device, command: str) -> dict:
     dataset = omniglot_dataset("background")
     try:
         result = pretrain_classifier(
-            dataset, args.epochs, args.lr, args.batch_size, args.val_per_class, args.max_shift, args.seed,
-            device=device, max_minutes=args.max_minutes, progress=not args.no_progress, should_stop=runs.stop_requested,
+            dataset,
+            args.epochs,
+            args.lr,
+            args.batch_size,
+            args.val_per_class,
+            args.max_shift,
+            args.seed,
+            device=device,
+            max_minutes=args.max_minutes,
+            progress=not args.no_progress,
+            should_stop=runs.stop_requested,
             resume=files.state,
         )
     except runs.NonFiniteLoss as exc:
-        raise commands.nonfinite(exc, "the learning rate --lr is probably too large", None) from None
+        raise commands.nonfinite(
+            exc, "the learning rate --lr is probably too large", None
+        ) from None
     record = checkpoints.make_record(
-        "one_shot", command=command, hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
-        settings=settings, run_id=files.run_id,
+        "one_shot",
+        command=command,
+        hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
+        settings=settings,
+        run_id=files.run_id,
         validation=f"964-way classification of {args.val_per_class} held-out drawings of each of the 964 background characters",
         val_score=checkpoints.score(result.val_accuracy),
         history={k: [round(v, 4) for v in vals] for k, vals in result.history.items()},
-        results={"epochs_run": len(result.history["loss"]), "val_accuracy_964_way": round(result.val_accuracy, 4)},
-        wall_seconds=commands.wall_seconds(files, args), train_seconds=result.seconds,
+        results={
+            "epochs_run": len(result.history["loss"]),
+            "val_accuracy_964_way": round(result.val_accuracy, 4),
+        },
+        wall_seconds=commands.wall_seconds(files, args),
+        train_seconds=result.seconds,
         what="Conv-4 embedding of a softmax classifier over the 964 Omniglot background characters "
         "(30 background alphabets of Lake et al.; no evaluation alphabet seen)",
-        python=platform.python_version(), torch=torch.__version__, epochs_run=len(result.history["loss"]),
-        val_accuracy_964_way=round(result.val_accuracy, 4) if result.stopped_state is None else None,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        epochs_run=len(result.history["loss"]),
+        val_accuracy_964_way=round(result.val_accuracy, 4)
+        if result.stopped_state is None
+        else None,
         val_note=f"{args.val_per_class} held-out drawings of each of the 964 background characters",
     )
     if result.stopped_state is not None:
-        files.save_state({**result.stopped_state, "wall_seconds": commands.wall_seconds(files, args)}, record)
+        files.save_state(
+            {**result.stopped_state, "wall_seconds": commands.wall_seconds(files, args)}, record
+        )
         state = result.stopped_state
-        raise files.interrupted(f"epoch {state['epoch'] + 1} of {args.epochs} (batch {state['next_batch'] // args.batch_size})",
-                                command, False)
+        raise files.interrupted(
+            f"epoch {state['epoch'] + 1} of {args.epochs} (batch {state['next_batch'] // args.batch_size})",
+            command,
+            False,
+        )
     written = save_encoder(result.model, args.out, record, saver=files.saver)
     files.finish()
-    print(json.dumps({"wall_seconds": written["wall_seconds"], "val_accuracy_964_way": written["val_accuracy_964_way"],
-                      "checkpoint": str(files.saver.path)}))
+    print(
+        json.dumps(
+            {
+                "wall_seconds": written["wall_seconds"],
+                "val_accuracy_964_way": written["val_accuracy_964_way"],
+                "checkpoint": str(files.saver.path),
+            }
+        )
+    )
     return written
 
 

@@ -28,10 +28,22 @@ def show_episode(
     """
     k, q = episode.k_shot, min(episode.n_query, max_query)
     n = episode.n_way
-    support = episode.support_images.squeeze(1).cpu().numpy().reshape(n, k, *episode.support_images.shape[-2:])
-    query = episode.query_images.squeeze(1).cpu().numpy().reshape(n, episode.n_query, *episode.query_images.shape[-2:])
+    support = (
+        episode.support_images.squeeze(1)
+        .cpu()
+        .numpy()
+        .reshape(n, k, *episode.support_images.shape[-2:])
+    )
+    query = (
+        episode.query_images.squeeze(1)
+        .cpu()
+        .numpy()
+        .reshape(n, episode.n_query, *episode.query_images.shape[-2:])
+    )
     columns = k + q
-    fig, axes = plt.subplots(n, columns, figsize=(0.9 * columns + 1.6, 0.9 * n + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        n, columns, figsize=(0.9 * columns + 1.6, 0.9 * n + 0.6), squeeze=False
+    )
     for row in range(n):
         for col in range(columns):
             ax = axes[row, col]
@@ -49,11 +61,19 @@ def show_episode(
                 spine.set_color(colour)
                 spine.set_linewidth(2.5)
         label = episode.class_names[row].replace("_", " ")
-        axes[row, 0].set_ylabel(f"{row}: {label}" if len(label) < 28 else f"{row}: …{label[-26:]}", rotation=0, ha="right", va="center", fontsize=7)
+        axes[row, 0].set_ylabel(
+            f"{row}: {label}" if len(label) < 28 else f"{row}: …{label[-26:]}",
+            rotation=0,
+            ha="right",
+            va="center",
+            fontsize=7,
+        )
     axes[0, 0].set_title("support", color=SUPPORT_COLOUR, fontsize=9, loc="left")
     if q and predictions is None:
         axes[0, k].set_title("queries", color=QUERY_COLOUR, fontsize=9, loc="left")
-    fig.suptitle(title or f"{n}-way {k}-shot episode ({episode.n_query} queries per class)", fontsize=10)
+    fig.suptitle(
+        title or f"{n}-way {k}-shot episode ({episode.n_query} queries per class)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
@@ -85,10 +105,29 @@ def plot_sinusoid_fits(
     grid = torch.linspace(-5, 5, 200).view(1, -1, 1)
     fits = adapt_predictions(model, params, xs[0], ys[0], grid[0], inner_lr, steps_shown)
     x = grid[0, :, 0].numpy()
-    ax.plot(x, tasks.evaluate(amplitude, phase, grid)[0, :, 0].numpy(), "k-", lw=2, label="true function")
+    ax.plot(
+        x,
+        tasks.evaluate(amplitude, phase, grid)[0, :, 0].numpy(),
+        "k-",
+        lw=2,
+        label="true function",
+    )
     for steps, colour in zip(steps_shown, ("tab:gray", "tab:green", "tab:red")):
-        ax.plot(x, fits[steps][:, 0].cpu().numpy(), "--", color=colour, label=f"after {steps} step{'s' if steps != 1 else ''}")
-    ax.plot(xs[0, :, 0].numpy(), ys[0, :, 0].numpy(), "^", color="tab:purple", ms=8, label=f"{k} points used")
+        ax.plot(
+            x,
+            fits[steps][:, 0].cpu().numpy(),
+            "--",
+            color=colour,
+            label=f"after {steps} step{'s' if steps != 1 else ''}",
+        )
+    ax.plot(
+        xs[0, :, 0].numpy(),
+        ys[0, :, 0].numpy(),
+        "^",
+        color="tab:purple",
+        ms=8,
+        label=f"{k} points used",
+    )
     ax.set(title=title, xlim=(-5, 5), ylim=(-6, 6), xlabel="x")
     return ax
 
@@ -114,7 +153,14 @@ def plot_accuracy_vs_ways(
         line = ax.errorbar(ways, means, yerr=cis, marker="o", capsize=3, label=f"{k_shot}-shot")
         for (n_way, shot), value in (paper or {}).items():
             if shot == k_shot:
-                ax.plot(n_way, value, marker="*", markersize=11, color=line[0].get_color(), linestyle="none")
+                ax.plot(
+                    n_way,
+                    value,
+                    marker="*",
+                    markersize=11,
+                    color=line[0].get_color(),
+                    linestyle="none",
+                )
     ways = np.array(sorted(all_ways))
     dense = np.linspace(ways.min(), ways.max(), 200)
     ax.plot(dense, 100 / dense, "k--", label="chance (1/N)")
@@ -125,4 +171,3 @@ def plot_accuracy_vs_ways(
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
-

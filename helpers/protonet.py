@@ -42,7 +42,12 @@ def squared_euclidean(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.
     return differences.pow(2).sum(dim=-1)
 
 
-def class_scores(queries: torch.Tensor, prototypes: torch.Tensor, distance: str = "euclidean", cosine_scale: float = 1.0) -> torch.Tensor:
+def class_scores(
+    queries: torch.Tensor,
+    prototypes: torch.Tensor,
+    distance: str = "euclidean",
+    cosine_scale: float = 1.0,
+) -> torch.Tensor:
     """Logits ``(n_query, n_way)``: ``-d(f(x), c_k)`` (Euclidean) or ``cosine_scale * cos(f(x), c_k)`` (cosine)."""
     check_distance(distance)
     if distance == "euclidean":
@@ -51,7 +56,11 @@ def class_scores(queries: torch.Tensor, prototypes: torch.Tensor, distance: str 
 
 
 def prototypical_loss(
-    queries: torch.Tensor, query_labels: torch.Tensor, prototypes: torch.Tensor, distance: str = "euclidean", cosine_scale: float = 1.0
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    distance: str = "euclidean",
+    cosine_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, accuracy)``: the mean of ``-log p(y = true class | x)`` over the queries.
 
@@ -82,21 +91,33 @@ class ProtoNet(FewShotMethod):
     Images must have the shape the encoder declares (a Conv-4: ``(1, 28, 28)``).
     """
 
-    def __init__(self, encoder: nn.Module, distance: str = "euclidean", cosine_scale: float = 1.0, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        distance: str = "euclidean",
+        cosine_scale: float = 1.0,
+        device: torch.device | None = None,
+    ) -> None:
         self.distance = check_distance(distance)
         self.cosine_scale = validation.positive_number("cosine_scale", cosine_scale, 10)
         self.encoder, self.image_shape = encoder, declared_image_shape(encoder)
-        self.device = torch.device(device) if device is not None else next(encoder.parameters()).device
+        self.device = (
+            torch.device(device) if device is not None else next(encoder.parameters()).device
+        )
         self.prototypes: torch.Tensor | None = None
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder(images.to(self.device))
 
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
         self.prototypes = fewshot.prototypes(self.embed(support_images), support_labels)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        return class_scores(self.embed(query_images), self.prototypes, self.distance, self.cosine_scale)
+        return class_scores(
+            self.embed(query_images), self.prototypes, self.distance, self.cosine_scale
+        )
 
     def episode_loss(self, episode) -> tuple[torch.Tensor, torch.Tensor]:
         """The training step (:func:`helpers.training.train_episodic`): ``(loss, accuracy)`` on one episode.
@@ -107,8 +128,16 @@ class ProtoNet(FewShotMethod):
         """
         n_support = len(episode.support_images)
         embeddings = self.encoder(torch.cat([episode.support_images, episode.query_images]))
-        prototypes = fewshot.prototypes(embeddings[:n_support], episode.support_labels, episode.n_way)
-        return prototypical_loss(embeddings[n_support:], episode.query_labels, prototypes, self.distance, self.cosine_scale)
+        prototypes = fewshot.prototypes(
+            embeddings[:n_support], episode.support_labels, episode.n_way
+        )
+        return prototypical_loss(
+            embeddings[n_support:],
+            episode.query_labels,
+            prototypes,
+            self.distance,
+            self.cosine_scale,
+        )
 
 
 class ZeroShotProtoNet(nn.Module, FewShotMethod):
@@ -119,14 +148,25 @@ class ZeroShotProtoNet(nn.Module, FewShotMethod):
     ``(n_way, metadata_dim)`` per class, labelled ``0 .. n_way - 1``; there are no images.
     """
 
-    def __init__(self, image_encoder: nn.Module, metadata_dim: int, embedding_dim: int, metadata_encoder: nn.Module | None = None, distance: str = "euclidean") -> None:
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        metadata_dim: int,
+        embedding_dim: int,
+        metadata_encoder: nn.Module | None = None,
+        distance: str = "euclidean",
+    ) -> None:
         nn.Module.__init__(self)
         check_distance(distance)
         validation.whole_number("metadata_dim", metadata_dim, 1)
         validation.whole_number("embedding_dim", embedding_dim, 1)
         self.image_encoder = image_encoder
         self.image_shape = declared_image_shape(image_encoder)
-        self.metadata_encoder = metadata_encoder if metadata_encoder is not None else nn.Linear(metadata_dim, embedding_dim)
+        self.metadata_encoder = (
+            metadata_encoder
+            if metadata_encoder is not None
+            else nn.Linear(metadata_dim, embedding_dim)
+        )
         self.distance = distance
         self.prototypes: torch.Tensor | None = None
 
@@ -142,14 +182,28 @@ class ZeroShotProtoNet(nn.Module, FewShotMethod):
         """``(n_way, embedding_dim)`` prototypes ``g_phi(v_k)`` from metadata ``(n_way, metadata_dim)``."""
         return self.metadata_encoder(metadata.to(self.device).float())
 
-    def loss(self, metadata: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, metadata: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, accuracy)`` of classifying ``images`` among the classes described by ``metadata``."""
-        return prototypical_loss(self.image_encoder(images), labels, self.class_prototypes(metadata), self.distance)
+        return prototypical_loss(
+            self.image_encoder(images), labels, self.class_prototypes(metadata), self.distance
+        )
 
-    def check_support(self, support_images, support_labels) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def check_support(
+        self, support_images, support_labels
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Here the "support images" are the classes' metadata vectors ``(n_way, metadata_dim)``."""
-        metadata = validation.vectors("support_images (the metadata vectors)", support_images, device=self.device)
-        labels = validation.labels("support_labels", support_labels, len(metadata), images_name="support_images", device=metadata.device)
+        metadata = validation.vectors(
+            "support_images (the metadata vectors)", support_images, device=self.device
+        )
+        labels = validation.labels(
+            "support_labels",
+            support_labels,
+            len(metadata),
+            images_name="support_images",
+            device=metadata.device,
+        )
         return metadata, labels, int(labels.max()) + 1
 
     def check_queries(self, query_images) -> torch.Tensor:
@@ -158,18 +212,24 @@ class ZeroShotProtoNet(nn.Module, FewShotMethod):
             return validation.vectors("query_images", query_images, device=self.device)
         return validation.images("query_images", query_images, self.image_shape, device=self.device)
 
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
         """``support_images`` here are the classes' metadata vectors ``(n_way, metadata_dim)``."""
         self.prototypes = fewshot.prototypes(self.class_prototypes(support_images), support_labels)
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        return class_scores(self.image_encoder(query_images.to(self.device)), self.prototypes, self.distance)
+        return class_scores(
+            self.image_encoder(query_images.to(self.device)), self.prototypes, self.distance
+        )
 
 
 # ----------------------------------------------------------------------------- evaluation on cached embeddings
 
 
-def episode_accuracy_from_embeddings(embeddings: torch.Tensor, episode, distance: str = "euclidean", cosine_scale: float = 1.0) -> float:
+def episode_accuracy_from_embeddings(
+    embeddings: torch.Tensor, episode, distance: str = "euclidean", cosine_scale: float = 1.0
+) -> float:
     """Accuracy on one episode, reading support and query embeddings by the episode's image rows.
 
     ``embeddings`` are :func:`helpers.fewshot.embed_in_batches` of the dataset the episode came from.
@@ -181,7 +241,14 @@ def episode_accuracy_from_embeddings(embeddings: torch.Tensor, episode, distance
     return float((predictions == episode.query_labels.to(embeddings.device)).float().mean())
 
 
-def evaluate_from_embeddings(embeddings: torch.Tensor, episodes, distance: str = "euclidean", cosine_scale: float = 1.0, progress: bool = True, desc: str = "evaluating"):
+def evaluate_from_embeddings(
+    embeddings: torch.Tensor,
+    episodes,
+    distance: str = "euclidean",
+    cosine_scale: float = 1.0,
+    progress: bool = True,
+    desc: str = "evaluating",
+):
     """:func:`helpers.fewshot.evaluate` for a ProtoNet whose dataset was embedded once.
 
     ``episodes`` is any iterable of episodes of the embedded dataset (an
@@ -193,7 +260,10 @@ def evaluate_from_embeddings(embeddings: torch.Tensor, episodes, distance: str =
     from .fewshot import EvalResult, confidence_interval
 
     episodes = validation.episodes(episodes)
-    accuracies = [episode_accuracy_from_embeddings(embeddings, e, distance, cosine_scale) for e in tqdm(episodes, desc=desc, disable=not progress, leave=False)]
+    accuracies = [
+        episode_accuracy_from_embeddings(embeddings, e, distance, cosine_scale)
+        for e in tqdm(episodes, desc=desc, disable=not progress, leave=False)
+    ]
     if not accuracies:
         raise ValueError("evaluate_from_embeddings needs at least one episode.")
     import numpy as np
@@ -208,8 +278,16 @@ def evaluate_from_embeddings(embeddings: torch.Tensor, episodes, distance: str =
 #: right), c (lower right), d (bottom), e (lower left), f (upper left) and g (middle) are lit.
 #: A class description from another domain (a calculator display), usable as metadata v_k.
 SEVEN_SEGMENT = {
-    0: "abcdef", 1: "bc", 2: "abdeg", 3: "abcdg", 4: "bcfg",
-    5: "acdfg", 6: "acdefg", 7: "abc", 8: "abcdefg", 9: "abcdfg",
+    0: "abcdef",
+    1: "bc",
+    2: "abdeg",
+    3: "abcdg",
+    4: "bcfg",
+    5: "acdfg",
+    6: "acdefg",
+    7: "abc",
+    8: "abcdefg",
+    9: "abcdfg",
 }
 
 
@@ -219,8 +297,15 @@ def seven_segment_vectors(digits=range(10)) -> torch.Tensor:
 
 
 def train_zero_shot(
-    model: ZeroShotProtoNet, images: torch.Tensor, labels: torch.Tensor, metadata: torch.Tensor,
-    steps: int, per_class: int = 10, lr: float = 1e-3, seed: int = 0, progress: bool = True,
+    model: ZeroShotProtoNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    metadata: torch.Tensor,
+    steps: int,
+    per_class: int = 10,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
 ) -> list[float]:
     """Train f_theta and g_phi together on seen classes; return the loss of each step.
 
@@ -241,7 +326,9 @@ def train_zero_shot(
     losses = []
     model.train()
     for _ in tqdm(range(steps), desc="zero-shot training", disable=not progress, leave=False):
-        rows = torch.cat([m[torch.randint(len(m), (per_class,), generator=generator)] for m in members])
+        rows = torch.cat(
+            [m[torch.randint(len(m), (per_class,), generator=generator)] for m in members]
+        )
         batch = images[rows].to(device).unsqueeze(1).float().div_(255.0)
         loss, _ = model.loss(metadata, batch, batch_labels)
         optimizer.zero_grad()
@@ -255,7 +342,15 @@ def train_zero_shot(
 # ----------------------------------------------------------------------------- t-SNE map
 
 
-def tsne_map(query_embeddings, query_labels, prototypes, class_names, predictions=None, random_state: int = 0, ax=None):
+def tsne_map(
+    query_embeddings,
+    query_labels,
+    prototypes,
+    class_names,
+    predictions=None,
+    random_state: int = 0,
+    ax=None,
+):
     """t-SNE of query embeddings with their prototypes (stars); misclassified queries are
     boxed with an arrow to the prototype of their true class.
 
@@ -275,7 +370,9 @@ def tsne_map(query_embeddings, query_labels, prototypes, class_names, prediction
     predictions = torch.as_tensor(predictions).cpu().numpy()
     points = np.concatenate([queries.numpy(), prototypes.numpy()])
     perplexity = min(30.0, (len(points) - 1) / 3)
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state).fit_transform(points)
+    xy = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=random_state
+    ).fit_transform(points)
     query_xy, proto_xy = xy[: len(queries)], xy[len(queries) :]
     ax = ax or plt.subplots(figsize=(8, 7))[1]
     colours = plt.get_cmap("tab10" if len(prototypes) <= 10 else "tab20")
@@ -283,13 +380,42 @@ def tsne_map(query_embeddings, query_labels, prototypes, class_names, prediction
     for k, name in enumerate(class_names):
         mine = labels == k
         ax.scatter(*query_xy[mine].T, s=18, color=colours(k % colours.N), alpha=0.8)
-        ax.scatter(*proto_xy[k], s=320, marker="*", color=colours(k % colours.N), edgecolor="black", linewidth=1.2, label=name, zorder=3)
+        ax.scatter(
+            *proto_xy[k],
+            s=320,
+            marker="*",
+            color=colours(k % colours.N),
+            edgecolor="black",
+            linewidth=1.2,
+            label=name,
+            zorder=3,
+        )
     box = 0.035 * span
     for i in np.flatnonzero(predictions != labels):
         x, y = query_xy[i]
-        ax.add_patch(Rectangle((x - box / 2, y - box / 2), box, box, fill=False, edgecolor="red", linewidth=1.5, zorder=4))
-        ax.annotate("", xy=proto_xy[labels[i]], xytext=(x, y), arrowprops=dict(arrowstyle="->", color="red", lw=1, alpha=0.8), zorder=2)
-    ax.set(xticks=[], yticks=[], title="t-SNE of query embeddings (dots) and prototypes (stars); red: misclassified → true prototype")
+        ax.add_patch(
+            Rectangle(
+                (x - box / 2, y - box / 2),
+                box,
+                box,
+                fill=False,
+                edgecolor="red",
+                linewidth=1.5,
+                zorder=4,
+            )
+        )
+        ax.annotate(
+            "",
+            xy=proto_xy[labels[i]],
+            xytext=(x, y),
+            arrowprops=dict(arrowstyle="->", color="red", lw=1, alpha=0.8),
+            zorder=2,
+        )
+    ax.set(
+        xticks=[],
+        yticks=[],
+        title="t-SNE of query embeddings (dots) and prototypes (stars); red: misclassified → true prototype",
+    )
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class (prototype)")
     return ax, xy
 
@@ -333,27 +459,54 @@ def build_parser() -> argparse.ArgumentParser:
         "and save a checkpoint with its record (.json: command, hardware, time, validation accuracy). "
         "Ctrl-C or SIGTERM saves the run; --resume continues it.",
     )
-    parser.add_argument("--n-way", type=int, default=60, help="classes per training episode (paper: 60)")
-    parser.add_argument("--k-shot", type=int, default=1, help="support images per class; match the test shot")
-    parser.add_argument("--n-query", type=int, default=5, help="query images per class in training episodes")
+    parser.add_argument(
+        "--n-way", type=int, default=60, help="classes per training episode (paper: 60)"
+    )
+    parser.add_argument(
+        "--k-shot", type=int, default=1, help="support images per class; match the test shot"
+    )
+    parser.add_argument(
+        "--n-query", type=int, default=5, help="query images per class in training episodes"
+    )
     parser.add_argument("--episodes", type=int, default=20000, help="training episodes")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--lr-step", type=int, default=2000, help="halve the learning rate every this many episodes")
+    parser.add_argument(
+        "--lr-step", type=int, default=2000, help="halve the learning rate every this many episodes"
+    )
     parser.add_argument("--distance", choices=DISTANCES, default="euclidean")
-    parser.add_argument("--cosine-scale", type=float, default=1.0, help="multiplier of the cosine scores")
-    parser.add_argument("--train-split", default="vinyals-trainval", help="Omniglot split to train on (1,200 characters x 4 rotations)")
-    parser.add_argument("--val-split", default="vinyals-val", help="Omniglot split for periodic validation")
+    parser.add_argument(
+        "--cosine-scale", type=float, default=1.0, help="multiplier of the cosine scores"
+    )
+    parser.add_argument(
+        "--train-split",
+        default="vinyals-trainval",
+        help="Omniglot split to train on (1,200 characters x 4 rotations)",
+    )
+    parser.add_argument(
+        "--val-split", default="vinyals-val", help="Omniglot split for periodic validation"
+    )
     parser.add_argument("--val-way", type=int, default=20)
     parser.add_argument("--val-query", type=int, default=15)
     parser.add_argument("--val-episodes", type=int, default=200)
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument(
-        "--keep", choices=("best", "last"), default=None,
+        "--keep",
+        choices=("best", "last"),
+        default=None,
         help="weights to save; default: 'last' when the validation classes are inside the training split, else 'best'",
     )
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (validate, save) after this much training time")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (validate, save) after this much training time",
+    )
     parser.add_argument("--checkpoint", default="data/checkpoints/protonet_omniglot.pt")
-    parser.add_argument("--note", default="", help="free text stored in the checkpoint record (e.g. how busy the machine was)")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="free text stored in the checkpoint record (e.g. how busy the machine was)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     add_run_options(parser)
     return parser
@@ -370,7 +523,13 @@ def validate_arguments(args: argparse.Namespace) -> None:
     for dest in ("episodes", "lr_step", "val_episodes", "val_every"):
         commands.whole(args, dest, 1)
     commands.omniglot_episodes(args.train_split, args.n_way, args.k_shot, args.n_query)
-    commands.omniglot_episodes(args.val_split, args.val_way, args.k_shot, args.val_query, ("--val-way", "--k-shot", "--val-query"))
+    commands.omniglot_episodes(
+        args.val_split,
+        args.val_way,
+        args.k_shot,
+        args.val_query,
+        ("--val-way", "--k-shot", "--val-query"),
+    )
     commands.writable_target(Path(args.checkpoint))
 
 
@@ -396,29 +555,68 @@ def train_command(args: argparse.Namespace, device: torch.device, command: str) 
     encoder = Conv4().to(device)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=0.5)
-    sampler = DeviceEpisodeSampler(train, args.n_way, args.k_shot, args.n_query, device=device, seed=args.seed)
-    val_episodes = [e.to(device) for e in sample_episodes(val, args.val_way, args.k_shot, args.val_query, args.val_episodes, seed=12345)]
-    record = checkpoints.make_record(
-        "protonet", command=command, hardware=hardware_description(device) + (f"; {args.note}" if args.note else ""),
-        settings=settings, run_id=files.run_id,
-        validation=f"{args.val_episodes} episodes {args.val_way}-way {args.k_shot}-shot {args.val_query} queries from {args.val_split}"
-        + (" (these classes are inside the training split: a monitor, not a held-out score)" if overlap else " (held-out classes)"),
-        note=args.note, torch=torch.__version__, model="Conv4 (4 x [conv3x3 64, batch norm, ReLU, max-pool 2]) -> 64-d",
+    sampler = DeviceEpisodeSampler(
+        train, args.n_way, args.k_shot, args.n_query, device=device, seed=args.seed
     )
-    print(f"training on {train}\nvalidating on {val} ({'seen' if overlap else 'held-out'} classes); keeping the {keep} weights")
+    val_episodes = [
+        e.to(device)
+        for e in sample_episodes(
+            val, args.val_way, args.k_shot, args.val_query, args.val_episodes, seed=12345
+        )
+    ]
+    record = checkpoints.make_record(
+        "protonet",
+        command=command,
+        hardware=hardware_description(device) + (f"; {args.note}" if args.note else ""),
+        settings=settings,
+        run_id=files.run_id,
+        validation=f"{args.val_episodes} episodes {args.val_way}-way {args.k_shot}-shot {args.val_query} queries from {args.val_split}"
+        + (
+            " (these classes are inside the training split: a monitor, not a held-out score)"
+            if overlap
+            else " (held-out classes)"
+        ),
+        note=args.note,
+        torch=torch.__version__,
+        model="Conv4 (4 x [conv3x3 64, batch norm, ReLU, max-pool 2]) -> 64-d",
+    )
+    print(
+        f"training on {train}\nvalidating on {val} ({'seen' if overlap else 'held-out'} classes); keeping the {keep} weights"
+    )
     print(f"command: {command}", flush=True)
     history = commands.episodic_run(
-        files, args, command, method=ProtoNet(encoder, args.distance, args.cosine_scale), sampler=sampler,
-        optimizer=optimizer, scheduler=scheduler, val_episodes=val_episodes, record=record, keep=keep, device=device,
+        files,
+        args,
+        command,
+        method=ProtoNet(encoder, args.distance, args.cosine_scale),
+        sampler=sampler,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        val_episodes=val_episodes,
+        record=record,
+        keep=keep,
+        device=device,
         on_validation=report_validation,
     )
     wall = commands.wall_seconds(files, args)
-    info = {"episodes": len(history.episode), "wall_seconds": round(wall, 1), "episodes_per_second": round(history.episodes_per_second, 2),
-            "interrupted": False, "checkpoint": str(files.saver.path)}
+    info = {
+        "episodes": len(history.episode),
+        "wall_seconds": round(wall, 1),
+        "episodes_per_second": round(history.episodes_per_second, 2),
+        "interrupted": False,
+        "checkpoint": str(files.saver.path),
+    }
     checkpoints.update_record(
-        files.saver.path, wall_seconds=round(wall, 1), episodes_per_second=info["episodes_per_second"], interrupted=False,
-        history=history.blocks(50), results={"episodes_total": history.n_episodes},
-        val_curve={"episode": history.val_episode, "accuracy": [round(a, 4) for a in history.val_accuracy]},
+        files.saver.path,
+        wall_seconds=round(wall, 1),
+        episodes_per_second=info["episodes_per_second"],
+        interrupted=False,
+        history=history.blocks(50),
+        results={"episodes_total": history.n_episodes},
+        val_curve={
+            "episode": history.val_episode,
+            "accuracy": [round(a, 4) for a in history.val_accuracy],
+        },
     )
     files.finish()
     print(f"done: {len(history.episode)} episodes in {wall:.0f} s; checkpoint {files.saver.path}")

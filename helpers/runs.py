@@ -87,8 +87,11 @@ class StopSignals:
         if self.announce:
             import sys
 
-            print(f"\n{name} received: stopping after this step to save the run (Ctrl-C again stops at once).",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\n{name} received: stopping after this step to save the run (Ctrl-C again stops at once).",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> StopSignals:
         _requested.clear()
@@ -112,8 +115,13 @@ def rng_state() -> dict:
     kind, keys, position, gauss_next, cached = np.random.get_state()
     state = {
         "python": _to_lists(random.getstate()),
-        "numpy": {"kind": kind, "keys": keys.tolist(), "position": int(position), "has_gauss": int(gauss_next),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": keys.tolist(),
+            "position": int(position),
+            "has_gauss": int(gauss_next),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -125,7 +133,15 @@ def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` captured."""
     random.setstate(_to_tuples(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["position"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            n["kind"],
+            np.array(n["keys"], dtype=np.uint32),
+            n["position"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -35,14 +35,18 @@ PAPER: dict[str, dict[tuple[int, int], float]] = {
 }
 
 
-def light_episodes(dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, count: int, seed: int = 0) -> list[Episode]:
+def light_episodes(
+    dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, count: int, seed: int = 0
+) -> list[Episode]:
     """``count`` seeded episodes without pixels: the classes, labels and image indices of each.
 
     They are the episodes :func:`helpers.episodes.sample_episodes` draws with the same seed;
     :func:`with_pixels` fills in the images of one when a method needs them.
     """
     validation.whole_number("count", count, 1)
-    return list(sampled_episodes(dataset, n_way, k_shot, n_query, count, seed=seed))  # refuses impossible settings
+    return list(
+        sampled_episodes(dataset, n_way, k_shot, n_query, count, seed=seed)
+    )  # refuses impossible settings
 
 
 def with_pixels(dataset: FewShotDataset, episode: Episode) -> Episode:
@@ -51,8 +55,12 @@ def with_pixels(dataset: FewShotDataset, episode: Episode) -> Episode:
 
 
 def evaluate_on_pixels(
-    method: FewShotMethod, dataset: FewShotDataset, episodes: Sequence[Episode], chunk: int = 100,
-    progress: bool = True, desc: str = "evaluating",
+    method: FewShotMethod,
+    dataset: FewShotDataset,
+    episodes: Sequence[Episode],
+    chunk: int = 100,
+    progress: bool = True,
+    desc: str = "evaluating",
 ) -> EvalResult:
     """:func:`helpers.fewshot.evaluate` on light episodes, giving them pixels ``chunk`` at a time.
 
@@ -82,7 +90,9 @@ def paired_difference(a: EvalResult, b: EvalResult) -> tuple[float, float]:
     than the accuracies themselves, and the interval is much narrower than ``a.ci95 + b.ci95``.
     """
     if len(a.accuracies) != len(b.accuracies):
-        raise ValueError(f"the results cover {len(a.accuracies)} and {len(b.accuracies)} episodes; compare them on the same episodes.")
+        raise ValueError(
+            f"the results cover {len(a.accuracies)} and {len(b.accuracies)} episodes; compare them on the same episodes."
+        )
     return confidence_interval(np.asarray(a.accuracies) - np.asarray(b.accuracies))
 
 
@@ -105,19 +115,33 @@ def training_record(path: str | Path) -> TrainingRecord:
 
     meta = read_record(path)
     if meta is None:
-        raise MissingCheckpoint(f"no record {record_path(path)}: every committed checkpoint has a .json beside it "
-                                "saying how it was trained; restore it from git.")
-    for key, per_minute in (("wall_seconds", 60.0), ("wall_time_s", 60.0), ("wall_minutes", 1.0), ("train_seconds", 60.0)):
+        raise MissingCheckpoint(
+            f"no record {record_path(path)}: every committed checkpoint has a .json beside it "
+            "saying how it was trained; restore it from git."
+        )
+    for key, per_minute in (
+        ("wall_seconds", 60.0),
+        ("wall_time_s", 60.0),
+        ("wall_minutes", 1.0),
+        ("train_seconds", 60.0),
+    ):
         if meta.get(key) is not None:
             minutes = float(meta[key]) / per_minute
             break
     else:
-        raise KeyError(f"{record_path(path)} records no wall time (wall_seconds, or wall_time_s / wall_minutes).")
-    return TrainingRecord(minutes, str(meta.get("hardware", "not recorded")), str(meta.get("command", "not recorded")))
+        raise KeyError(
+            f"{record_path(path)} records no wall time (wall_seconds, or wall_time_s / wall_minutes)."
+        )
+    return TrainingRecord(
+        minutes, str(meta.get("hardware", "not recorded")), str(meta.get("command", "not recorded"))
+    )
 
 
-def results_table(results: dict[str, dict[tuple[int, int], EvalResult | None]], settings: Iterable[tuple[int, int]],
-                  paper_names: dict[str, str] | None = None) -> str:
+def results_table(
+    results: dict[str, dict[tuple[int, int], EvalResult | None]],
+    settings: Iterable[tuple[int, int]],
+    paper_names: dict[str, str] | None = None,
+) -> str:
     """A Markdown table: one row per method, ``mean ± CI`` per setting, the paper's number beside it."""
     settings = list(settings)
     paper_names = paper_names or {}
@@ -127,7 +151,11 @@ def results_table(results: dict[str, dict[tuple[int, int], EvalResult | None]], 
         cells = []
         for setting in settings:
             result = by_setting.get(setting)
-            measured = "not trained" if result is None else f"{100 * result.mean:.1f} ± {100 * result.ci95:.1f}"
+            measured = (
+                "not trained"
+                if result is None
+                else f"{100 * result.mean:.1f} ± {100 * result.ci95:.1f}"
+            )
             paper = PAPER.get(paper_names.get(name, ""), {}).get(setting)
             cells.append(measured + (f" ({paper:.1f})" if paper is not None else ""))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")

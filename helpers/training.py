@@ -154,8 +154,13 @@ def finite_weights(state: Any) -> bool:
     return True
 
 
-def save_weights(saver: checkpoints.Saver, state: Any, record: Mapping[str, Any],
-                 writer: Callable[[Any], Callable[[Path], None]] = checkpoints.torch_writer, step: int = 0) -> dict:
+def save_weights(
+    saver: checkpoints.Saver,
+    state: Any,
+    record: Mapping[str, Any],
+    writer: Callable[[Any], Callable[[Path], None]] = checkpoints.torch_writer,
+    step: int = 0,
+) -> dict:
     """Write ``state`` (``writer(state)`` writes the weights file) and ``record`` through ``saver``,
     atomically; returns the record as written. Weights that are not all finite are never saved:
     :class:`helpers.runs.NonFiniteLoss` (naming ``step``) is raised instead."""
@@ -199,7 +204,13 @@ class KeepBest:
         self.step, self.value, self.ci95 = int(step), float(value), float(ci95)
         self.state = self.snapshot()
         if self.saver is not None:
-            save_weights(self.saver, self.state, dict(self.record() if self.record is not None else {}), self.writer, step)
+            save_weights(
+                self.saver,
+                self.state,
+                dict(self.record() if self.record is not None else {}),
+                self.writer,
+                step,
+            )
             self.saved = True
         return True
 
@@ -232,7 +243,9 @@ def _as_floats(pairs: list[tuple[Any, Any]]) -> list[tuple[float, float]]:
     """The ``(loss, accuracy)`` of some steps as Python floats, read from the device in one go
     when they are tensors (one synchronisation for many steps, not one each)."""
     if all(isinstance(v, torch.Tensor) for pair in pairs for v in pair):
-        values = torch.stack([torch.stack([lo.detach().float(), ac.detach().float()]) for lo, ac in pairs]).cpu()
+        values = torch.stack(
+            [torch.stack([lo.detach().float(), ac.detach().float()]) for lo, ac in pairs]
+        ).cpu()
         return [(lo, ac) for lo, ac in values.tolist()]
     return [(float(lo), math.nan if ac is None else float(ac)) for lo, ac in pairs]
 
@@ -297,16 +310,30 @@ class Loop:
         if steps is not None:
             steps = _whole("steps", steps, 0)
         elif max_seconds is None:
-            raise ValueError("steps=None trains until the time budget runs out: give max_seconds too.")
+            raise ValueError(
+                "steps=None trains until the time budget runs out: give max_seconds too."
+            )
         if val_every is not None:
             val_every = _whole("val_every", val_every, 1)
         if max_seconds is not None:
             max_seconds = _seconds("max_seconds", max_seconds)
         self.steps, self.val_every, self.max_seconds = steps, val_every, max_seconds
-        self.budget_every, self.sync_every = _whole("budget_every", budget_every, 1), _whole("sync_every", sync_every, 1)
+        self.budget_every, self.sync_every = (
+            _whole("budget_every", budget_every, 1),
+            _whole("sync_every", sync_every, 1),
+        )
         self.history = history if history is not None else History()
-        self.last_step = (self.history.n_episodes if first_step is None else _whole("first_step", first_step, 1) - 1)
-        self.validate, self.keep, self.should_stop, self.save_resumable = validate, keep, should_stop, save_resumable
+        self.last_step = (
+            self.history.n_episodes
+            if first_step is None
+            else _whole("first_step", first_step, 1) - 1
+        )
+        self.validate, self.keep, self.should_stop, self.save_resumable = (
+            validate,
+            keep,
+            should_stop,
+            save_resumable,
+        )
         self.interruptible, self.loss_name = interruptible, loss_name
         self.on_validation, self.on_step = on_validation, on_step
         self.progress, self.desc, self.leave, self.postfix = progress, desc, leave, postfix
@@ -393,7 +420,9 @@ class Loop:
                 out_of_time = budget_due and self.out_of_time()
                 due = self.val_every is not None and number % self.val_every == 0
                 if self.validate is not None and (due or last or out_of_time):
-                    self._flush(pending)  # the history is complete (and finite) when it is validated
+                    self._flush(
+                        pending
+                    )  # the history is complete (and finite) when it is validated
                     self.validation(number)
                     out_of_time = out_of_time or (budget_due and self.out_of_time())
                 if self.on_step is not None:
@@ -430,8 +459,10 @@ def trainable_module(method: Any) -> torch.nn.Module:
     encoder = getattr(method, "encoder", None)
     if isinstance(encoder, torch.nn.Module):
         return encoder
-    raise ValueError(f"method={type(method).__name__} has no weights to train: give a method that is an nn.Module "
-                     "or keeps its network as .encoder.")
+    raise ValueError(
+        f"method={type(method).__name__} has no weights to train: give a method that is an nn.Module "
+        "or keeps its network as .encoder."
+    )
 
 
 def train_episodic(
@@ -484,9 +515,14 @@ def train_episodic(
     validation.one_of("keep", keep, ("best", "last"))
     validation.seed(seed, allow_none=True)
     module = trainable_module(method)
-    if not callable(getattr(method, "episode_loss", None)) or getattr(type(method), "episode_loss", None) is FewShotMethod.episode_loss:
-        raise ValueError(f"method={type(method).__name__} is not trained episodically (it has no episode_loss); "
-                         "train a ProtoNet or a MatchingNetwork.")
+    if (
+        not callable(getattr(method, "episode_loss", None))
+        or getattr(type(method), "episode_loss", None) is FewShotMethod.episode_loss
+    ):
+        raise ValueError(
+            f"method={type(method).__name__} is not trained episodically (it has no episode_loss); "
+            "train a ProtoNet or a MatchingNetwork."
+        )
     if seed is not None:
         seed_everything(seed)
     device = torch.device(device) if device is not None else next(module.parameters()).device
@@ -494,12 +530,17 @@ def train_episodic(
     method.device = device
     history = history if history is not None else History()
     metadata = dict(metadata or {})
-    saver = checkpoint if isinstance(checkpoint, checkpoints.Saver) or checkpoint is None else (
-        checkpoints.Saver(checkpoint, metadata.get("run_id") or checkpoints.new_run_id()))
+    saver = (
+        checkpoint
+        if isinstance(checkpoint, checkpoints.Saver) or checkpoint is None
+        else (checkpoints.Saver(checkpoint, metadata.get("run_id") or checkpoints.new_run_id()))
+    )
 
     def record(tag: str) -> dict:
         best = history.best_validation() if tag == "best" else None
-        val_accuracy = best[1] if best else (history.val_accuracy[-1] if history.val_accuracy else None)
+        val_accuracy = (
+            best[1] if best else (history.val_accuracy[-1] if history.val_accuracy else None)
+        )
         val_ci95 = best[2] if best else (history.val_ci95[-1] if history.val_ci95 else None)
         episode = best[0] if best else history.n_episodes
         return {
@@ -518,8 +559,12 @@ def train_episodic(
     keep_best = None
     if keep == "best" and val_episodes:
         best = history.best_validation()
-        keep_best = KeepBest(module.state_dict, saver, lambda: record("best"),
-                             **({"step": best[0], "value": best[1], "ci95": best[2]} if best else {}))
+        keep_best = KeepBest(
+            module.state_dict,
+            saver,
+            lambda: record("best"),
+            **({"step": best[0], "value": best[1], "ci95": best[2]} if best else {}),
+        )
 
     def validate(number: int) -> tuple[float, float]:
         module.eval()
@@ -538,9 +583,19 @@ def train_episodic(
         return loss, accuracy
 
     loop = Loop(
-        n_episodes, history=history, validate=validate if val_episodes else None, val_every=val_every, keep=keep_best,
-        max_seconds=max_seconds, should_stop=should_stop, save_resumable=save_resumable, interruptible=True,
-        sync_every=50, on_validation=on_validation, progress=progress, desc="training",
+        n_episodes,
+        history=history,
+        validate=validate if val_episodes else None,
+        val_every=val_every,
+        keep=keep_best,
+        max_seconds=max_seconds,
+        should_stop=should_stop,
+        save_resumable=save_resumable,
+        interruptible=True,
+        sync_every=50,
+        on_validation=on_validation,
+        progress=progress,
+        desc="training",
     )
     module.train()
     try:
@@ -548,7 +603,9 @@ def train_episodic(
     finally:
         module.train()
     saved = keep_best is not None and keep_best.saved
-    resumable = history.interrupted and save_resumable is not None  # a stopped command saves its resume state instead
+    resumable = (
+        history.interrupted and save_resumable is not None
+    )  # a stopped command saves its resume state instead
     if saver is not None and (keep == "last" or not history.val_accuracy) and not resumable:
         save_weights(saver, module.state_dict(), record("last"), step=history.n_episodes)
         saved = True
@@ -559,8 +616,12 @@ def train_episodic(
 
 def report_validation(history: History, extra: str = "") -> None:
     """Print one line about the latest validation (the training commands' ``on_validation``)."""
-    print(f"episode {history.val_episode[-1]}: validation {100 * history.val_accuracy[-1]:.2f} ± {100 * history.val_ci95[-1]:.2f} %, "
-          + (f"{extra}, " if extra else "") + f"{history.episodes_per_second:.1f} episodes/s", flush=True)
+    print(
+        f"episode {history.val_episode[-1]}: validation {100 * history.val_accuracy[-1]:.2f} ± {100 * history.val_ci95[-1]:.2f} %, "
+        + (f"{extra}, " if extra else "")
+        + f"{history.episodes_per_second:.1f} episodes/s",
+        flush=True,
+    )
 
 
 class DeviceEpisodeSampler(EpisodeSampler):
@@ -586,8 +647,12 @@ class DeviceEpisodeSampler(EpisodeSampler):
         super().__init__(dataset, n_way, k_shot, n_query, seed=seed)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device)
-        self.support_labels = torch.arange(self.n_way, device=self.device).repeat_interleave(self.k_shot)
-        self.query_labels = torch.arange(self.n_way, device=self.device).repeat_interleave(self.n_query)
+        self.support_labels = torch.arange(self.n_way, device=self.device).repeat_interleave(
+            self.k_shot
+        )
+        self.query_labels = torch.arange(self.n_way, device=self.device).repeat_interleave(
+            self.n_query
+        )
 
     def sample(self) -> Episode:
         classes, support, query = self.draw()

@@ -74,7 +74,9 @@ def _quoted(options: Sequence[object]) -> str:
 class Constraint:
     """What one parameter may be. ``check(name, value)`` returns the value or raises."""
 
-    def check(self, name: str, value: object) -> Any:  # pragma: no cover - every subclass defines it
+    def check(
+        self, name: str, value: object
+    ) -> Any:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -93,7 +95,9 @@ class Whole(Constraint):
 
     def check(self, name: str, value: object) -> int:
         if not is_whole(value) or value < self.low or (self.high is not None and value > self.high):
-            allowed = f">= {self.low}" if self.high is None else f"between {self.low} and {self.high}"
+            allowed = (
+                f">= {self.low}" if self.high is None else f"between {self.low} and {self.high}"
+            )
             raise ParameterError(f"{name}={show(value)} must be a whole number {allowed}.")
         return int(value)
 
@@ -117,12 +121,18 @@ class Positive(Constraint):
 class Interval(Constraint):
     """A finite number from ``low`` to ``high`` (ends included; ``None``: unbounded); a ``float``."""
 
-    def __init__(self, low: float | None = None, high: float | None = None, example: float | None = None) -> None:
+    def __init__(
+        self, low: float | None = None, high: float | None = None, example: float | None = None
+    ) -> None:
         self.low, self.high, self.example = low, high, example
 
     def check(self, name: str, value: object) -> float:
         inside = is_number(value) and math.isfinite(value)
-        inside = inside and (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+        inside = (
+            inside
+            and (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
+        )
         if not inside:
             if self.low is not None and self.high is not None:
                 allowed = f"a number from {self.low} to {self.high}"
@@ -151,7 +161,9 @@ class OneOf(Constraint):
                 return False
 
         if not any(same(option) for option in self.options):
-            raise ParameterError(f"{name}={show(value)} must be {'' if len(self.options) < 3 else 'one of '}{_quoted(self.options)}.")
+            raise ParameterError(
+                f"{name}={show(value)} must be {'' if len(self.options) < 3 else 'one of '}{_quoted(self.options)}."
+            )
         return value
 
 
@@ -167,7 +179,9 @@ class Seed(Constraint):
             return None
         if not is_whole(value) or not 0 <= value <= MAX_SEED:
             also = " (or None for fresh randomness)" if self.allow_none else ""
-            raise ParameterError(f"{name}={show(value)} must be a whole number from 0 to 2**32 - 1 ({MAX_SEED}){also}.")
+            raise ParameterError(
+                f"{name}={show(value)} must be a whole number from 0 to 2**32 - 1 ({MAX_SEED}){also}."
+            )
         return int(value)
 
 
@@ -190,7 +204,11 @@ class Optional(Constraint):
         return None if value is None else self.constraint.check(name, value)
 
 
-def check_all(values: Mapping[str, object], constraints: Mapping[str, Constraint], names: Mapping[str, str] | None = None) -> dict[str, Any]:
+def check_all(
+    values: Mapping[str, object],
+    constraints: Mapping[str, Constraint],
+    names: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """``values`` with every entry that has a constraint checked (and made plain), in order.
 
     ``names`` spells a key in the message (a panel's control label, a command's option);
@@ -216,7 +234,13 @@ def positive_number(name: str, value: object, example: float | None = None) -> f
     return Positive(example).check(name, value)
 
 
-def number_in_range(name: str, value: object, low: float | None = None, high: float | None = None, example: float | None = None) -> float:
+def number_in_range(
+    name: str,
+    value: object,
+    low: float | None = None,
+    high: float | None = None,
+    example: float | None = None,
+) -> float:
     """``value`` as a float if it is a finite number from ``low`` to ``high`` (ends included)."""
     return Interval(low, high, example).check(name, value)
 
@@ -249,7 +273,9 @@ def torch_generator(value: object, name: str = "seed") -> torch.Generator:
 # ----------------------------------------------------------------------------- images and labels
 
 
-def _as_tensor(name: str, value: object, what: str, device: torch.device | str | None) -> torch.Tensor:
+def _as_tensor(
+    name: str, value: object, what: str, device: torch.device | str | None
+) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
@@ -257,7 +283,9 @@ def _as_tensor(name: str, value: object, what: str, device: torch.device | str |
         if tensor.is_floating_point():  # NumPy's float64 becomes the float type of torch's weights
             tensor = tensor.to(torch.get_default_dtype())
         return tensor.to(device) if device is not None else tensor
-    raise ParameterError(f"{name} must be a torch tensor or a NumPy array of {what}, not a {type(value).__name__}.")
+    raise ParameterError(
+        f"{name} must be a torch tensor or a NumPy array of {what}, not a {type(value).__name__}."
+    )
 
 
 def images(
@@ -283,20 +311,28 @@ def images(
             "divide by 255 (images.float() / 255), or draw episodes with FewShotDataset.episode or an EpisodeSampler."
         )
     expected = None if shape is None else tuple(int(s) for s in shape)
-    wanted = "(n, C, H, W)" if expected is None else f"(n, {expected[0]}, {expected[1]}, {expected[2]})"
+    wanted = (
+        "(n, C, H, W)" if expected is None else f"(n, {expected[0]}, {expected[1]}, {expected[2]})"
+    )
     found = tuple(tensor.shape)
     if tensor.ndim == 3 and (expected is None or found[1:] == expected[1:]):
-        raise ParameterError(f"{name} has shape {found}, without a channel axis; add one with images.unsqueeze(1) to get {wanted}.")
+        raise ParameterError(
+            f"{name} has shape {found}, without a channel axis; add one with images.unsqueeze(1) to get {wanted}."
+        )
     if tensor.ndim == 5 and 1 in found[1:3]:
         axis = found.index(1, 1)
-        raise ParameterError(f"{name} has shape {found}, an extra axis of size 1; drop it with images.squeeze({axis}) to get {wanted}.")
+        raise ParameterError(
+            f"{name} has shape {found}, an extra axis of size 1; drop it with images.squeeze({axis}) to get {wanted}."
+        )
     if tensor.ndim != 4:
         raise ParameterError(f"{name} has shape {found}, but images must have 4 axes {wanted}.")
     if found[0] == 0:
         raise ParameterError(f"{name} holds no images; give at least one.")
     if expected is not None and found[1] != expected[0]:
         channels = f"{found[1]} channel{'s' if found[1] != 1 else ''}"
-        raise ParameterError(f"{name} has {channels} (shape {found}) but {shape_source} {expected[0]}-channel images {wanted}.")
+        raise ParameterError(
+            f"{name} has {channels} (shape {found}) but {shape_source} {expected[0]}-channel images {wanted}."
+        )
     if expected is not None and found[2:] != expected[1:]:
         raise ParameterError(
             f"{name} holds {found[2]}x{found[3]} images but {shape_source} {expected[1]}x{expected[2]}; "
@@ -312,11 +348,19 @@ def vectors(name: str, value: object, *, device: torch.device | str | None = Non
     (metadata vectors, features), checked in one read. NumPy arrays are turned into tensors."""
     tensor = _as_tensor(name, value, "float vectors (n, dim)", device)
     if not tensor.is_floating_point():
-        raise ParameterError(f"{name} has dtype {str(tensor.dtype).removeprefix('torch.')}; give floats (tensor.float()).")
+        raise ParameterError(
+            f"{name} has dtype {str(tensor.dtype).removeprefix('torch.')}; give floats (tensor.float())."
+        )
     if tensor.ndim < 2 or len(tensor) == 0:
-        raise ParameterError(f"{name} has shape {tuple(tensor.shape)}, but it must hold at least one row, shape (n, dim).")
-    if not all(math.isfinite(v) for v in torch.stack(torch.aminmax(tensor)).float().tolist()):  # NaN wins both
-        raise ParameterError(f"{name} holds values that are not finite (NaN or infinity); give finite numbers.")
+        raise ParameterError(
+            f"{name} has shape {tuple(tensor.shape)}, but it must hold at least one row, shape (n, dim)."
+        )
+    if not all(
+        math.isfinite(v) for v in torch.stack(torch.aminmax(tensor)).float().tolist()
+    ):  # NaN wins both
+        raise ParameterError(
+            f"{name} holds values that are not finite (NaN or infinity); give finite numbers."
+        )
     return tensor
 
 
@@ -339,18 +383,29 @@ def labels(
         value = np.asarray(value, dtype=np.int64)
     tensor = _as_tensor(name, value, "whole-number labels (n,)", device)
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise ParameterError(f"{name} has dtype {str(tensor.dtype).removeprefix('torch.')}, but labels are whole numbers "
-                             "0 .. n_way - 1; convert them with labels.long().")
+        raise ParameterError(
+            f"{name} has dtype {str(tensor.dtype).removeprefix('torch.')}, but labels are whole numbers "
+            "0 .. n_way - 1; convert them with labels.long()."
+        )
     if tensor.ndim != 1:
-        raise ParameterError(f"{name} has shape {tuple(tensor.shape)}, but labels must be one number per image, shape (n,).")
+        raise ParameterError(
+            f"{name} has shape {tuple(tensor.shape)}, but labels must be one number per image, shape (n,)."
+        )
     if n_images is not None and len(tensor) != n_images:
-        raise ParameterError(f"{name} has {len(tensor)} labels but {images_name} holds {n_images} images; give one label per image.")
+        raise ParameterError(
+            f"{name} has {len(tensor)} labels but {images_name} holds {n_images} images; give one label per image."
+        )
     if check_values:
         check_label_values(name, tensor)
     return tensor
 
 
-def check_pixel_values(name: str, images: torch.Tensor, labels_name: str | None = None, labels: torch.Tensor | None = None) -> int | None:
+def check_pixel_values(
+    name: str,
+    images: torch.Tensor,
+    labels_name: str | None = None,
+    labels: torch.Tensor | None = None,
+) -> int | None:
     """Pixels finite and in [0, 1] (and, with ``labels``, :func:`check_label_values`) in one read.
 
     The smallest and largest pixel (NaN wins both) and the labels' summary are gathered into one
@@ -364,11 +419,15 @@ def check_pixel_values(name: str, images: torch.Tensor, labels_name: str | None 
     low, high = summary[0], summary[1]
     if not (math.isfinite(low) and math.isfinite(high)):
         bad = int((~torch.isfinite(images)).sum())
-        raise ParameterError(f"{name} holds {bad} {'pixel that is' if bad == 1 else 'pixels that are'} not finite (NaN or infinity); "
-                             "give images with every pixel a number in [0, 1].")
+        raise ParameterError(
+            f"{name} holds {bad} {'pixel that is' if bad == 1 else 'pixels that are'} not finite (NaN or infinity); "
+            "give images with every pixel a number in [0, 1]."
+        )
     if low < 0 or high > 1:
-        raise ParameterError(f"{name} has pixels from {low:.4g} to {high:.4g}, outside [0, 1]; scale the images to [0, 1] "
-                             "(uint8 images: divide by 255).")
+        raise ParameterError(
+            f"{name} has pixels from {low:.4g} to {high:.4g}, outside [0, 1]; scale the images to [0, 1] "
+            "(uint8 images: divide by 255)."
+        )
     if labels is not None:
         return _label_verdict(labels_name or "labels", labels, summary[2:])
     return None
@@ -376,7 +435,9 @@ def check_pixel_values(name: str, images: torch.Tensor, labels_name: str | None 
 
 def check_label_values(name: str, labels: torch.Tensor) -> int:
     """Labels ``0 .. n_way - 1`` with every class present; returns ``n_way`` (one read)."""
-    return _label_verdict(name, labels, torch.stack([p.float() for p in _label_summary(labels)]).tolist())
+    return _label_verdict(
+        name, labels, torch.stack([p.float() for p in _label_summary(labels)]).tolist()
+    )
 
 
 def _label_summary(labels: torch.Tensor) -> list[torch.Tensor]:
@@ -384,7 +445,9 @@ def _label_summary(labels: torch.Tensor) -> list[torch.Tensor]:
     if len(labels) == 0:
         zero = torch.zeros((), device=labels.device)
         return [zero, zero - 1, zero]
-    present = torch.zeros(len(labels), device=labels.device).index_fill_(0, labels.long().clamp(0, len(labels) - 1), 1.0)
+    present = torch.zeros(len(labels), device=labels.device).index_fill_(
+        0, labels.long().clamp(0, len(labels) - 1), 1.0
+    )
     return [*torch.aminmax(labels), present.sum()]
 
 
@@ -393,12 +456,16 @@ def _label_verdict(name: str, labels: torch.Tensor, summary: Sequence[float]) ->
     if len(labels) == 0:
         raise ParameterError(f"{name} holds no labels; give one label per image.")
     if low < 0 or high >= len(labels):
-        raise ParameterError(f"{name} run from {low} to {high}, but the {len(labels)} labels of an episode must number its "
-                             f"classes 0 .. n_way - 1 (so at most {len(labels) - 1}).")
+        raise ParameterError(
+            f"{name} run from {low} to {high}, but the {len(labels)} labels of an episode must number its "
+            f"classes 0 .. n_way - 1 (so at most {len(labels) - 1})."
+        )
     if present != high + 1:
         missing = sorted(set(range(high + 1)) - set(labels.tolist()))
-        raise ParameterError(f"{name} has no example of class{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing))}; "
-                             f"number the classes 0 .. n_way - 1 with every class present (here n_way = {high + 1}).")
+        raise ParameterError(
+            f"{name} has no example of class{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing))}; "
+            f"number the classes 0 .. n_way - 1 with every class present (here n_way = {high + 1})."
+        )
     return high + 1
 
 
@@ -412,12 +479,18 @@ def episodes(value: object, name: str = "episodes") -> Iterable:
         return value
     kind = type(value).__name__
     if hasattr(value, "sample") and hasattr(value, "take"):
-        raise ParameterError(f"{name}={kind}(...) draws episodes forever, so this would never end; pass a fixed set "
-                             f"instead: {name}=sampler.take(n) or sample_episodes(dataset, n_way, k_shot, n_query, count).")
+        raise ParameterError(
+            f"{name}={kind}(...) draws episodes forever, so this would never end; pass a fixed set "
+            f"instead: {name}=sampler.take(n) or sample_episodes(dataset, n_way, k_shot, n_query, count)."
+        )
     if isinstance(value, Iterator):
         return value
     if isinstance(value, Iterable):
-        raise ParameterError(f"{name} is a {kind} with no length, which may never end; pass a list of episodes "
-                             "(sampler.take(n), sample_episodes(...) or list(...)).")
-    raise ParameterError(f"{name} must be a list of episodes (sampler.take(n), sample_episodes(...)), not a {kind}; "
-                         "for one episode pass [episode].")
+        raise ParameterError(
+            f"{name} is a {kind} with no length, which may never end; pass a list of episodes "
+            "(sampler.take(n), sample_episodes(...) or list(...))."
+        )
+    raise ParameterError(
+        f"{name} must be a list of episodes (sampler.take(n), sample_episodes(...)), not a {kind}; "
+        "for one episode pass [episode]."
+    )

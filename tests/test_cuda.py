@@ -31,7 +31,9 @@ def label_encoded_dataset(n_classes: int = 12, per_class: int = 8) -> FewShotDat
     labels = np.repeat(np.arange(n_classes), per_class)
     images = rng.integers(0, 40, size=(len(labels), 28, 28)).astype(np.uint8)
     images += (labels * (200 // n_classes)).astype(np.uint8)[:, None, None]
-    return FewShotDataset("label-encoded", images, labels, tuple(f"class {c}" for c in range(n_classes)))
+    return FewShotDataset(
+        "label-encoded", images, labels, tuple(f"class {c}" for c in range(n_classes))
+    )
 
 
 def test_pick_device_prefers_the_gpu():
@@ -44,7 +46,9 @@ def test_device_sampler_draws_the_same_episodes_on_the_gpu():
     on_gpu = DeviceEpisodeSampler(data, 5, 2, 3, device=CUDA, seed=4).take(5)
     for a, b in zip(on_cpu, on_gpu, strict=True):
         assert b.support_images.device.type == "cuda" and b.query_labels.device.type == "cuda"
-        assert np.array_equal(a.support_indices, b.support_indices) and np.array_equal(a.query_indices, b.query_indices)
+        assert np.array_equal(a.support_indices, b.support_indices) and np.array_equal(
+            a.query_indices, b.query_indices
+        )
         # the same pixels, scaled to [0, 1], to the last bit: episodes.float_images reads the CPU's
         # quotients off a table on the GPU (CUDA's own division by 255 rounds some values differently)
         assert torch.equal(a.support_images, b.support_images.cpu())
@@ -54,7 +58,11 @@ def test_device_sampler_draws_the_same_episodes_on_the_gpu():
 
 def in_float64(episode, device):
     moved = episode.to(device)
-    return replace(moved, support_images=moved.support_images.double(), query_images=moved.query_images.double())
+    return replace(
+        moved,
+        support_images=moved.support_images.double(),
+        query_images=moved.query_images.double(),
+    )
 
 
 def test_protonet_loss_and_gradient_agree_between_cpu_and_gpu():
@@ -68,7 +76,9 @@ def test_protonet_loss_and_gradient_agree_between_cpu_and_gpu():
         model.to(device)
         loss, accuracy = protonet.ProtoNet(model).episode_loss(in_float64(episode, device))
         loss.backward()
-        results.append((float(loss.detach()), float(accuracy), model.blocks[0][0].weight.grad.cpu()))
+        results.append(
+            (float(loss.detach()), float(accuracy), model.blocks[0][0].weight.grad.cpu())
+        )
     (loss_c, acc_c, grad_c), (loss_g, acc_g, grad_g) = results
     assert abs(loss_c - loss_g) < 1e-9 and acc_c == acc_g
     assert torch.allclose(grad_c, grad_g, atol=1e-9)
@@ -88,28 +98,39 @@ def test_matching_network_agrees_between_cpu_and_gpu(fce):
         model.load_state_dict(reference.state_dict())
         model.to(device).eval()
         with torch.no_grad():
-            outputs.append(model(support.to(device), labels.to(device), queries.to(device), 5).cpu())
+            outputs.append(
+                model(support.to(device), labels.to(device), queries.to(device), 5).cpu()
+            )
     assert torch.allclose(outputs[0], outputs[1], atol=1e-9)
 
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_maml_meta_gradient_agrees_between_cpu_and_gpu(first_order):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+    ).double()
     g = torch.Generator().manual_seed(0)
     batch = maml.TaskBatch(
-        torch.randn(3, 5, 2, generator=g, dtype=torch.float64), torch.randn(3, 5, 1, generator=g, dtype=torch.float64),
-        torch.randn(3, 6, 2, generator=g, dtype=torch.float64), torch.randn(3, 6, 1, generator=g, dtype=torch.float64),
+        torch.randn(3, 5, 2, generator=g, dtype=torch.float64),
+        torch.randn(3, 5, 1, generator=g, dtype=torch.float64),
+        torch.randn(3, 6, 2, generator=g, dtype=torch.float64),
+        torch.randn(3, 6, 1, generator=g, dtype=torch.float64),
     )
     grads = {}
     for device in ("cpu", CUDA):
         model = net.to(device)
         params = maml.parameters_of(model)
         for mode in ("loop", "vmap"):
-            _, grads[device, mode] = maml.meta_gradient(model, params, batch.to(device), F.mse_loss, 0.1, 2, first_order, mode=mode)
+            _, grads[device, mode] = maml.meta_gradient(
+                model, params, batch.to(device), F.mse_loss, 0.1, 2, first_order, mode=mode
+            )
     for key, value in grads.items():
         for name in value:
-            assert torch.allclose(value[name].cpu(), grads["cpu", "loop"][name], atol=1e-10), (key, name)
+            assert torch.allclose(value[name].cpu(), grads["cpu", "loop"][name], atol=1e-10), (
+                key,
+                name,
+            )
 
 
 def test_a_short_training_run_on_the_gpu_learns():
@@ -119,9 +140,14 @@ def test_a_short_training_run_on_the_gpu_learns():
     method = protonet.ProtoNet(encoder)
     val = EpisodeSampler(data, 5, 1, 3, seed=9).take(10)
     history = train_episodic(
-        method, DeviceEpisodeSampler(data, 5, 1, 3, device=CUDA, seed=0), 30,
-        torch.optim.Adam(encoder.parameters(), lr=1e-3), val_episodes=val, val_every=30,
-        device=CUDA, progress=False,
+        method,
+        DeviceEpisodeSampler(data, 5, 1, 3, device=CUDA, seed=0),
+        30,
+        torch.optim.Adam(encoder.parameters(), lr=1e-3),
+        val_episodes=val,
+        val_every=30,
+        device=CUDA,
+        progress=False,
     )
     assert next(encoder.parameters()).device.type == "cuda"
     assert history.val_accuracy[-1] > 0.6  # chance is 0.2

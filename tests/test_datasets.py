@@ -46,14 +46,20 @@ def test_corrupt_mirror_file_gets_one_clear_message(tmp_path, monkeypatch, empty
     with pytest.raises(DatasetError) as caught:
         datasets.fetch("omniglot", "images_evaluation.zip")
     message = str(caught.value)
-    assert "images_evaluation.zip" in message and datasets.MIRROR_VARIABLE in message and "checksum" in message
+    assert (
+        "images_evaluation.zip" in message
+        and datasets.MIRROR_VARIABLE in message
+        and "checksum" in message
+    )
     assert _files_below(empty_cache) == []
 
 
 def test_missing_file_without_network_names_file_address_and_variable(monkeypatch, empty_cache):
     monkeypatch.delenv(datasets.MIRROR_VARIABLE, raising=False)
     key = "mnist/t10k-labels-idx1-ubyte.gz"
-    unreachable = replace(datasets.FILES[key], urls=("http://127.0.0.1:9/t10k-labels-idx1-ubyte.gz",))
+    unreachable = replace(
+        datasets.FILES[key], urls=("http://127.0.0.1:9/t10k-labels-idx1-ubyte.gz",)
+    )
     monkeypatch.setitem(datasets.FILES, key, unreachable)
     with pytest.raises(DatasetError) as caught:
         datasets.fetch("mnist", "t10k-labels-idx1-ubyte.gz")
@@ -87,7 +93,9 @@ def test_download_is_verified_then_cached(needs_data, served_folder, monkeypatch
     shutil.copy(source, root / source.name)
     monkeypatch.delenv(datasets.MIRROR_VARIABLE)
     key = "mnist/t10k-labels-idx1-ubyte.gz"
-    monkeypatch.setitem(datasets.FILES, key, replace(datasets.FILES[key], urls=(url + source.name,)))
+    monkeypatch.setitem(
+        datasets.FILES, key, replace(datasets.FILES[key], urls=(url + source.name,))
+    )
     path = datasets.fetch("mnist", source.name)
     assert path == empty_cache / "mnist" / source.name
     assert path.read_bytes() == source.read_bytes()
@@ -97,10 +105,14 @@ def test_download_is_verified_then_cached(needs_data, served_folder, monkeypatch
 
 def test_download_with_wrong_bytes_is_rejected_and_removed(served_folder, monkeypatch, empty_cache):
     root, url = served_folder
-    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07"))
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    )
     monkeypatch.delenv(datasets.MIRROR_VARIABLE, raising=False)
     key = "mnist/t10k-labels-idx1-ubyte.gz"
-    monkeypatch.setitem(datasets.FILES, key, replace(datasets.FILES[key], urls=(url + "t10k-labels-idx1-ubyte.gz",)))
+    monkeypatch.setitem(
+        datasets.FILES, key, replace(datasets.FILES[key], urls=(url + "t10k-labels-idx1-ubyte.gz",))
+    )
     with pytest.raises(DatasetError, match="checksum does not match"):
         datasets.fetch("mnist", "t10k-labels-idx1-ubyte.gz")
     assert _files_below(empty_cache) == []
@@ -155,8 +167,23 @@ def test_idx_reader_rejects_truncated_files(tmp_path):
 
 def test_mnist_and_fashion_shapes_and_counts(needs_data):
     mnist = datasets.load_mnist()
-    assert mnist.train_images.shape == (60000, 28, 28) and mnist.test_images.shape == (10000, 28, 28)
-    assert np.bincount(mnist.train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert mnist.train_images.shape == (60000, 28, 28) and mnist.test_images.shape == (
+        10000,
+        28,
+        28,
+    )
+    assert np.bincount(mnist.train_labels).tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
     fashion = datasets.load_fashion_mnist()
     assert np.bincount(fashion.test_labels).tolist() == [1000] * 10
     assert fashion.class_names[9] == "Ankle boot"
@@ -196,7 +223,9 @@ def test_no_dataset_file_is_tracked_by_git():
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
-    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=root, capture_output=True, text=True
+    ).stdout.split()
     names = {f.filename for f in datasets.FILES.values()}
     assert not [t for t in tracked if os.path.basename(t) in names]
 
@@ -215,10 +244,15 @@ def _tiny_omniglot_zip(path: Path) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for c in range(2):
             for d in range(3):
-                image = Image.fromarray((rng.random((12, 12)) > 0.5).astype(np.uint8) * 255).convert("1")
+                image = Image.fromarray(
+                    (rng.random((12, 12)) > 0.5).astype(np.uint8) * 255
+                ).convert("1")
                 png = BytesIO()
                 image.save(png, format="PNG")
-                archive.writestr(f"images_evaluation/Alpha/character0{c + 1}/0{c + 1}0{d}_0{d + 1}.png", png.getvalue())
+                archive.writestr(
+                    f"images_evaluation/Alpha/character0{c + 1}/0{c + 1}0{d}_0{d + 1}.png",
+                    png.getvalue(),
+                )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
     return buffer.getvalue()
@@ -230,8 +264,13 @@ def tiny_omniglot(tmp_path, monkeypatch):
     good = tmp_path / "good" / "images_evaluation.zip"
     payload = _tiny_omniglot_zip(good)
     key = "omniglot/images_evaluation.zip"
-    remote = replace(datasets.FILES[key], urls=("http://127.0.0.1:9/images_evaluation.zip",), sha256=(), md5=(),
-                     content_sha256=datasets.omniglot_content_hash(good))
+    remote = replace(
+        datasets.FILES[key],
+        urls=("http://127.0.0.1:9/images_evaluation.zip",),
+        sha256=(),
+        md5=(),
+        content_sha256=datasets.omniglot_content_hash(good),
+    )
     monkeypatch.setitem(datasets.FILES, key, remote)
     return remote, payload
 
@@ -254,7 +293,9 @@ def _zlib_breaking_corruption(payload: bytes, tmp_path: Path) -> bytes:
     raise AssertionError("no single-byte corruption broke the deflate stream")
 
 
-def test_every_single_byte_corruption_of_a_zip_is_a_failed_check_not_an_exception(tmp_path, tiny_omniglot):
+def test_every_single_byte_corruption_of_a_zip_is_a_failed_check_not_an_exception(
+    tmp_path, tiny_omniglot
+):
     import zlib
 
     remote, payload = tiny_omniglot
@@ -271,7 +312,9 @@ def test_every_single_byte_corruption_of_a_zip_is_a_failed_check_not_an_exceptio
     # the corruptions that pass change no pixel (time stamps, spare header bytes): the content hash holds;
     # and among those that fail are the ones whose deflate stream breaks with zlib.error underneath
     with pytest.raises(zlib.error):
-        datasets.omniglot_content_hash(_write(tmp_path / "z.zip", _zlib_breaking_corruption(payload, tmp_path)))
+        datasets.omniglot_content_hash(
+            _write(tmp_path / "z.zip", _zlib_breaking_corruption(payload, tmp_path))
+        )
     assert not datasets.verify(tmp_path / "z.zip", remote)
 
 
@@ -280,7 +323,9 @@ def _write(path: Path, payload: bytes) -> Path:
     return path
 
 
-def test_a_damaged_cached_zip_is_removed_and_fetched_again_from_the_mirror(tmp_path, tiny_omniglot, monkeypatch, empty_cache):
+def test_a_damaged_cached_zip_is_removed_and_fetched_again_from_the_mirror(
+    tmp_path, tiny_omniglot, monkeypatch, empty_cache
+):
     remote, payload = tiny_omniglot
     mirror = tmp_path / "mirror"
     _tiny_omniglot_zip(mirror / "omniglot" / "images_evaluation.zip")
@@ -293,12 +338,18 @@ def test_a_damaged_cached_zip_is_removed_and_fetched_again_from_the_mirror(tmp_p
     assert path == mirror / "omniglot" / "images_evaluation.zip" and not cached.exists()
 
 
-def test_a_damaged_cached_zip_is_downloaded_again(served_folder, tiny_omniglot, monkeypatch, empty_cache):
+def test_a_damaged_cached_zip_is_downloaded_again(
+    served_folder, tiny_omniglot, monkeypatch, empty_cache
+):
     root, url = served_folder
     remote, payload = tiny_omniglot
     (root / "images_evaluation.zip").write_bytes(payload)
     monkeypatch.delenv(datasets.MIRROR_VARIABLE, raising=False)
-    monkeypatch.setitem(datasets.FILES, "omniglot/images_evaluation.zip", replace(remote, urls=(url + "images_evaluation.zip",)))
+    monkeypatch.setitem(
+        datasets.FILES,
+        "omniglot/images_evaluation.zip",
+        replace(remote, urls=(url + "images_evaluation.zip",)),
+    )
     cached = empty_cache / "omniglot" / "images_evaluation.zip"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(payload[:-40])  # truncated: its central directory is gone
@@ -311,7 +362,9 @@ def test_a_read_only_data_folder_is_named_before_any_decoding(tmp_path, monkeypa
     folder = tmp_path / "read-only"
     folder.mkdir()
     monkeypatch.setenv(datasets.DATA_DIR_VARIABLE, str(folder))
-    monkeypatch.setattr(datasets, "writable", lambda path: False)  # as a read-only mount (root may write anywhere)
+    monkeypatch.setattr(
+        datasets, "writable", lambda path: False
+    )  # as a read-only mount (root may write anywhere)
 
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoding started although its result could not be kept")
@@ -322,15 +375,23 @@ def test_a_read_only_data_folder_is_named_before_any_decoding(tmp_path, monkeypa
     with pytest.raises(DatasetError) as caught:
         datasets.load_omniglot()
     message = str(caught.value)
-    assert datasets.DATA_DIR_VARIABLE in message and str(folder / "omniglot") in message and "\n" not in message
+    assert (
+        datasets.DATA_DIR_VARIABLE in message
+        and str(folder / "omniglot") in message
+        and "\n" not in message
+    )
 
 
 def test_a_read_only_data_folder_is_named_before_a_download(monkeypatch, tmp_path):
     monkeypatch.delenv(datasets.MIRROR_VARIABLE, raising=False)
     monkeypatch.setenv(datasets.DATA_DIR_VARIABLE, str(tmp_path / "read-only"))
     monkeypatch.setattr(datasets, "writable", lambda path: False)
-    monkeypatch.setattr(datasets, "_download", lambda *a: pytest.fail("downloaded into a folder it cannot write"))
-    with pytest.raises(DatasetError, match=f"not writable; set {datasets.DATA_DIR_VARIABLE} to a writable folder"):
+    monkeypatch.setattr(
+        datasets, "_download", lambda *a: pytest.fail("downloaded into a folder it cannot write")
+    )
+    with pytest.raises(
+        DatasetError, match=f"not writable; set {datasets.DATA_DIR_VARIABLE} to a writable folder"
+    ):
         datasets.fetch("mnist", "t10k-labels-idx1-ubyte.gz")
 
 
@@ -339,7 +400,9 @@ def test_writable_is_false_for_a_folder_without_write_permission(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        expected = os.access(locked, os.W_OK)  # True only for a user (root) whom permissions do not stop
+        expected = os.access(
+            locked, os.W_OK
+        )  # True only for a user (root) whom permissions do not stop
         assert datasets.writable(locked) is expected
         assert datasets.writable(tmp_path / "new" / "folder")
     finally:

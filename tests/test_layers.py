@@ -45,15 +45,26 @@ def helpers_imports(path: Path) -> list[tuple[str, str]]:
 
     def visit(node: ast.AST, function: str) -> None:
         for child in ast.iter_child_nodes(node):
-            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and not function else function
+            inner = (
+                child.name
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and not function
+                else function
+            )
             if isinstance(child, ast.ImportFrom):
                 absolute = child.level == 0 and (child.module or "").split(".")[0] == "helpers"
                 if child.level == 1 or absolute:
-                    target = (child.module or "").removeprefix("helpers").lstrip(".") if absolute else (child.module or "")
+                    target = (
+                        (child.module or "").removeprefix("helpers").lstrip(".")
+                        if absolute
+                        else (child.module or "")
+                    )
                     if target:  # from .x import a / from helpers.x import a
                         found.append((target.split(".")[0], function))
                     else:  # from . import x, CONSTANT: a module when there is one, else the package itself
-                        found.extend((alias.name if alias.name in modules else "__init__", function) for alias in child.names)
+                        found.extend(
+                            (alias.name if alias.name in modules else "__init__", function)
+                            for alias in child.names
+                        )
             elif isinstance(child, ast.Import):
                 for alias in child.names:
                     parts = alias.name.split(".")
@@ -71,35 +82,53 @@ def import_graph() -> dict[str, list[tuple[str, str]]]:
 
 def test_every_helpers_module_has_a_layer():
     missing = sorted(set(import_graph()) - set(RANK))
-    assert not missing, f"declare the layer of {', '.join(missing)} in LAYERS of tests/test_layers.py"
+    assert not missing, (
+        f"declare the layer of {', '.join(missing)} in LAYERS of tests/test_layers.py"
+    )
 
 
 def test_nothing_lower_imports_anything_higher():
     upward = []
     for module, imports in import_graph().items():
         for imported, function in imports:
-            if RANK.get(imported, -1) > RANK.get(module, len(LAYERS)) and (module, imported, function) not in KNOWN_UPWARD:
+            if (
+                RANK.get(imported, -1) > RANK.get(module, len(LAYERS))
+                and (module, imported, function) not in KNOWN_UPWARD
+            ):
                 where = f"{module}.{function}" if function else module
-                upward.append(f"{where} imports {imported} ({LAYERS[RANK[imported]][0]}, above {LAYERS[RANK[module]][0]})")
+                upward.append(
+                    f"{where} imports {imported} ({LAYERS[RANK[imported]][0]}, above {LAYERS[RANK[module]][0]})"
+                )
     assert not upward, "; ".join(upward)
 
 
 def test_methods_load_the_command_scaffold_only_to_run_a_command():
     # importing a method (as every notebook does) must not pull in argparse, signals and the scaffold
-    at_import = [module for module, imports in import_graph().items()
-                 if LAYERS[RANK.get(module, 0)][0] == "methods" and ("commands", "") in imports]
-    assert not at_import, f"{', '.join(at_import)} import helpers.commands at module level; import it inside the command's functions"
+    at_import = [
+        module
+        for module, imports in import_graph().items()
+        if LAYERS[RANK.get(module, 0)][0] == "methods" and ("commands", "") in imports
+    ]
+    assert not at_import, (
+        f"{', '.join(at_import)} import helpers.commands at module level; import it inside the command's functions"
+    )
 
 
 def test_no_import_cycles():
-    graph = {module: {imported for imported, _ in imports} for module, imports in import_graph().items()}
+    graph = {
+        module: {imported for imported, _ in imports} for module, imports in import_graph().items()
+    }
     state: dict[str, str] = {}
 
     def walk(module: str, path: list[str]) -> None:
         state[module] = "open"
         for imported in sorted(graph.get(module, ())):
             if state.get(imported) == "open":
-                cycle = path[path.index(imported):] + [imported] if imported in path else [module, imported]
+                cycle = (
+                    path[path.index(imported) :] + [imported]
+                    if imported in path
+                    else [module, imported]
+                )
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if imported not in state:
                 walk(imported, path + [imported])
@@ -111,7 +140,15 @@ def test_no_import_cycles():
 
 
 def test_the_checker_sees_every_form_of_import_and_those_inside_functions(tmp_path):
-    (tmp_path / "episodes.py").write_text("def f():\n    from .widgets import Panel\n    from . import plots, CHECKPOINT_DIR\n")
-    (tmp_path / "widgets.py").write_text("import helpers.plots\nfrom helpers.fewshot import evaluate\nimport numpy\nfrom .. import x\n")
-    assert helpers_imports(tmp_path / "episodes.py") == [("widgets", "f"), ("plots", "f"), ("__init__", "f")]
+    (tmp_path / "episodes.py").write_text(
+        "def f():\n    from .widgets import Panel\n    from . import plots, CHECKPOINT_DIR\n"
+    )
+    (tmp_path / "widgets.py").write_text(
+        "import helpers.plots\nfrom helpers.fewshot import evaluate\nimport numpy\nfrom .. import x\n"
+    )
+    assert helpers_imports(tmp_path / "episodes.py") == [
+        ("widgets", "f"),
+        ("plots", "f"),
+        ("__init__", "f"),
+    ]
     assert helpers_imports(tmp_path / "widgets.py") == [("plots", ""), ("fewshot", "")]

@@ -132,14 +132,23 @@ def test_log_probs_match_torch_distributions():
     obs, actions = torch.randn(7, 2), torch.randn(7, 2)
     mean, std = policy(obs)
     expected = torch.distributions.Normal(mean, std).log_prob(actions).sum(-1)
-    assert torch.allclose(log_probs(policy, parameters_of(policy), obs, actions), expected, atol=1e-6)
+    assert torch.allclose(
+        log_probs(policy, parameters_of(policy), obs, actions), expected, atol=1e-6
+    )
 
 
 def test_rollout_records_what_the_environment_did():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy()
     goals = torch.tensor([[0.05, 0.05], [0.4, -0.3]])
-    traj = rollout(policy, parameters_of(policy), goals, 3, horizon=15, generator=torch.Generator().manual_seed(0))
+    traj = rollout(
+        policy,
+        parameters_of(policy),
+        goals,
+        3,
+        horizon=15,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert traj.positions.shape == (2, 3, 16, 2) and traj.rewards.shape == (2, 3, 15)
     steps = traj.positions[:, :, 1:] - traj.positions[:, :, :-1]
     clipped = traj.actions.clamp(-0.1, 0.1) * traj.mask.unsqueeze(-1)
@@ -153,9 +162,13 @@ def test_rollout_with_one_policy_per_goal_equals_separate_rollouts():
     torch.manual_seed(0)
     policies = [GaussianMLPPolicy(init_std=0.2) for _ in range(3)]
     goals = sample_goals(3, torch.Generator().manual_seed(2))
-    together = rollout(policies[0], [parameters_of(p) for p in policies], goals, 4, horizon=30, deterministic=True)
+    together = rollout(
+        policies[0], [parameters_of(p) for p in policies], goals, 4, horizon=30, deterministic=True
+    )
     for i, policy in enumerate(policies):
-        alone = rollout(policy, parameters_of(policy), goals[i : i + 1], 4, horizon=30, deterministic=True)
+        alone = rollout(
+            policy, parameters_of(policy), goals[i : i + 1], 4, horizon=30, deterministic=True
+        )
         assert torch.allclose(together.positions[i], alone.positions[0], atol=1e-6)
 
 
@@ -164,7 +177,9 @@ def test_rollout_with_one_policy_per_goal_equals_separate_rollouts():
 
 def test_discounted_returns_by_hand():
     rewards = torch.tensor([[1.0, 2.0, 3.0]])
-    assert torch.allclose(discounted_returns(rewards, 0.5), torch.tensor([[1 + 1 + 0.75, 2 + 1.5, 3.0]]))
+    assert torch.allclose(
+        discounted_returns(rewards, 0.5), torch.tensor([[1 + 1 + 0.75, 2 + 1.5, 3.0]])
+    )
     assert torch.allclose(discounted_returns(rewards, 1.0), torch.tensor([[6.0, 5.0, 3.0]]))
 
 
@@ -194,7 +209,9 @@ def test_policy_gradient_points_to_the_best_action_of_a_one_step_bandit():
     params = parameters_of(policy)
     goal = torch.tensor([[0.06, -0.04]])
     mean = policy(torch.zeros(1, 2))[0][0].detach()
-    traj = rollout(policy, params, goal, 4000, horizon=1, generator=torch.Generator().manual_seed(0))
+    traj = rollout(
+        policy, params, goal, 4000, horizon=1, generator=torch.Generator().manual_seed(0)
+    )
     loss = policy_gradient_loss(policy, params, traj, advantages(traj))
     (grad_bias,) = torch.autograd.grad(loss, [params["mean.4.bias"]])  # the bias shifts the mean
     ascent = -grad_bias
@@ -206,7 +223,9 @@ def test_inner_step_raises_the_return_of_its_own_task_on_average():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(init_std=0.5)
     goals = sample_goals(8, torch.Generator().manual_seed(3))
-    result = adaptation_returns(policy, goals, inner_lr=0.1, max_steps=1, settings=RLSettings(horizon=30), seed=0)
+    result = adaptation_returns(
+        policy, goals, inner_lr=0.1, max_steps=1, settings=RLSettings(horizon=30), seed=0
+    )
     before, after = result.mean_returns
     assert after > before + 0.1 * abs(before)
     assert (result.returns[1] > result.returns[0]).float().mean() >= 0.75
@@ -248,7 +267,13 @@ def test_pretraining_learns_to_stay_near_the_middle():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy()
     history = meta_train(
-        policy, 25, meta_batch=5, inner_steps=0, outer_lr=0.01, settings=RLSettings(n_trajectories=10, horizon=20), progress=False
+        policy,
+        25,
+        meta_batch=5,
+        inner_steps=0,
+        outer_lr=0.01,
+        settings=RLSettings(n_trajectories=10, horizon=20),
+        progress=False,
     )
     assert sum(history.post_return[-5:]) / 5 > sum(history.post_return[:5]) / 5
 
@@ -268,7 +293,9 @@ def test_checkpoint_round_trip(tmp_path):
     policy = GaussianMLPPolicy(init_std=0.4)
     save_policy(policy, tmp_path / "p.pt", {"command": "test"})
     loaded, record = load_policy(tmp_path / "p.pt")
-    assert record["command"] == "test" and record["weights"]["file"] == "p.pt"  # the record names its weights
+    assert (
+        record["command"] == "test" and record["weights"]["file"] == "p.pt"
+    )  # the record names its weights
     obs = torch.randn(5, 2)
     for a, b in zip(policy(obs), loaded(obs)):
         assert torch.equal(a, b)
@@ -280,8 +307,15 @@ def test_maml_outer_step_raises_the_return_after_adaptation():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy()
     history = meta_train(
-        policy, 15, meta_batch=5, inner_lr=0.1, outer_lr=0.01, inner_steps=1,
-        settings=RLSettings(n_trajectories=10, horizon=30), seed=0, progress=False,
+        policy,
+        15,
+        meta_batch=5,
+        inner_lr=0.1,
+        outer_lr=0.01,
+        inner_steps=1,
+        settings=RLSettings(n_trajectories=10, horizon=30),
+        seed=0,
+        progress=False,
     )
     first, last = sum(history.post_return[:3]) / 3, sum(history.post_return[-3:]) / 3
     assert last > first + 0.3 * abs(first)
@@ -311,7 +345,9 @@ def test_panel_reports_bad_settings_even_inside_a_kernel(monkeypatch):
 
 
 @pytest.mark.parametrize("stop_after", [5, 10])  # inside a chunk of 10 iterations, and at its end
-def test_the_command_stopped_and_resumed_is_the_uninterrupted_run(tmp_path, capsys, monkeypatch, stop_after):
+def test_the_command_stopped_and_resumed_is_the_uninterrupted_run(
+    tmp_path, capsys, monkeypatch, stop_after
+):
     from helpers import checkpoints, maml_rl, runs
 
     real_step = maml_rl.meta_train_step
@@ -321,14 +357,31 @@ def test_the_command_stopped_and_resumed_is_the_uninterrupted_run(tmp_path, caps
         loss = real_step(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == calls["stop_after"]:
-            runs.request_stop("SIGINT")  # what Ctrl-C does: the loop stops before the next iteration
+            runs.request_stop(
+                "SIGINT"
+            )  # what Ctrl-C does: the loop stops before the next iteration
         return loss
 
     monkeypatch.setattr(maml_rl, "meta_train_step", step)
 
     def run(name, *extra):
-        argv = ["--out", str(tmp_path / f"{name}.pt"), "--iterations", "13", "--meta-batch", "2", "--trajectories", "2",
-                "--eval-goals", "2", "--select-goals", "2", "--threads", "1", *extra]
+        argv = [
+            "--out",
+            str(tmp_path / f"{name}.pt"),
+            "--iterations",
+            "13",
+            "--meta-batch",
+            "2",
+            "--trajectories",
+            "2",
+            "--eval-goals",
+            "2",
+            "--select-goals",
+            "2",
+            "--threads",
+            "1",
+            *extra,
+        ]
         try:
             maml_rl.main(argv)
             return 0
@@ -343,8 +396,17 @@ def test_the_command_stopped_and_resumed_is_the_uninterrupted_run(tmp_path, caps
     calls["stop_after"] = None
     assert run("split", "--resume") == 0
     whole, split = (checkpoints.read_record(tmp_path / f"{n}.pt") for n in ("whole", "split"))
-    for key in ("history", "selection_curve", "kept_iteration", "validation_return_after_steps", "val_score"):
+    for key in (
+        "history",
+        "selection_curve",
+        "kept_iteration",
+        "validation_return_after_steps",
+        "val_score",
+    ):
         assert whole[key] == split[key], key
     a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "split"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [row[0] for row in whole["selection_curve"]] == [10, 13]  # scored every 10 iterations and at the end
+    assert [row[0] for row in whole["selection_curve"]] == [
+        10,
+        13,
+    ]  # scored every 10 iterations and at the end

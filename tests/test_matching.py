@@ -78,7 +78,9 @@ def test_without_fce_one_shot_ranking_is_cosine_nearest_neighbour():
     pixels.process_support_set(support, labels)
     nearest = PixelNearestNeighbour("cosine")
     nearest.process_support_set(support, labels)
-    assert torch.equal(pixels.scores(queries).argsort(dim=1), nearest.scores(queries).argsort(dim=1))
+    assert torch.equal(
+        pixels.scores(queries).argsort(dim=1), nearest.scores(queries).argsort(dim=1)
+    )
     # and with a Conv-4 embedding, it ranks like cosine similarity of the embeddings
     model = MatchingNetwork().eval()
     model.process_support_set(support, labels)
@@ -110,7 +112,9 @@ def test_support_encoder_gradient_reaches_every_support_embedding():
     embeddings = torch.randn(6, 8, requires_grad=True)
     for i in range(6):  # each output depends on every input, through one of the two directions
         (grad,) = torch.autograd.grad(g(embeddings)[i].sum(), embeddings)
-        assert (grad.abs().sum(dim=1) > 0).all(), f"output {i} does not depend on every support image"
+        assert (grad.abs().sum(dim=1) > 0).all(), (
+            f"output {i} does not depend on every support image"
+        )
 
 
 def test_attention_lstm_step_is_an_ordinary_lstm_cell():
@@ -125,7 +129,9 @@ def test_attention_lstm_step_is_an_ordinary_lstm_cell():
     x, h, r, c = (torch.randn(3, 6) for _ in range(4))
     ours = f.lstm_step(x, h, r, c)
     theirs = cell(x, (h, c))
-    assert torch.allclose(ours[0], theirs[0], atol=1e-6) and torch.allclose(ours[1], theirs[1], atol=1e-6)
+    assert torch.allclose(ours[0], theirs[0], atol=1e-6) and torch.allclose(
+        ours[1], theirs[1], atol=1e-6
+    )
 
 
 def test_attention_lstm_read_and_skip_connection():
@@ -174,17 +180,23 @@ def test_predictions_do_not_depend_on_support_order_given_g():
 
 def test_fce_model_shapes_gradients_and_interface():
     torch.manual_seed(9)
-    model = MatchingNetwork(encoder=Conv4(hidden=16), fce=True, processing_steps=3, scale=5.0, learn_scale=True)
+    model = MatchingNetwork(
+        encoder=Conv4(hidden=16), fce=True, processing_steps=3, scale=5.0, learn_scale=True
+    )
     support, queries = torch.rand(10, 1, 28, 28), torch.rand(6, 1, 28, 28)
     labels = torch.arange(5).repeat_interleave(2)
     log_p = model(support, labels, queries)
-    assert log_p.shape == (6, 5) and torch.allclose(log_p.exp().sum(dim=1), torch.ones(6), atol=1e-5)
+    assert log_p.shape == (6, 5) and torch.allclose(
+        log_p.exp().sum(dim=1), torch.ones(6), atol=1e-5
+    )
     log_p.sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
     model.eval()  # the shared interface gives the same probabilities as forward() does
     model.process_support_set(support, labels)
-    assert torch.allclose(model.scores(queries), model(support, labels, queries).exp().detach(), atol=1e-5)
+    assert torch.allclose(
+        model.scores(queries), model(support, labels, queries).exp().detach(), atol=1e-5
+    )
     attention = model.attention(support, queries)
     assert torch.allclose(attention.sum(dim=1), torch.ones(6), atol=1e-5)
     model.device = "cpu"  # the training loop and evaluate() set it
@@ -200,10 +212,18 @@ def test_the_training_step_by_hand():
     encoder = nn.Flatten()
     encoder.out_features = 2
     model = MatchingNetwork(encoder=encoder)
-    episode = Episode(torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]]), torch.tensor([0, 1]),
-                      torch.tensor([[[[1.0, 0.0]]], [[[1.0, 1.0]]]]), torch.tensor([0, 1]), np.arange(2), ("a", "b"))
+    episode = Episode(
+        torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]]),
+        torch.tensor([0, 1]),
+        torch.tensor([[[[1.0, 0.0]]], [[[1.0, 1.0]]]]),
+        torch.tensor([0, 1]),
+        np.arange(2),
+        ("a", "b"),
+    )
     loss, accuracy = model.episode_loss(episode)
-    assert loss.item() == pytest.approx((-math.log(math.e / (math.e + 1)) + math.log(2)) / 2, rel=1e-6)
+    assert loss.item() == pytest.approx(
+        (-math.log(math.e / (math.e + 1)) + math.log(2)) / 2, rel=1e-6
+    )
     assert accuracy.item() == 0.5
     model.log_scale.requires_grad_(True)
     model.episode_loss(episode)[0].backward()
@@ -227,7 +247,12 @@ def test_evaluating_on_cached_embeddings_gives_the_same_accuracies(fce):
     torch.manual_seed(10)
     model = MatchingNetwork(encoder=Conv4(hidden=8), fce=fce, processing_steps=2).eval()
     direct = evaluate(model, episodes, progress=False)
-    cached = evaluate_embedded(model, embed_in_batches(model.encoder, dataset.images, batch_size=20), episodes, progress=False)
+    cached = evaluate_embedded(
+        model,
+        embed_in_batches(model.encoder, dataset.images, batch_size=20),
+        episodes,
+        progress=False,
+    )
     assert np.allclose(direct.accuracies, cached.accuracies)
 
 

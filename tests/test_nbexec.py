@@ -27,7 +27,9 @@ class _Channel:
         self.calls.append(timeout)
         if self.ready_at is not None and time.monotonic() >= self.ready_at:
             return {"msg_type": "execute_reply"}
-        await asyncio.sleep(timeout if timeout is not None else 3600)  # the lost wake-up: sleeps to its end
+        await asyncio.sleep(
+            timeout if timeout is not None else 3600
+        )  # the lost wake-up: sleeps to its end
         raise Empty
 
 
@@ -85,15 +87,32 @@ def test_a_widget_notebook_runs_through_execute_notebook(tmp_path: Path) -> None
 
     cells = [
         new_code_cell("QUICK = False", metadata={"tags": ["parameters"]}),
-        new_code_cell("import ipywidgets as w\nfrom IPython.display import display, clear_output\n"
-                      "out = w.Output(); display(out)\n"
-                      "for i in range(200):\n    with out:\n        clear_output(wait=True)\n        print(i)\n"
-                      "print('done', QUICK)"),
+        new_code_cell(
+            "import ipywidgets as w\nfrom IPython.display import display, clear_output\n"
+            "out = w.Output(); display(out)\n"
+            "for i in range(200):\n    with out:\n        clear_output(wait=True)\n        print(i)\n"
+            "print('done', QUICK)"
+        ),
     ]
     source, executed = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
-    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), source)
-    nbexec.execute_notebook(str(source), str(executed), parameters={"QUICK": True}, cwd=str(tmp_path), cell_timeout=120,
-                            kernel_name="python3", progress_bar=False)
+    nbformat.write(
+        new_notebook(
+            cells=cells,
+            metadata={
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+            },
+        ),
+        source,
+    )
+    nbexec.execute_notebook(
+        str(source),
+        str(executed),
+        parameters={"QUICK": True},
+        cwd=str(tmp_path),
+        cell_timeout=120,
+        kernel_name="python3",
+        progress_bar=False,
+    )
     nb = nbformat.read(executed, as_version=4)
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     assert "done True" in text

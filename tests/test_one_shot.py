@@ -46,7 +46,9 @@ def test_similarity_exact_values():
     cosine = similarity(queries, stored, "cosine")
     assert torch.allclose(cosine, torch.tensor([[1.0, 0.8], [0.6, 0.0]]))
     euclidean = similarity(queries, stored, "euclidean")
-    assert torch.allclose(euclidean, -torch.tensor([[5.0, np.sqrt(13.0)], [np.hypot(5, 8), np.sqrt(5.0)]]).float())
+    assert torch.allclose(
+        euclidean, -torch.tensor([[5.0, np.sqrt(13.0)], [np.hypot(5, 8), np.sqrt(5.0)]]).float()
+    )
     # cosine ignores length, Euclidean does not
     assert torch.allclose(similarity(10 * queries, stored, "cosine"), cosine)
     with pytest.raises(ValueError, match="metric"):
@@ -73,7 +75,9 @@ def test_adding_a_class_only_moves_queries_to_it_and_never_trains(evaluation):
     assert set(changed) == set(np.flatnonzero(sims.argmax(1).numpy() == len(db) - 1))
     for k, v in encoder.state_dict().items():
         assert torch.equal(v, before_weights[k]), f"{k} changed"
-    assert len(db) == 11 and db.ranked(queries[0], top=3)[0][2] >= db.ranked(queries[0], top=3)[1][2]
+    assert (
+        len(db) == 11 and db.ranked(queries[0], top=3)[0][2] >= db.ranked(queries[0], top=3)[1][2]
+    )
 
 
 def test_nearest_embedding_matches_the_database(evaluation):
@@ -84,7 +88,9 @@ def test_nearest_embedding_matches_the_database(evaluation):
     db = EmbeddingDatabase(encoder, metric="euclidean")
     for i, image in enumerate(episode.support_images):
         db.add(str(i), image)
-    assert [str(int(p)) for p in method.predict(episode.query_images)] == db.identify(episode.query_images)
+    assert [str(int(p)) for p in method.predict(episode.query_images)] == db.identify(
+        episode.query_images
+    )
 
 
 def test_nearest_embedding_averages_shots():
@@ -119,7 +125,9 @@ def test_retrained_softmax_memorises_its_one_shot_set(evaluation):
 
 def test_pretraining_learns_on_a_small_subset(evaluation):
     subset = evaluation.subset(range(8))
-    result = pretrain_classifier(subset, epochs=10, lr=1e-3, batch_size=16, val_per_class=4, max_shift=0, progress=False)
+    result = pretrain_classifier(
+        subset, epochs=10, lr=1e-3, batch_size=16, val_per_class=4, max_shift=0, progress=False
+    )
     assert result.history["loss"][-1] < result.history["loss"][0]
     assert max(result.history["val accuracy"]) > 0.3  # 8 classes: chance is 0.125
 
@@ -131,7 +139,9 @@ def test_lake_runs_pixel_baseline_beats_chance():
     assert accuracies.shape == (5,) and 0.05 < accuracies.mean() < 0.8
 
 
-@pytest.mark.skipif(not ONE_SHOT_CHECKPOINT.exists(), reason="the pretrained checkpoint is not committed yet")
+@pytest.mark.skipif(
+    not ONE_SHOT_CHECKPOINT.exists(), reason="the pretrained checkpoint is not committed yet"
+)
 def test_committed_checkpoint_beats_pixels(evaluation):
     encoder = load_encoder()
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -162,8 +172,15 @@ def test_pretraining_stopped_between_two_epochs_resumes_exactly():
     from helpers.episodes import FewShotDataset
 
     rng = np.random.default_rng(1)
-    data = FewShotDataset("toy", rng.integers(0, 255, size=(48, 28, 28)).astype(np.uint8), np.repeat(np.arange(4), 12), tuple("abcd"))
-    settings = dict(epochs=3, lr=1e-2, batch_size=16, val_per_class=2, max_shift=1, seed=0, progress=False)
+    data = FewShotDataset(
+        "toy",
+        rng.integers(0, 255, size=(48, 28, 28)).astype(np.uint8),
+        np.repeat(np.arange(4), 12),
+        tuple("abcd"),
+    )
+    settings = dict(
+        epochs=3, lr=1e-2, batch_size=16, val_per_class=2, max_shift=1, seed=0, progress=False
+    )
     whole = pretrain_classifier(data, **settings)  # 40 training images: 3 batches per epoch
     asked = {"n": 0}
 
@@ -174,7 +191,12 @@ def test_pretraining_stopped_between_two_epochs_resumes_exactly():
     stopped = pretrain_classifier(data, **settings, should_stop=stop_before_the_second_epoch)
     state = stopped.stopped_state
     assert (state["epoch"], state["next_batch"], state["sums"]) == (1, 0, [0, 0, 0.0])
-    assert len(stopped.history["loss"]) == len(stopped.history["val accuracy"]) == 1  # the first epoch was validated
+    assert (
+        len(stopped.history["loss"]) == len(stopped.history["val accuracy"]) == 1
+    )  # the first epoch was validated
     resumed = pretrain_classifier(data, **settings, resume=state)
     assert resumed.history == whole.history and resumed.val_accuracy == whole.val_accuracy
-    assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values())
+    )

@@ -37,7 +37,10 @@ def test_loss_matches_the_formula_by_hand():
     queries = torch.tensor([[0.5], [1.5]])
     labels = torch.tensor([0, 0])
     # d = [[0.25, 2.25], [2.25, 0.25]]; J = mean over queries of d(x, c_y) + log sum_k exp(-d(x, c_k))
-    by_hand = 0.5 * ((0.25 + math.log(math.exp(-0.25) + math.exp(-2.25))) + (2.25 + math.log(math.exp(-2.25) + math.exp(-0.25))))
+    by_hand = 0.5 * (
+        (0.25 + math.log(math.exp(-0.25) + math.exp(-2.25)))
+        + (2.25 + math.log(math.exp(-2.25) + math.exp(-0.25)))
+    )
     loss, accuracy = protonet.prototypical_loss(queries, labels, prototypes)
     assert loss.item() == pytest.approx(by_hand, rel=1e-6)
     assert accuracy.item() == 0.5  # 1.5 is nearer to class 1
@@ -46,7 +49,9 @@ def test_loss_matches_the_formula_by_hand():
 def test_distances_by_hand_and_cosine_ignores_length():
     queries = torch.tensor([[3.0, 4.0]])
     prototypes = torch.tensor([[0.0, 0.0], [3.0, 0.0], [6.0, 8.0]])
-    assert torch.equal(protonet.squared_euclidean(queries, prototypes), torch.tensor([[25.0, 16.0, 25.0]]))
+    assert torch.equal(
+        protonet.squared_euclidean(queries, prototypes), torch.tensor([[25.0, 16.0, 25.0]])
+    )
     cos = cosine_similarity(queries, prototypes[1:])
     assert torch.allclose(cos, torch.tensor([[0.6, 1.0]]))
     assert torch.allclose(protonet.class_scores(10 * queries, prototypes[1:], "cosine"), cos)
@@ -61,7 +66,9 @@ def test_gradient_of_the_loss_matches_finite_differences():
     support_labels, query_labels = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 1])
 
     def loss(s):
-        return protonet.prototypical_loss(queries, query_labels, fewshot.prototypes(s, support_labels))[0]
+        return protonet.prototypical_loss(
+            queries, query_labels, fewshot.prototypes(s, support_labels)
+        )[0]
 
     assert torch.autograd.gradcheck(loss, (support,))
 
@@ -80,7 +87,9 @@ def test_protonet_method_uses_the_shared_interface():
 def toy_dataset(seed: int = 0) -> FewShotDataset:
     rng = np.random.default_rng(seed)
     centres = rng.integers(0, 255, size=(6, 8, 8))
-    images = np.clip(np.repeat(centres, 10, axis=0) + rng.integers(-80, 80, size=(60, 8, 8)), 0, 255).astype(np.uint8)
+    images = np.clip(
+        np.repeat(centres, 10, axis=0) + rng.integers(-80, 80, size=(60, 8, 8)), 0, 255
+    ).astype(np.uint8)
     return FewShotDataset("toy", images, np.repeat(np.arange(6), 10), tuple("abcdef"))
 
 
@@ -98,12 +107,20 @@ def test_the_training_step_is_the_prototypical_loss_of_one_batch(distance, cosin
     method = protonet.ProtoNet(encoder, distance, cosine_scale)
     loss, accuracy = method.episode_loss(episode)
     embeddings = encoder(torch.cat([episode.support_images, episode.query_images]))
-    prototypes = torch.stack([embeddings[:6][episode.support_labels == k].mean(0) for k in range(3)])
+    prototypes = torch.stack(
+        [embeddings[:6][episode.support_labels == k].mean(0) for k in range(3)]
+    )
     if distance == "euclidean":
         logits = -((embeddings[6:, None, :] - prototypes[None]) ** 2).sum(-1)
     else:
-        logits = cosine_scale * torch.nn.functional.normalize(embeddings[6:], dim=-1) @ torch.nn.functional.normalize(prototypes, dim=-1).T
-    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, episode.query_labels).item(), rel=1e-6)
+        logits = (
+            cosine_scale
+            * torch.nn.functional.normalize(embeddings[6:], dim=-1)
+            @ torch.nn.functional.normalize(prototypes, dim=-1).T
+        )
+    assert loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, episode.query_labels).item(), rel=1e-6
+    )
     assert accuracy.item() == (logits.argmax(1) == episode.query_labels).float().mean().item()
     loss.backward()
     assert all(p.grad is not None for p in encoder.parameters())  # the loss trains the encoder
@@ -116,8 +133,15 @@ def test_train_episodic_is_exactly_the_plain_loop_of_training_steps():
     encoder = small_encoder()
     optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
-    history = train_episodic(protonet.ProtoNet(encoder, "cosine", 5.0), DeviceEpisodeSampler(data, 3, 1, 3, seed=4), 30,
-                             optimizer, scheduler, progress=False, seed=0)
+    history = train_episodic(
+        protonet.ProtoNet(encoder, "cosine", 5.0),
+        DeviceEpisodeSampler(data, 3, 1, 3, seed=4),
+        30,
+        optimizer,
+        scheduler,
+        progress=False,
+        seed=0,
+    )
     reference = small_encoder()
     method = protonet.ProtoNet(reference, "cosine", 5.0)
     optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
@@ -132,8 +156,15 @@ def test_train_episodic_is_exactly_the_plain_loop_of_training_steps():
         scheduler.step()
         losses.append(loss.item())
         accuracies.append(accuracy.item())
-    assert history.loss == losses and history.accuracy == accuracies and history.episode == list(range(1, 31))
-    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values()))
+    assert (
+        history.loss == losses
+        and history.accuracy == accuracies
+        and history.episode == list(range(1, 31))
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(encoder.state_dict().values(), reference.state_dict().values())
+    )
 
 
 def test_zero_shot_prototypes_generalise_to_unseen_classes():
@@ -145,7 +176,9 @@ def test_zero_shot_prototypes_generalise_to_unseen_classes():
     mixing = torch.tensor(rng.normal(size=(meta_dim, dim)), dtype=torch.float32)
     features = metadata @ mixing  # class centres
     labels = torch.arange(n_classes).repeat_interleave(20)
-    images = features[labels] + 0.3 * torch.tensor(rng.normal(size=(len(labels), dim)), dtype=torch.float32)
+    images = features[labels] + 0.3 * torch.tensor(
+        rng.normal(size=(len(labels), dim)), dtype=torch.float32
+    )
     seen, unseen = torch.arange(20), torch.arange(20, 30)
     torch.manual_seed(0)
     model = protonet.ZeroShotProtoNet(nn.Identity(), meta_dim, dim)
@@ -177,9 +210,14 @@ def test_a_few_dozen_episodes_beat_chance_by_far(needs_data):
     encoder.eval()
     before = evaluate(method, test_episodes, progress=False).mean
     history = train_episodic(
-        method, DeviceEpisodeSampler(train, 10, 1, 5, seed=0), 40,
-        torch.optim.Adam(encoder.parameters(), lr=1e-3), val_episodes=test_episodes,
-        val_every=40, progress=False, seed=0,
+        method,
+        DeviceEpisodeSampler(train, 10, 1, 5, seed=0),
+        40,
+        torch.optim.Adam(encoder.parameters(), lr=1e-3),
+        val_episodes=test_episodes,
+        val_every=40,
+        progress=False,
+        seed=0,
     )
     after = history.val_accuracy[-1]
     print(f"5-way 1-shot on unseen classes: {before:.2f} before, {after:.2f} after 40 episodes")

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def small_dataset(n_classes: int = 12, per_class: int = 20) -> FewShotDataset:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(n_classes), per_class)
-    images = (rng.integers(0, 60, size=(len(labels), 28, 28)) + 15 * labels[:, None, None]).astype(np.uint8)
+    images = (rng.integers(0, 60, size=(len(labels), 28, 28)) + 15 * labels[:, None, None]).astype(
+        np.uint8
+    )
     return FewShotDataset("toy", images, labels, tuple(f"c{c}" for c in range(n_classes)))
 
 
@@ -27,17 +29,23 @@ def test_light_episodes_are_the_sampled_episodes_and_with_pixels_restores_them()
     light = sbs.light_episodes(data, 5, 2, 3, 4, seed=7)
     full = sample_episodes(data, 5, 2, 3, 4, seed=7)
     for a, b in zip(light, full, strict=True):
-        assert np.array_equal(a.support_indices, b.support_indices) and np.array_equal(a.query_indices, b.query_indices)
+        assert np.array_equal(a.support_indices, b.support_indices) and np.array_equal(
+            a.query_indices, b.query_indices
+        )
         assert torch.equal(a.query_labels, b.query_labels)
         restored = sbs.with_pixels(data, a)
-        assert torch.equal(restored.support_images, b.support_images) and torch.equal(restored.query_images, b.query_images)
+        assert torch.equal(restored.support_images, b.support_images) and torch.equal(
+            restored.query_images, b.query_images
+        )
 
 
 def test_chunked_pixel_evaluation_equals_evaluate_on_full_episodes():
     data = small_dataset()
     light = sbs.light_episodes(data, 5, 1, 4, 23, seed=1)
     full = sample_episodes(data, 5, 1, 4, 23, seed=1)
-    chunked = sbs.evaluate_on_pixels(PixelNearestNeighbour("cosine"), data, light, chunk=5, progress=False)
+    chunked = sbs.evaluate_on_pixels(
+        PixelNearestNeighbour("cosine"), data, light, chunk=5, progress=False
+    )
     direct = evaluate(PixelNearestNeighbour("cosine"), full, progress=False)
     assert np.array_equal(chunked.accuracies, direct.accuracies) and chunked.mean == direct.mean
 
@@ -47,7 +55,9 @@ def test_paired_difference_is_narrower_than_the_two_intervals():
     difficulty = rng.uniform(0.5, 1.0, size=400)  # shared by both methods: some episodes are harder
     a = np.clip(difficulty + 0.02 + rng.normal(0, 0.01, 400), 0, 1)
     b = np.clip(difficulty + rng.normal(0, 0.01, 400), 0, 1)
-    result_a, result_b = (EvalResult(x.mean(), 1.96 * x.std(ddof=1) / np.sqrt(len(x)), x) for x in (a, b))
+    result_a, result_b = (
+        EvalResult(x.mean(), 1.96 * x.std(ddof=1) / np.sqrt(len(x)), x) for x in (a, b)
+    )
     mean, ci95 = sbs.paired_difference(result_a, result_b)
     assert abs(mean - (a - b).mean()) < 1e-12
     assert ci95 < (result_a.ci95 + result_b.ci95) / 5 and mean - ci95 > 0
@@ -63,12 +73,20 @@ def test_impossible_settings_are_refused_with_one_line():
 
 
 def test_every_committed_omniglot_checkpoint_has_a_training_record():
-    for name in ("protonet_omniglot_1shot", "matching_fce", "oneshot_conv4_background", "maml_omniglot_5w1s", "siamese_omniglot_koch28"):
+    for name in (
+        "protonet_omniglot_1shot",
+        "matching_fce",
+        "oneshot_conv4_background",
+        "maml_omniglot_5w1s",
+        "siamese_omniglot_koch28",
+    ):
         record = sbs.training_record(ROOT / "data" / "checkpoints" / f"{name}.pt")
         assert 0 < record.minutes < 120 and record.hardware and record.command
 
 
 def test_results_table_puts_the_paper_beside_each_measurement():
     result = EvalResult(0.5, 0.01, np.array([0.5]))
-    table = sbs.results_table({"ours": {(5, 1): result, (20, 1): None}}, [(5, 1), (20, 1)], {"ours": "MAML"})
+    table = sbs.results_table(
+        {"ours": {(5, 1): result, (20, 1): None}}, [(5, 1), (20, 1)], {"ours": "MAML"}
+    )
     assert "| ours | 50.0 ± 1.0 (98.7) | not trained (95.8) |" in table

@@ -208,9 +208,13 @@ def test_a_run_keeps_the_figures_it_showed_and_a_refusal_keeps_none(monkeypatch)
 
     panel = widgets.Panel("t", {"n": widgets.int_slider("n", 2, 0, 10)}, on_run)
     assert panel.run() and len(panel.figures) == 2 and shown == panel.figures
-    assert not set(plt.get_fignums()) & {f.number for f in panel.figures}  # closed in pyplot once shown
+    assert not set(plt.get_fignums()) & {
+        f.number for f in panel.figures
+    }  # closed in pyplot once shown
     panel.controls["n"].value = 1
-    assert panel.run() and [f.axes[0].get_title() for f in panel.figures] == ["n=1"]  # only this run's
+    assert panel.run() and [f.axes[0].get_title() for f in panel.figures] == [
+        "n=1"
+    ]  # only this run's
     panel.controls["n"].value = 9
     assert not panel.run() and panel.figures == []  # its output is cleared too
 

@@ -24,12 +24,24 @@ sys.path.insert(0, str(ROOT))
 from helpers import checkpoints  # noqa: E402
 
 FOLDER = ROOT / "data" / "checkpoints"
-METHODS = (("protonet_", "protonet"), ("matching_", "matching"), ("maml_rl_", "maml_rl"), ("maml_", "maml"),
-           ("oneshot_", "one_shot"), ("siamese_", "siamese"), ("zeroshot_", "zero_shot"))
+METHODS = (
+    ("protonet_", "protonet"),
+    ("matching_", "matching"),
+    ("maml_rl_", "maml_rl"),
+    ("maml_", "maml"),
+    ("oneshot_", "one_shot"),
+    ("siamese_", "siamese"),
+    ("zeroshot_", "zero_shot"),
+)
 
 
 def committed_at(path: Path) -> str | None:
-    done = subprocess.run(["git", "log", "-1", "--format=%cI", "--", path.name], cwd=path.parent, capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "log", "-1", "--format=%cI", "--", path.name],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+    )
     return done.stdout.strip() or None
 
 
@@ -51,13 +63,28 @@ def schema_part(name: str, rec: dict) -> dict:
     if method in ("protonet", "matching"):
         val_score = checkpoints.score(rec["val_accuracy"], rec.get("val_ci95"), rec.get("episode"))
         if method == "protonet":
-            history = {"val_episode": rec["val_curve"]["episode"], "val_accuracy": rec["val_curve"]["accuracy"]}
-        results = {k: rec[k] for k in ("episodes_trained", "episodes_total", "scale", "test_accuracy_percent", "test_protocol") if k in rec}
+            history = {
+                "val_episode": rec["val_curve"]["episode"],
+                "val_accuracy": rec["val_curve"]["accuracy"],
+            }
+        results = {
+            k: rec[k]
+            for k in (
+                "episodes_trained",
+                "episodes_total",
+                "scale",
+                "test_accuracy_percent",
+                "test_protocol",
+            )
+            if k in rec
+        }
     elif method == "maml" and "sinusoid" in name:
         train = round(rec["maml_seconds"] + rec["pretrain_seconds"], 1)
         test = rec["test"]
         validation = f"test MSE after 1 step at K=5 ({test})"
-        val_score = checkpoints.score(rec["test_mse"][rec["model"]]["5"][1], metric="mse", higher_is_better=False)
+        val_score = checkpoints.score(
+            rec["test_mse"][rec["model"]]["5"][1], metric="mse", higher_is_better=False
+        )
         history = {"meta_loss_every_100": rec["meta_loss_every_100"]}
         results = {"test_mse": rec["test_mse"], "meta_steps_done": rec["meta_steps_done"]}
     elif method == "maml":
@@ -71,27 +98,63 @@ def schema_part(name: str, rec: dict) -> dict:
         validation = rec["selection"]
         best = max(rec["selection_curve"], key=lambda point: point[1])
         val_score = checkpoints.score(best[1], step=best[0], metric="return")
-        results = {k: rec[k] for k in ("iterations_done", "kept_iteration", "validation_return_after_steps")}
+        results = {
+            k: rec[k]
+            for k in ("iterations_done", "kept_iteration", "validation_return_after_steps")
+        }
     elif method == "one_shot":
         wall = train = rec["wall_time_s"]  # measured around the training loop
         validation = f"964-way classification of {settings['val_per_class']} held-out drawings of each of the 964 background characters"
         val_score = checkpoints.score(rec["val_accuracy_964_way"])
-        results = {k: rec[k] for k in ("epochs_run", "val_accuracy_964_way", "test_accuracy_percent", "test_protocol") if k in rec}
+        results = {
+            k: rec[k]
+            for k in (
+                "epochs_run",
+                "val_accuracy_964_way",
+                "test_accuracy_percent",
+                "test_protocol",
+            )
+            if k in rec
+        }
     elif method == "siamese":
         wall = train = round(60 * rec["wall_minutes"], 1)  # measured around the training rounds
-        settings = {"minutes": 18.0, "learning_rate": rec["learning_rate"], "batch_size": rec["batch_size"], "seed": rec["seed"],
-                    "features": 256, "validation_alphabets": len(rec["validation_alphabets"])}
+        settings = {
+            "minutes": 18.0,
+            "learning_rate": rec["learning_rate"],
+            "batch_size": rec["batch_size"],
+            "seed": rec["seed"],
+            "features": 256,
+            "validation_alphabets": len(rec["validation_alphabets"]),
+        }
         val_score = checkpoints.score(rec["best_validation_20way_accuracy"])
-        history = {key: [entry.get(key) for entry in rec["log"]] for key in ("round", "loss", "pair_accuracy", "val_20way", "minutes")}
-        results = {k: rec[k] for k in ("rounds", "best_validation_20way_accuracy", "lake_runs_20way_one_shot") if k in rec}
+        history = {
+            key: [entry.get(key) for entry in rec["log"]]
+            for key in ("round", "loss", "pair_accuracy", "val_20way", "minutes")
+        }
+        results = {
+            k: rec[k]
+            for k in ("rounds", "best_validation_20way_accuracy", "lake_runs_20way_one_shot")
+            if k in rec
+        }
     elif method == "zero_shot":
         settings = {"encoder": rec["encoder"]}
         validation = "none: the vectors are the encoder's output, nothing is trained"
     return {
-        "schema": checkpoints.SCHEMA_VERSION, "method": method, "run_id": f"committed-{name}", "weights": None,
-        "status": "complete", "command": rec["command"], "hardware": rec["hardware"], "wall_seconds": wall,
-        "train_seconds": train, "settings": settings, "validation": validation, "val_score": val_score,
-        "history": history, "results": results, "saved_at": None,
+        "schema": checkpoints.SCHEMA_VERSION,
+        "method": method,
+        "run_id": f"committed-{name}",
+        "weights": None,
+        "status": "complete",
+        "command": rec["command"],
+        "hardware": rec["hardware"],
+        "wall_seconds": wall,
+        "train_seconds": train,
+        "settings": settings,
+        "validation": validation,
+        "val_score": val_score,
+        "history": history,
+        "results": results,
+        "saved_at": None,
     }
 
 
@@ -101,9 +164,16 @@ def migrate(json_path: Path) -> bool:
     if rec.get("schema") == checkpoints.SCHEMA_VERSION:
         new = dict(rec)
     else:
-        new = {**schema_part(json_path.stem, rec), **{k: v for k, v in rec.items() if k not in checkpoints.SCHEMA_KEYS}}
+        new = {
+            **schema_part(json_path.stem, rec),
+            **{k: v for k, v in rec.items() if k not in checkpoints.SCHEMA_KEYS},
+        }
         new.pop("wall_time_s", None)
-    new["weights"] = {"file": weights.name, "sha256": checkpoints.file_sha256(weights), "bytes": weights.stat().st_size}
+    new["weights"] = {
+        "file": weights.name,
+        "sha256": checkpoints.file_sha256(weights),
+        "bytes": weights.stat().st_size,
+    }
     new["saved_at"] = new.get("saved_at") or committed_at(weights)
     text = json.dumps(checkpoints.jsonable(new), indent=2, allow_nan=False) + "\n"
     if text == json_path.read_text():

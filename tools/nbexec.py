@@ -50,7 +50,9 @@ def install_poll_slices(slice_seconds: float = SLICE_SECONDS) -> None:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await original(self, timeout=slice_seconds if left is None else min(slice_seconds, left))
+                return await original(
+                    self, timeout=slice_seconds if left is None else min(slice_seconds, left)
+                )
             except Empty:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
@@ -60,11 +62,23 @@ def install_poll_slices(slice_seconds: float = SLICE_SECONDS) -> None:
     AsyncZMQSocketChannel.get_msg = get_msg  # type: ignore[method-assign]
 
 
-def execute_notebook(source: str, output: str, parameters: dict | None = None, cwd: str | None = None,
-                     cell_timeout: int = CELL_TIMEOUT, **kwargs: Any) -> Any:
+def execute_notebook(
+    source: str,
+    output: str,
+    parameters: dict | None = None,
+    cwd: str | None = None,
+    cell_timeout: int = CELL_TIMEOUT,
+    **kwargs: Any,
+) -> Any:
     """``papermill.execute_notebook`` with the sliced poll and a per-cell time limit."""
     import papermill
 
     install_poll_slices()
-    return papermill.execute_notebook(source, output, parameters=parameters or {}, cwd=cwd,
-                                      execution_timeout=cell_timeout, **kwargs)
+    return papermill.execute_notebook(
+        source,
+        output,
+        parameters=parameters or {},
+        cwd=cwd,
+        execution_timeout=cell_timeout,
+        **kwargs,
+    )

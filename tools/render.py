@@ -58,7 +58,13 @@ def render(path: Path, out_dir: Path, quick: bool) -> tuple[float, float | None]
     nbformat.write(source, staged)
     start = time.perf_counter()
     try:
-        nbexec.execute_notebook(str(staged), str(executed), parameters={"QUICK": quick}, cwd=str(NOTEBOOKS), kernel_name="python3")
+        nbexec.execute_notebook(
+            str(staged),
+            str(executed),
+            parameters={"QUICK": quick},
+            cwd=str(NOTEBOOKS),
+            kernel_name="python3",
+        )
     finally:
         staged.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
@@ -75,13 +81,27 @@ def render(path: Path, out_dir: Path, quick: bool) -> tuple[float, float | None]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("prefixes", nargs="*", help="only notebooks whose file name starts with one of these")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "prefixes", nargs="*", help="only notebooks whose file name starts with one of these"
+    )
     parser.add_argument("--quick", action="store_true", help="run with QUICK=True")
-    parser.add_argument("--clear", action="store_true", help="strip outputs from the notebooks in notebooks/ and exit")
-    parser.add_argument("--out", default=str(ROOT / "build"), help="output folder (default: build/)")
+    parser.add_argument(
+        "--clear",
+        action="store_true",
+        help="strip outputs from the notebooks in notebooks/ and exit",
+    )
+    parser.add_argument(
+        "--out", default=str(ROOT / "build"), help="output folder (default: build/)"
+    )
     args = parser.parse_args(argv)
-    paths = [p for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) if not args.prefixes or p.name.startswith(tuple(args.prefixes))]
+    paths = [
+        p
+        for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+        if not args.prefixes or p.name.startswith(tuple(args.prefixes))
+    ]
     if not paths:
         print(f"no notebook in {NOTEBOOKS} matches {args.prefixes}", file=sys.stderr)
         return 1
@@ -95,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         seconds, peak = render(path, out_dir, args.quick)
         memory = "" if peak is None else f", peak kernel memory {peak:,.0f} MB"
-        print(f"{path.name}: {seconds:.0f} s{memory} -> {out_dir / path.with_suffix('.html').name}", flush=True)
+        print(
+            f"{path.name}: {seconds:.0f} s{memory} -> {out_dir / path.with_suffix('.html').name}",
+            flush=True,
+        )
     return 0
 
 

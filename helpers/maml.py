@@ -9,9 +9,13 @@ steps on a new task's handful of examples already give a good model.
   ``theta <- theta - beta * grad_theta sum_i L_query(theta'_i)`` (here with Adam, as in the paper).
 
 By the chain rule, one inner step gives ``grad_theta L(theta') = (I - alpha H) grad_theta' L(theta')``
-with ``H`` the Hessian of the support loss. Second-order MAML keeps the ``-alpha H`` term by
+with ``H`` the Hessian of the support loss. With ``s`` steps through the iterates
+``theta^(0) = theta, ..., theta^(s) = theta'`` the factors multiply first step first,
+``grad_theta L(theta') = (I - alpha H^(0)) (I - alpha H^(1)) ... (I - alpha H^(s-1)) grad_theta' L(theta')``
+with ``H^(j)`` the support-loss Hessian at ``theta^(j)``: the transpose of the Jacobian
+``d theta' / d theta``, whose product runs the other way. Second-order MAML keeps the ``-alpha H`` terms by
 differentiating through the inner gradient (``create_graph=True``); **first-order MAML**
-(``first_order=True``) detaches the inner gradient, which drops the term and leaves
+(``first_order=True``) detaches the inner gradients, which drops those terms and leaves
 ``grad_theta L(theta') ~ grad_theta' L(theta')``.
 
 Two ways to run a meta-batch, giving the same numbers:

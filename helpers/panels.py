@@ -644,7 +644,8 @@ def maml_rl_adaptation(
             ax.plot(goal_x, goal_y, "r*", markersize=15, markeredgecolor="k")
             ax.plot(0, 0, "ko", markersize=4)
             ax.add_patch(plt.Rectangle((-0.5, -0.5), 1, 1, fill=False, ls="--", color="gray", lw=0.8))
-            ax.set(xlim=(-0.65, 0.65), ylim=(-0.65, 0.65), aspect="equal", title=f"{name}: mean paths")
+            ax.set(xlim=(-0.65, 0.65), ylim=(-0.65, 0.65), aspect="equal", title=f"{name}: mean paths",
+                   xlabel="x position", ylabel="y position")
             ax.legend(fontsize=7, loc="lower left")
             axes[2].plot(range(steps + 1), result.returns[:, 0].tolist(), "o-", label=name)
         axes[2].set(xlabel="steps", ylabel="average return", xticks=range(steps + 1), title=f"goal ({goal_x:.2f}, {goal_y:.2f}), alpha={alpha}")

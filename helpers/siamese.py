@@ -1,7 +1,8 @@
 """Siamese twins in Keras 3: same/different pairs, one shared base network, an L1 distance.
 
-The chapter's worked example, rewritten for today's Keras (TensorFlow is the default backend;
-everything also runs with ``KERAS_BACKEND=torch``)::
+The worked example of chapter 10 ("Meta Learning") of Ivan Vasilev's *Advanced Deep Learning with
+Python* (Packt, 2019), "the chapter" below, rewritten for today's Keras (TensorFlow is the default
+backend; everything also runs with ``KERAS_BACKEND=torch``)::
 
     left image  -> base network h -> h(x1) --+
                                              |-- |h(x1) - h(x2)| -> Dense(1, sigmoid) -> p(same)
@@ -9,6 +10,8 @@ everything also runs with ``KERAS_BACKEND=torch``)::
 
 Both branches call the *same* layer objects, so they share one set of weights. Training is
 binary classification of pairs (1 = same class, 0 = different) with cross-entropy.
+:func:`contrastive_loss` is the other classic loss for pairs (Hadsell, Chopra & LeCun, 2006),
+on a distance instead of a probability.
 
 After training, :class:`SiameseOneShot` turns the twin into an N-way one-shot classifier
 behind the course's :class:`~helpers.fewshot.FewShotMethod` interface: pair each query with
@@ -235,6 +238,45 @@ def compile_siamese(model: keras.Model, learning_rate: float = 0.001, steps_per_
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def contrastive_loss(distance, same, margin: float = 1.0, reduction: str = "mean"):
+    """The contrastive loss of Hadsell, Chopra & LeCun (2006) for pairs at embedding distance ``d``.
+
+    Per pair, with ``same`` 1 for a same pair and 0 for a different one,
+    ``same * d**2 + (1 - same) * max(0, margin - d)**2``: same pairs are pulled together, and
+    different pairs are pushed apart only until they are ``margin`` apart (beyond it they cost
+    nothing). ``distance`` is ``(n_pairs,)`` of distances >= 0, such as the Euclidean distance
+    ``||h(x1) - h(x2)||`` of the embeddings (a scalar per pair: unlike the twin's
+    ``Dense(1, sigmoid)`` head, this loss has no weights of its own). Hadsell et al. write it with
+    factors 1/2 and the opposite label (0 for similar); this is the convention of the Keras
+    example the chapter builds on.
+
+    Built on ``keras.ops``, so it works on NumPy arrays and on tensors of any backend, inside a
+    model too. ``reduction="mean"`` (the default) averages over the pairs; ``"none"`` returns the
+    ``(n_pairs,)`` per-pair losses. Concrete inputs (lists, NumPy arrays) are checked: distances
+    must be >= 0, ``same`` 0 or 1, both of one shape.
+    """
+    margin = rules.positive_number("margin", margin, 1.0)
+    rules.one_of("reduction", reduction, ("mean", "none"))
+    if isinstance(distance, (list, tuple, np.ndarray, int, float)) and isinstance(same, (list, tuple, np.ndarray, int, float)):
+        d, s = np.asarray(distance, dtype=float), np.asarray(same, dtype=float)
+        if d.shape != s.shape:
+            raise rules.ParameterError(
+                f"distance has shape {d.shape} but same has shape {s.shape}; give one label per distance."
+            )
+        if not np.all(np.isfinite(d) & (d >= 0)):
+            bad = d[~(np.isfinite(d) & (d >= 0))][0]
+            raise rules.ParameterError(f"distance holds {bad.item()}; every distance must be a finite number >= 0.")
+        if not np.all((s == 0) | (s == 1)):
+            bad = s[(s != 0) & (s != 1)][0]
+            raise rules.ParameterError(f"same holds {bad.item()}; every label must be 1 (same class) or 0 (different).")
+    distance = keras.ops.convert_to_tensor(distance)
+    if not keras.backend.is_float_dtype(distance.dtype):
+        distance = keras.ops.cast(distance, "float32")
+    same = keras.ops.cast(keras.ops.convert_to_tensor(same), distance.dtype)
+    per_pair = same * keras.ops.square(distance) + (1 - same) * keras.ops.square(keras.ops.relu(margin - distance))
+    return keras.ops.mean(per_pair) if reduction == "mean" else per_pair
 
 
 def predict_pairs(model: keras.Model, left: np.ndarray, right: np.ndarray, batch_size: int = 1024) -> np.ndarray:

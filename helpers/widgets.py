@@ -54,6 +54,7 @@ class Panel:
                 f"constraints name {unknown}, which are not controls; the controls are {list(self.controls)}"
             )
         self.constraints = dict(constraints or {})
+        self.title = title
         #: The one-line refusal of the last run, or "" when it ran.
         self.last_error = ""
         #: The matplotlib figures the last run showed, in order (empty after a refusal).
@@ -184,8 +185,22 @@ class Panel:
         if not self._holding:
             self.run()
 
-    def _ipython_display_(self) -> None:
-        display(self.widget)
+    def summary(self) -> str:
+        """The panel as one line of plain text: its title, its settings and the last refusal.
+
+        This is what a reader sees where widgets cannot be drawn (a static render, a viewer
+        without the widget manager) instead of the widget's own ``repr``, which spells out the
+        nested HTML widgets with their markup.
+        """
+        settings = ", ".join(f"{name} = {control.value}" for name, control in self.controls.items())
+        text = f"[interactive panel: {self.title}] {settings}. Its controls work in a running notebook."
+        return text + (f" Last run refused: {self.last_error}" if self.last_error else "")
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        # the widget itself for Jupyter (the widget view), readable text for everything else
+        bundle = dict(self.widget._repr_mimebundle_() or {})
+        bundle["text/plain"] = self.summary()
+        return bundle
 
 
 class LivePlot:

@@ -104,6 +104,38 @@ def test_first_order_drops_exactly_the_hessian_term_on_a_quadratic(steps):
         assert torch.allclose(grad, expected, atol=1e-12), (first_order, grad, expected)
 
 
+def test_two_step_meta_gradient_multiplies_the_factors_first_step_first():
+    # theta^(j+1) = theta^(j) - alpha grad L(theta^(j)); with H^(j) the support Hessian at theta^(j),
+    # the meta-gradient is (I - alpha H^(0)) (I - alpha H^(1)) grad_q(theta^(2)). A quartic support loss
+    # makes the Hessian change between the steps, and the two factors do not commute.
+    def task_loss(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t1, t2 = theta[0], theta[1]
+        return 0.25 * t1**4 + t1 * t2 + t2**2 - target @ theta
+
+    model, alpha = Direct(torch.tensor([1.2, -0.4], dtype=torch.float64)), 0.2
+    support_target = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    query_target = torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    batch = maml.TaskBatch(torch.zeros(1, 1), support_target[None], torch.zeros(1, 1), query_target[None])
+    _, grads = maml.meta_gradient(model, maml.parameters_of(model), batch, task_loss, alpha, 2, mode="loop")
+
+    eye = torch.eye(2, dtype=torch.float64)
+    iterates, factors = [model.theta.detach()], []
+    for _ in range(2):
+        theta = iterates[-1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(task_loss(theta, support_target), [theta])
+        factors.append(eye - alpha * torch.autograd.functional.hessian(lambda t: task_loss(t, support_target), theta))
+        iterates.append((theta - alpha * g).detach())
+    adapted = iterates[-1].clone().requires_grad_(True)
+    (query_grad,) = torch.autograd.grad(task_loss(adapted, query_target), [adapted])
+    stated = factors[0] @ factors[1] @ query_grad
+    reversed_order = factors[1] @ factors[0] @ query_grad
+
+    assert not torch.allclose(factors[0] @ factors[1], factors[1] @ factors[0], atol=1e-3)  # order matters here
+    assert (stated - reversed_order).norm() > 0.1, (stated, reversed_order)
+    assert torch.allclose(grads["theta"], stated, atol=1e-12), (grads["theta"], stated)
+    assert not torch.allclose(grads["theta"], reversed_order, atol=1e-3)
+
+
 def test_first_order_graph_does_not_go_through_the_inner_gradient():
     net, batch = smooth_net(), smooth_batch(1)
     params = maml.parameters_of(net)

@@ -323,6 +323,7 @@ def test_maml_rl_adaptation_draws_paths_and_returns_and_leaves_the_policies_alon
     assert maml_ax.get_title() == "MAML: mean paths" and pretrained_ax.get_title() == "pretrained: mean paths"
     assert [line.get_label() for line in maml_ax.lines[:3]] == ["0 steps", "1 step", "2 steps"]
     assert all(len(line.get_xdata()) == settings.horizon + 1 for line in maml_ax.lines[:3])  # start and 5 moves
+    assert all((ax.get_xlabel(), ax.get_ylabel()) == ("x position", "y position") for ax in (maml_ax, pretrained_ax))
     assert [line.get_label() for line in returns_ax.lines] == ["MAML", "pretrained"]
     assert returns_ax.get_title() == "goal (0.40, -0.30), alpha=0.1"
     panel.controls["meta-iters"].value = 1

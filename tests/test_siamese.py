@@ -179,6 +179,47 @@ def test_short_training_beats_chance_on_held_out_pairs_and_one_shot():
     assert result.mean > 0.5  # chance is 0.25
 
 
+# ---------------------------------------------------------------------------------- contrastive loss
+
+
+def test_contrastive_loss_exact_values_on_hand_made_pairs():
+    # same pairs cost d^2; different pairs cost (margin - d)^2 inside the margin and nothing beyond
+    distance = np.array([0.0, 0.5, 2.0, 0.25, 1.5])
+    same = np.array([1, 1, 1, 0, 0])
+    per_pair = keras.ops.convert_to_numpy(siamese.contrastive_loss(distance, same, margin=1.0, reduction="none"))
+    np.testing.assert_allclose(per_pair, [0.0, 0.25, 4.0, 0.5625, 0.0], rtol=0, atol=1e-12)
+    assert float(siamese.contrastive_loss(distance, same)) == pytest.approx(4.8125 / 5, abs=1e-12)
+    wider = keras.ops.convert_to_numpy(siamese.contrastive_loss(distance, same, margin=2.0, reduction="none"))
+    np.testing.assert_allclose(wider, [0.0, 0.25, 4.0, 3.0625, 0.25], rtol=0, atol=1e-12)
+
+
+def test_contrastive_loss_ignores_different_pairs_beyond_the_margin_and_takes_lists_and_float32():
+    far = siamese.contrastive_loss([1.0, 3.0, 10.0], [0, 0, 0], margin=1.0, reduction="none")
+    assert np.array_equal(keras.ops.convert_to_numpy(far), [0.0, 0.0, 0.0])
+    # an integer distance is made a float; booleans count as labels
+    assert float(siamese.contrastive_loss(np.array([2]), np.array([True]))) == 4.0
+    inside = siamese.contrastive_loss(np.float32([0.5]), [0], margin=2.0)
+    assert float(inside) == 2.25
+
+
+def test_contrastive_loss_refuses_bad_inputs_in_one_sentence():
+    for kwargs, message in (
+        (dict(margin=0.0), "margin=0.0 must be a positive finite number"),
+        (dict(margin=-1), "margin=-1 must be a positive finite number"),
+        (dict(reduction="sum"), "reduction='sum' must be 'mean' or 'none'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            siamese.contrastive_loss([0.5], [1], **kwargs)
+    with pytest.raises(ValueError, match=r"distance holds -0.5; every distance must be a finite number >= 0\."):
+        siamese.contrastive_loss([1.0, -0.5], [1, 0])
+    with pytest.raises(ValueError, match=r"distance holds nan"):
+        siamese.contrastive_loss([float("nan")], [1])
+    with pytest.raises(ValueError, match=r"same holds 2.0; every label must be 1 \(same class\) or 0 \(different\)\."):
+        siamese.contrastive_loss([1.0, 0.5], [1, 2])
+    with pytest.raises(ValueError, match=r"distance has shape \(2,\) but same has shape \(3,\)"):
+        siamese.contrastive_loss([1.0, 0.5], [1, 0, 1])
+
+
 def test_pair_accuracy_counts_by_threshold():
     assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1])) == 0.5
     assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]), threshold=0.3) == 0.75

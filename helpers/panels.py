@@ -77,7 +77,13 @@ def episode_explorer(
 
     def draw(values: dict[str, Any]) -> None:
         clicks["count"] += 1
-        sampler = EpisodeSampler(datasets[values["dataset"]], values["n_way"], values["k_shot"], values["n_query"], seed=clicks["count"])
+        sampler = EpisodeSampler(
+            datasets[values["dataset"]],
+            values["n_way"],
+            values["k_shot"],
+            values["n_query"],
+            seed=clicks["count"],
+        )
         episode = sampler.sample()
         predictions = None
         if method is not None:
@@ -88,9 +94,17 @@ def episode_explorer(
                 f"{type(method).__name__} on {n_eval} more {episode.n_way}-way {episode.k_shot}-shot episodes: "
                 f"{result}; chance is {100 / episode.n_way:.1f} %."
             )
-        panel.show(show_episode(episode, max_query=min(values["n_query"], 5), predictions=predictions))
+        panel.show(
+            show_episode(episode, max_query=min(values["n_query"], 5), predictions=predictions)
+        )
 
-    panel = Panel("Episodes: pick N, K and the number of queries", controls, draw, run_label="Resample", auto=True)
+    panel = Panel(
+        "Episodes: pick N, K and the number of queries",
+        controls,
+        draw,
+        run_label="Resample",
+        auto=True,
+    )
     return panel
 
 
@@ -119,10 +133,17 @@ def zero_shot_split(
     learning rate is quick), fits the compatibility map and draws conventional and generalised
     accuracy as bars.
     """
-    encoders: dict[tuple, zs.PreparedSplit] = {}  # (unseen classes, images per class) -> prepared split
+    encoders: dict[
+        tuple, zs.PreparedSplit
+    ] = {}  # (unseen classes, images per class) -> prepared split
 
     def on_run(values: dict[str, Any]) -> None:
-        names, view, lr, per_class = list(values["unseen"]), values["class view"], values["map lr"], values["images/class"]
+        names, view, lr, per_class = (
+            list(values["unseen"]),
+            values["class view"],
+            values["map lr"],
+            values["images/class"],
+        )
         check_positive("map lr", lr)
         if not 20 <= per_class <= 5000:
             raise ValueError(f"images/class={per_class} must lie between 20 and 5000.")
@@ -130,7 +151,15 @@ def zero_shot_split(
         split = zs.make_split(fashion.train_labels, classes, val_per_class, per_class, seed=seed)
         key = (tuple(split.unseen), per_class)
         if key not in encoders:
-            encoders[key] = zs.prepare_split(fashion, split, 1, encoder_lr, seed=seed, device=device, test_per_class=test_per_class)
+            encoders[key] = zs.prepare_split(
+                fashion,
+                split,
+                1,
+                encoder_lr,
+                seed=seed,
+                device=device,
+                test_per_class=test_per_class,
+            )
         prepared = encoders[key]
         model = zs.fit_map(prepared, vectors[view], lr=lr, steps=map_steps, seed=seed)
         result = zs.evaluate_view(prepared, model, vectors[view])
@@ -140,8 +169,17 @@ def zero_shot_split(
             "generalised\nunseen": result.generalised.unseen,
         }
         fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar(list(bars), [100 * v for v in bars.values()], color=["tab:blue", "tab:grey", "tab:orange"])
-        ax.axhline(100 / len(classes), color="k", linestyle="--", label=f"chance among unseen ({100 / len(classes):.0f} %)")
+        ax.bar(
+            list(bars),
+            [100 * v for v in bars.values()],
+            color=["tab:blue", "tab:grey", "tab:orange"],
+        )
+        ax.axhline(
+            100 / len(classes),
+            color="k",
+            linestyle="--",
+            label=f"chance among unseen ({100 / len(classes):.0f} %)",
+        )
         ax.set(ylim=(0, 100), ylabel="accuracy (%)", title=f"unseen {', '.join(names)}; {view}")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -154,7 +192,9 @@ def zero_shot_split(
     panel = Panel(
         "Zero-shot learning on Fashion-MNIST",
         {
-            "unseen": w.SelectMultiple(options=list(FASHION_CLASSES), value=tuple(unseen), rows=5, description="unseen"),
+            "unseen": w.SelectMultiple(
+                options=list(FASHION_CLASSES), value=tuple(unseen), rows=5, description="unseen"
+            ),
             "class view": w.Dropdown(options=list(zs.VIEWS), value=view, description="class view"),
             "map lr": float_box("map lr", map_lr),
             "images/class": int_slider("images/class", images_per_class, 0, 6000, step=50),
@@ -189,21 +229,35 @@ def database_lookup(
     """
 
     def on_run(values: dict[str, Any]) -> None:
-        n_classes, k_shot, metric, lr = values["N (classes)"], values["K (stored)"], values["similarity"], values["retrain lr"]
+        n_classes, k_shot, metric, lr = (
+            values["N (classes)"],
+            values["K (stored)"],
+            values["similarity"],
+            values["retrain lr"],
+        )
         if not 2 <= n_classes <= dataset.n_classes:
-            raise ValueError(f"N={n_classes} must lie between 2 and the {dataset.n_classes} characters there are to choose from.")
+            raise ValueError(
+                f"N={n_classes} must lie between 2 and the {dataset.n_classes} characters there are to choose from."
+            )
         per_class = int(dataset.class_sizes().min())
         if not 1 <= k_shot <= per_class - 1:
-            raise ValueError(f"K={k_shot} must lie between 1 and {per_class - 1}: a character has {per_class} drawings and one is the query.")
+            raise ValueError(
+                f"K={k_shot} must lie between 1 and {per_class - 1}: a character has {per_class} drawings and one is the query."
+            )
         check_positive("retrain lr", lr)
         rng = np.random.default_rng(values["query"])
         classes = rng.choice(dataset.n_classes, size=n_classes, replace=False)
-        picks = np.stack([rng.choice(dataset.members(c), size=k_shot + 1, replace=False) for c in classes])
+        picks = np.stack(
+            [rng.choice(dataset.members(c), size=k_shot + 1, replace=False) for c in classes]
+        )
 
         def to_tensor(rows: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(dataset.images[rows]).float().div(255).unsqueeze(1)
 
-        support, support_labels = to_tensor(picks[:, :k_shot].reshape(-1)), torch.arange(n_classes).repeat_interleave(k_shot)
+        support, support_labels = (
+            to_tensor(picks[:, :k_shot].reshape(-1)),
+            torch.arange(n_classes).repeat_interleave(k_shot),
+        )
         target = int(rng.integers(n_classes))
         query = to_tensor(picks[target, k_shot : k_shot + 1])
         method = NearestEmbedding(encoder, metric)
@@ -239,7 +293,9 @@ def database_lookup(
         {
             "N (classes)": int_slider("N (classes)", n_classes, 1, 700),
             "K (stored)": int_slider("K (stored)", 1, 1, 20),
-            "similarity": w.Dropdown(options=["cosine", "euclidean"], value=metric, description="similarity"),
+            "similarity": w.Dropdown(
+                options=["cosine", "euclidean"], value=metric, description="similarity"
+            ),
             "query": int_slider("draw #", 0, 0, 100),
             "retrain lr": float_box("retrain lr", retrain_lr),
         },
@@ -275,14 +331,25 @@ def matching_training(
     """
 
     def on_run(values: dict[str, Any]) -> None:
-        n_way, k_shot, steps, lr, n_episodes = values["N"], values["K"], values["T"], values["learning rate"], values["episodes"]
+        n_way, k_shot, steps, lr, n_episodes = (
+            values["N"],
+            values["K"],
+            values["T"],
+            values["learning rate"],
+            values["episodes"],
+        )
         check_positive("learning rate", lr)
         check_positive("scale s", values["scale s"])
-        sampler = EpisodeSampler(train_dataset, n_way, k_shot, n_query, seed=seed)  # EpisodeError if impossible
+        sampler = EpisodeSampler(
+            train_dataset, n_way, k_shot, n_query, seed=seed
+        )  # EpisodeError if impossible
         tests = sample_episodes(test_dataset, n_way, k_shot, n_query, test_episodes, seed=seed + 3)
         seed_everything(seed)
         model = matching.MatchingNetwork(
-            fce=steps > 0, processing_steps=max(steps, 1), scale=values["scale s"], learn_scale=values["learn s"]
+            fce=steps > 0,
+            processing_steps=max(steps, 1),
+            scale=values["scale s"],
+            learn_scale=values["learn s"],
         ).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         history, chunk = History(), max(n_episodes // 6, 1)
@@ -305,7 +372,9 @@ def matching_training(
             ax.grid(alpha=0.3)
             panel.show(fig)
         result = evaluate(model.eval(), tests, progress=False)
-        print(f"after {history.n_episodes} episodes ({history.seconds:.0f} s): {result} on test characters; chance {100 / n_way:.0f} %")
+        print(
+            f"after {history.n_episodes} episodes ({history.seconds:.0f} s): {result} on test characters; chance {100 / n_way:.0f} %"
+        )
 
     panel = Panel(
         "Matching Network: train from scratch, then test",
@@ -332,11 +401,15 @@ def _held_out_digits(text: str) -> list[int]:
     try:
         digits = sorted({int(t) for t in str(text).replace(" ", "").split(",") if t != ""})
     except ValueError:
-        raise ValueError(f"held_out={text!r} must be digits 0-9 separated by commas, e.g. 5,6,7,8,9.") from None
+        raise ValueError(
+            f"held_out={text!r} must be digits 0-9 separated by commas, e.g. 5,6,7,8,9."
+        ) from None
     if not digits or not all(0 <= d <= 9 for d in digits):
         raise ValueError(f"held_out={text!r} must name at least one digit between 0 and 9.")
     if len(digits) > 8:
-        raise ValueError(f"held_out={text!r} leaves {10 - len(digits)} digit(s) to train on; hold out at most 8 so at least 2 remain.")
+        raise ValueError(
+            f"held_out={text!r} leaves {10 - len(digits)} digit(s) to train on; hold out at most 8 so at least 2 remain."
+        )
     return digits
 
 
@@ -367,13 +440,17 @@ def siamese_held_out(
             raise ValueError(f"epochs={values['epochs']} must be at least 1.")
         n_way = values["n_way"]
         held_test = mnist_dataset("mnist", train=False, classes=held)
-        check_episode_settings(held_test, n_way, 1, n_query)  # N larger than the held-out digits -> one line
+        check_episode_settings(
+            held_test, n_way, 1, n_query
+        )  # N larger than the held-out digits -> one line
         train_digits = [d for d in range(10) if d not in held]
         mask = np.isin(mnist.train_labels, train_digits)
         images, labels = mnist.train_images[mask], mnist.train_labels[mask]
         pairs = siamese.make_pairs(labels, pairs_per_class, seed=seed)
         seed_everything(seed)
-        twin = siamese.compile_siamese(siamese.build_siamese(image_shape=(28, 28)), values["learning_rate"])
+        twin = siamese.compile_siamese(
+            siamese.build_siamese(image_shape=(28, 28)), values["learning_rate"]
+        )
         losses = []
 
         def draw(epoch, logs):
@@ -381,16 +458,25 @@ def siamese_held_out(
             clear_output(wait=True)
             fig, ax = plt.subplots(figsize=(5, 2.6))
             ax.plot(range(1, len(losses) + 1), losses, "o-")
-            ax.set(xlabel="epoch", ylabel="training loss", xlim=(0.5, values["epochs"] + 0.5), title=f"twin trained on digits {train_digits}")
+            ax.set(
+                xlabel="epoch",
+                ylabel="training loss",
+                xlim=(0.5, values["epochs"] + 0.5),
+                title=f"twin trained on digits {train_digits}",
+            )
             ax.grid(alpha=0.3)
             panel.show(fig)
 
         progress = siamese.EpochProgress(values["epochs"], on_epoch=draw)
-        siamese.train_siamese(twin, images, pairs, epochs=values["epochs"], callbacks=[progress], verbose=0)
+        siamese.train_siamese(
+            twin, images, pairs, epochs=values["epochs"], callbacks=[progress], verbose=0
+        )
         tests = sample_episodes(held_test, n_way, 1, n_query, episodes, seed=seed)
         twin_result = evaluate(siamese.SiameseOneShot(twin), tests, progress=False)
         pixel_result = evaluate(PixelNearestNeighbour("cosine"), tests, progress=False)
-        print(f"{n_way}-way one-shot on held-out digits {held}: twin {twin_result} | pixel 1-NN {pixel_result} | chance {100 / n_way:.0f} %")
+        print(
+            f"{n_way}-way one-shot on held-out digits {held}: twin {twin_result} | pixel 1-NN {pixel_result} | chance {100 / n_way:.0f} %"
+        )
 
     panel = Panel(
         "Siamese twin: train on some digits, test one-shot on the others",
@@ -430,15 +516,32 @@ def protonet_training(
         protonet.check_panel_settings(values, train_dataset, test_dataset, n_query)
         torch.manual_seed(seed)
         encoder = Conv4().to(device)
-        test_episodes = sample_episodes(test_dataset, values["test_n_way"], values["k_shot"], n_query, val_episodes, seed=seed + 1)
+        test_episodes = sample_episodes(
+            test_dataset,
+            values["test_n_way"],
+            values["k_shot"],
+            n_query,
+            val_episodes,
+            seed=seed + 1,
+        )
         method = protonet.ProtoNet(encoder, values["distance"], cosine_scale=10.0)
         chance = 1 / values["test_n_way"]
 
         def draw(history: History) -> None:
             fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
             left.plot(history.episode, history.smoothed("loss", 10))
-            left.set(xlabel="training episode", ylabel="loss (running mean)", title=f"{values['train_n_way']}-way {values['k_shot']}-shot training")
-            right.errorbar(history.val_episode, [100 * a for a in history.val_accuracy], yerr=[100 * c for c in history.val_ci95], marker="o", capsize=3)
+            left.set(
+                xlabel="training episode",
+                ylabel="loss (running mean)",
+                title=f"{values['train_n_way']}-way {values['k_shot']}-shot training",
+            )
+            right.errorbar(
+                history.val_episode,
+                [100 * a for a in history.val_accuracy],
+                yerr=[100 * c for c in history.val_ci95],
+                marker="o",
+                capsize=3,
+            )
             right.axhline(100 * chance, color="k", linestyle="--", label="chance")
             right.set(
                 xlabel="training episode", ylabel="test accuracy (%)", ylim=(0, 100),
@@ -469,7 +572,9 @@ def protonet_training(
         "k_shot": int_slider("K (shots)", 1, 1, 20),
         "episodes": int_slider("episodes", episodes, 0, 2000, step=10),
         "lr": float_box("learning rate", 1e-3),
-        "distance": w.Dropdown(options=list(protonet.DISTANCES), value="euclidean", description="distance"),
+        "distance": w.Dropdown(
+            options=list(protonet.DISTANCES), value="euclidean", description="distance"
+        ),
     }
     panel = Panel("Train a Prototypical Network", controls, on_run, run_label="Train")
     return panel
@@ -554,9 +659,17 @@ def maml_training(
                 ax_task.legend(fontsize=7, loc="lower left")
             else:
                 eps = sample_episodes(split("val"), int(v["N"]), k, 5, 5, seed=seed)
-                accs = [np.mean([_adapted_accuracy(learner.model, e, v["alpha"], s) for e in eps]) for s in range(steps + 2)]
+                accs = [
+                    np.mean([_adapted_accuracy(learner.model, e, v["alpha"], s) for e in eps])
+                    for s in range(steps + 2)
+                ]
                 ax_task.plot(range(steps + 2), accs, "o-")
-                ax_task.set(xlabel="adaptation steps", ylabel="accuracy", ylim=(0, 1), title="5 validation episodes")
+                ax_task.set(
+                    xlabel="adaptation steps",
+                    ylabel="accuracy",
+                    ylim=(0, 1),
+                    title="5 validation episodes",
+                )
             fig.tight_layout()
             live.update()
 
@@ -570,7 +683,9 @@ def maml_training(
     panel = Panel(
         "Meta-train MAML",
         {
-            "task": w.Dropdown(options=["sinusoid", "omniglot"], value="sinusoid", description="task"),
+            "task": w.Dropdown(
+                options=["sinusoid", "omniglot"], value="sinusoid", description="task"
+            ),
             "alpha": float_box("alpha", inner_lr, 0.001),
             "beta": float_box("beta", outer_lr, 0.0001),
             "inner steps": int_slider("inner steps", 1, 0, 5),
@@ -617,7 +732,9 @@ def maml_rl_adaptation(
         goal_x, goal_y = values["goal x"], values["goal y"]
         for name, v in (("goal x", goal_x), ("goal y", goal_y)):
             if not -0.5 <= v <= 0.5:
-                raise ValueError(f"{name}={v} is outside the unit square the goals come from; pick a value in [-0.5, 0.5].")
+                raise ValueError(
+                    f"{name}={v} is outside the unit square the goals come from; pick a value in [-0.5, 0.5]."
+                )
         policy = copy.deepcopy(maml_policy)
         if values["meta-iters"] > 0:
             fig, ax = plt.subplots(figsize=(5, 2.6))
@@ -625,30 +742,70 @@ def maml_rl_adaptation(
 
             def live(i, history) -> None:
                 ax.clear()
-                ax.plot(history.post_return, "C0o-", markersize=3, label="after 1 step")  # a dot shows a single iteration
+                ax.plot(
+                    history.post_return, "C0o-", markersize=3, label="after 1 step"
+                )  # a dot shows a single iteration
                 ax.plot(history.pre_return, "C0o--", markersize=3, label="before")
                 ax.set(xlabel="extra meta-iteration", ylabel="return")
                 ax.legend(fontsize=8)
                 curve.update()
 
-            meta_train(policy, values["meta-iters"], meta_batch, alpha, beta, inner_steps, settings, seed=seed + 99, callback=live)
+            meta_train(
+                policy,
+                values["meta-iters"],
+                meta_batch,
+                alpha,
+                beta,
+                inner_steps,
+                settings,
+                seed=seed + 99,
+                callback=live,
+            )
         target = torch.tensor([[goal_x, goal_y]], device=device)
         steps = values["steps"]
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.9))
-        for ax, (name, start) in zip(axes[:2], [("MAML", policy), ("pretrained", pretrained_policy)]):
+        for ax, (name, start) in zip(
+            axes[:2], [("MAML", policy), ("pretrained", pretrained_policy)]
+        ):
             result = adaptation_returns(start, target, alpha, steps, settings, seed=seed)
             shades = plt.cm.viridis(np.linspace(0, 0.9, steps + 1))
             for s in range(steps + 1):
-                path = rollout(start, result.params[s], target, 1, settings.horizon, settings.reward, deterministic=True).positions[0, 0].cpu().numpy()
+                path = (
+                    rollout(
+                        start,
+                        result.params[s],
+                        target,
+                        1,
+                        settings.horizon,
+                        settings.reward,
+                        deterministic=True,
+                    )
+                    .positions[0, 0]
+                    .cpu()
+                    .numpy()
+                )
                 ax.plot(*path.T, color=shades[s], lw=1.8, label=f"{s} step{'s' if s != 1 else ''}")
             ax.plot(goal_x, goal_y, "r*", markersize=15, markeredgecolor="k")
             ax.plot(0, 0, "ko", markersize=4)
-            ax.add_patch(plt.Rectangle((-0.5, -0.5), 1, 1, fill=False, ls="--", color="gray", lw=0.8))
-            ax.set(xlim=(-0.65, 0.65), ylim=(-0.65, 0.65), aspect="equal", title=f"{name}: mean paths",
-                   xlabel="x position", ylabel="y position")
+            ax.add_patch(
+                plt.Rectangle((-0.5, -0.5), 1, 1, fill=False, ls="--", color="gray", lw=0.8)
+            )
+            ax.set(
+                xlim=(-0.65, 0.65),
+                ylim=(-0.65, 0.65),
+                aspect="equal",
+                title=f"{name}: mean paths",
+                xlabel="x position",
+                ylabel="y position",
+            )
             ax.legend(fontsize=7, loc="lower left")
             axes[2].plot(range(steps + 1), result.returns[:, 0].tolist(), "o-", label=name)
-        axes[2].set(xlabel="steps", ylabel="average return", xticks=range(steps + 1), title=f"goal ({goal_x:.2f}, {goal_y:.2f}), alpha={alpha}")
+        axes[2].set(
+            xlabel="steps",
+            ylabel="average return",
+            xticks=range(steps + 1),
+            title=f"goal ({goal_x:.2f}, {goal_y:.2f}), alpha={alpha}",
+        )
         axes[2].grid(alpha=0.3)
         axes[2].legend()
         fig.tight_layout()
@@ -695,20 +852,42 @@ def fast_methods(
 
     def on_run(values: dict[str, Any]) -> None:
         n_way, k_shot, count = values["N"], values["K"], values["episodes"]
-        tests = sbs.light_episodes(dataset, n_way, k_shot, n_query, count, seed=seed + 99)  # refuses impossible settings
-        scores = {"pixels": sbs.evaluate_on_pixels(PixelNearestNeighbour("cosine"), dataset, tests, progress=False)}
+        tests = sbs.light_episodes(
+            dataset, n_way, k_shot, n_query, count, seed=seed + 99
+        )  # refuses impossible settings
+        scores = {
+            "pixels": sbs.evaluate_on_pixels(
+                PixelNearestNeighbour("cosine"), dataset, tests, progress=False
+            )
+        }
         for name in cosine:
-            scores[name] = protonet.evaluate_from_embeddings(embeddings[name], tests, "cosine", progress=False)
+            scores[name] = protonet.evaluate_from_embeddings(
+                embeddings[name], tests, "cosine", progress=False
+            )
         for name, model in matching_models.items():
-            scores[name] = matching.evaluate_embedded(model, embeddings[name], tests, progress=False)
+            scores[name] = matching.evaluate_embedded(
+                model, embeddings[name], tests, progress=False
+            )
         for name in embeddings:
             if name not in scores:
-                scores[name] = protonet.evaluate_from_embeddings(embeddings[name], tests, progress=False)
+                scores[name] = protonet.evaluate_from_embeddings(
+                    embeddings[name], tests, progress=False
+                )
         fig, ax = plt.subplots(figsize=(8, 3.2))
         names = list(scores)
-        ax.barh(names, [100 * r.mean for r in scores.values()], xerr=[100 * r.ci95 for r in scores.values()], capsize=3, color="tab:blue")
+        ax.barh(
+            names,
+            [100 * r.mean for r in scores.values()],
+            xerr=[100 * r.ci95 for r in scores.values()],
+            capsize=3,
+            color="tab:blue",
+        )
         ax.axvline(100 / n_way, color="k", ls="--", lw=1, label=f"chance ({100 / n_way:.0f} %)")
-        ax.set(xlim=(0, 100), xlabel="accuracy (%)", title=f"{n_way}-way {k_shot}-shot, {count} episodes, {n_query} queries per class")
+        ax.set(
+            xlim=(0, 100),
+            xlabel="accuracy (%)",
+            title=f"{n_way}-way {k_shot}-shot, {count} episodes, {n_query} queries per class",
+        )
         ax.legend(fontsize=8, loc="lower right")
         ax.invert_yaxis()
         fig.tight_layout()

@@ -110,11 +110,19 @@ def make_pairs(
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2:
-        raise ValueError(f"make_pairs needs at least 2 classes to build different pairs, got {len(classes)}.")
+        raise ValueError(
+            f"make_pairs needs at least 2 classes to build different pairs, got {len(classes)}."
+        )
     largest_n = int(counts.min()) - 1
     if largest_n < 1:
-        raise ValueError(f"make_pairs needs at least 2 images of every class to build same pairs; the smallest class has {largest_n + 1}.")
-    n = largest_n if pairs_per_class is None else rules.whole_number("pairs_per_class", pairs_per_class, 1, largest_n)
+        raise ValueError(
+            f"make_pairs needs at least 2 images of every class to build same pairs; the smallest class has {largest_n + 1}."
+        )
+    n = (
+        largest_n
+        if pairs_per_class is None
+        else rules.whole_number("pairs_per_class", pairs_per_class, 1, largest_n)
+    )
     rules.number_in_range("same_group_fraction", same_group_fraction, 0, 1)
     rng = rules.numpy_rng(seed)
     members = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
@@ -127,7 +135,9 @@ def make_pairs(
             right += [m[i + 1], rng.choice(members[partners[i]])]
             same += [1, 0]
             anchor += [c, c]
-    return Pairs(np.array(left), np.array(right), np.array(same, dtype=np.float32), np.array(anchor))
+    return Pairs(
+        np.array(left), np.array(right), np.array(same, dtype=np.float32), np.array(anchor)
+    )
 
 
 def _other_classes(classes, position, n, rng, groups, same_group_fraction) -> np.ndarray:
@@ -179,7 +189,11 @@ def mlp_base(image_shape: Sequence[int] = (28, 28), dropout: float = 0.1) -> ker
     )
 
 
-def koch_base(image_shape: Sequence[int] = (28, 28), filters: Sequence[int] = (32, 64, 64), features: int = 256) -> keras.Model:
+def koch_base(
+    image_shape: Sequence[int] = (28, 28),
+    filters: Sequence[int] = (32, 64, 64),
+    features: int = 256,
+) -> keras.Model:
     """A reduced Koch et al. (2015) convolutional base for small images.
 
     Koch: 105x105 inputs, four conv layers (64 10x10, 128 7x7, 128 4x4, 256 4x4) and a
@@ -203,7 +217,9 @@ def koch_base(image_shape: Sequence[int] = (28, 28), filters: Sequence[int] = (3
     )
 
 
-def build_siamese(base: keras.Model | None = None, image_shape: Sequence[int] = (28, 28)) -> keras.Model:
+def build_siamese(
+    base: keras.Model | None = None, image_shape: Sequence[int] = (28, 28)
+) -> keras.Model:
     """The twin: one ``base`` applied to both inputs, L1 distance, ``Dense(1, sigmoid)``.
 
     Inputs: two arrays ``(batch, H, W)`` of floats in [0, 1]; output ``(batch, 1)``,
@@ -218,7 +234,9 @@ def build_siamese(base: keras.Model | None = None, image_shape: Sequence[int] = 
     return keras.Model([left, right], similarity, name="siamese")
 
 
-def compile_siamese(model: keras.Model, learning_rate: float = 0.001, steps_per_execution: int | None = None) -> keras.Model:
+def compile_siamese(
+    model: keras.Model, learning_rate: float = 0.001, steps_per_execution: int | None = None
+) -> keras.Model:
     """Adam on binary cross-entropy, reporting pair accuracy (threshold 0.5).
 
     ``steps_per_execution`` is only a speed trick: Keras runs that many batches per call into
@@ -259,7 +277,9 @@ def contrastive_loss(distance, same, margin: float = 1.0, reduction: str = "mean
     """
     margin = rules.positive_number("margin", margin, 1.0)
     rules.one_of("reduction", reduction, ("mean", "none"))
-    if isinstance(distance, (list, tuple, np.ndarray, int, float)) and isinstance(same, (list, tuple, np.ndarray, int, float)):
+    if isinstance(distance, (list, tuple, np.ndarray, int, float)) and isinstance(
+        same, (list, tuple, np.ndarray, int, float)
+    ):
         d, s = np.asarray(distance, dtype=float), np.asarray(same, dtype=float)
         if d.shape != s.shape:
             raise rules.ParameterError(
@@ -267,19 +287,27 @@ def contrastive_loss(distance, same, margin: float = 1.0, reduction: str = "mean
             )
         if not np.all(np.isfinite(d) & (d >= 0)):
             bad = d[~(np.isfinite(d) & (d >= 0))][0]
-            raise rules.ParameterError(f"distance holds {bad.item()}; every distance must be a finite number >= 0.")
+            raise rules.ParameterError(
+                f"distance holds {bad.item()}; every distance must be a finite number >= 0."
+            )
         if not np.all((s == 0) | (s == 1)):
             bad = s[(s != 0) & (s != 1)][0]
-            raise rules.ParameterError(f"same holds {bad.item()}; every label must be 1 (same class) or 0 (different).")
+            raise rules.ParameterError(
+                f"same holds {bad.item()}; every label must be 1 (same class) or 0 (different)."
+            )
     distance = keras.ops.convert_to_tensor(distance)
     if not keras.backend.is_float_dtype(distance.dtype):
         distance = keras.ops.cast(distance, "float32")
     same = keras.ops.cast(keras.ops.convert_to_tensor(same), distance.dtype)
-    per_pair = same * keras.ops.square(distance) + (1 - same) * keras.ops.square(keras.ops.relu(margin - distance))
+    per_pair = same * keras.ops.square(distance) + (1 - same) * keras.ops.square(
+        keras.ops.relu(margin - distance)
+    )
     return keras.ops.mean(per_pair) if reduction == "mean" else per_pair
 
 
-def predict_pairs(model: keras.Model, left: np.ndarray, right: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def predict_pairs(
+    model: keras.Model, left: np.ndarray, right: np.ndarray, batch_size: int = 1024
+) -> np.ndarray:
     """Similarity ``(n_pairs,)`` in [0, 1] for image arrays ``(n_pairs, H, W)``, in inference mode.
 
     uint8 images are turned into floats a batch at a time, so large pair sets stay small.
@@ -287,7 +315,11 @@ def predict_pairs(model: keras.Model, left: np.ndarray, right: np.ndarray, batch
     # predict_on_batch runs a compiled inference step (dropout off): several times faster than
     # calling the model eagerly, and it works on every backend
     out = [
-        keras.ops.convert_to_numpy(model.predict_on_batch([as_float(left[i : i + batch_size]), as_float(right[i : i + batch_size])]))
+        keras.ops.convert_to_numpy(
+            model.predict_on_batch(
+                [as_float(left[i : i + batch_size]), as_float(right[i : i + batch_size])]
+            )
+        )
         for i in range(0, len(left), batch_size)
     ]
     return np.concatenate(out).reshape(-1) if out else np.zeros(0, dtype=np.float32)
@@ -329,7 +361,9 @@ class EpochProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_accuracy")})
+        self.bar.set_postfix(
+            {k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_accuracy")}
+        )
         self.bar.update(1)
         if self.on_epoch is not None:
             self.on_epoch(epoch, logs)
@@ -344,10 +378,19 @@ class PairBatches(keras.utils.PyDataset):
     With ``shuffle`` the order of the pairs is drawn again at the end of every epoch.
     """
 
-    def __init__(self, images: np.ndarray, pairs: Pairs, batch_size: int, shuffle: bool, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        pairs: Pairs,
+        batch_size: int,
+        shuffle: bool,
+        seed: int | None = None,
+    ) -> None:
         super().__init__()
         self.images, self.pairs, self.batch_size, self.shuffle = images, pairs, batch_size, shuffle
-        self.rng = np.random.default_rng(np.random.randint(2**31) if seed is None else rules.seed(seed))
+        self.rng = np.random.default_rng(
+            np.random.randint(2**31) if seed is None else rules.seed(seed)
+        )
         self.order = self.rng.permutation(len(pairs)) if shuffle else np.arange(len(pairs))
 
     def __len__(self) -> int:
@@ -356,7 +399,9 @@ class PairBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         left, right = self.pairs.left[rows], self.pairs.right[rows]
-        return (as_float(self.images[left]), as_float(self.images[right])), self.pairs.same[rows].astype(np.float32)
+        return (as_float(self.images[left]), as_float(self.images[right])), self.pairs.same[
+            rows
+        ].astype(np.float32)
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -385,9 +430,17 @@ def train_siamese(
     # Batches are cut from the uint8 images as they are needed: the float images of all
     # 108,400 MNIST pairs would take 680 MB, and Keras would copy them again.
     batches = PairBatches(images, pairs, int(batch_size), shuffle=True, seed=seed)
-    validation_data = None if validation is None else PairBatches(*validation, int(batch_size), shuffle=False)
+    validation_data = (
+        None if validation is None else PairBatches(*validation, int(batch_size), shuffle=False)
+    )
     timer = EpochTimer()
-    fit = model.fit(batches, epochs=int(epochs), validation_data=validation_data, callbacks=[timer, *callbacks], verbose=verbose)
+    fit = model.fit(
+        batches,
+        epochs=int(epochs),
+        validation_data=validation_data,
+        callbacks=[timer, *callbacks],
+        verbose=verbose,
+    )
     return {k: [float(v) for v in vs] for k, vs in fit.history.items()}, timer.seconds
 
 
@@ -395,7 +448,9 @@ def train_siamese(
 # One-shot meta-testing
 
 
-def pair_similarities(model: keras.Model, query_images: np.ndarray, support_images: np.ndarray, logits: bool = False) -> np.ndarray:
+def pair_similarities(
+    model: keras.Model, query_images: np.ndarray, support_images: np.ndarray, logits: bool = False
+) -> np.ndarray:
     """``(n_query, n_support)`` similarity of every query to every support image.
 
     Pairs each query with each support image explicitly and runs the twin on all the pairs.
@@ -404,8 +459,8 @@ def pair_similarities(model: keras.Model, query_images: np.ndarray, support_imag
     well-trained twin gives many probabilities of exactly 0.0 or 1.0 in float32, which tie).
     """
     n_query, n_support = len(query_images), len(support_images)
-    left = np.repeat(query_images, n_support, axis=0)   # q0 q0 q0 ... q1 q1 q1 ...
-    right = np.tile(support_images, (n_query, 1, 1))     # s0 s1 s2 ... s0 s1 s2 ...
+    left = np.repeat(query_images, n_support, axis=0)  # q0 q0 q0 ... q1 q1 q1 ...
+    right = np.tile(support_images, (n_query, 1, 1))  # s0 s1 s2 ... s0 s1 s2 ...
     if not logits:
         return predict_pairs(model, left, right).reshape(n_query, n_support)
     return pair_logits(model, left, right).reshape(n_query, n_support)
@@ -418,19 +473,27 @@ def pair_logits(model: keras.Model, left: np.ndarray, right: np.ndarray) -> np.n
     """The head's pre-sigmoid score ``w . |h(x1) - h(x2)| + b`` for each pair, ``(n_pairs,)``."""
     distance_model = _DISTANCE_MODELS.get(model)
     if distance_model is None:  # built once per twin: a new model would be traced again each call
-        distance_model = _DISTANCE_MODELS[model] = keras.Model(model.inputs, model.get_layer("l1_distance").output)
+        distance_model = _DISTANCE_MODELS[model] = keras.Model(
+            model.inputs, model.get_layer("l1_distance").output
+        )
     weights, bias = model.get_layer("similarity").get_weights()
     distances = predict_pairs_with(distance_model, left, right)
     return (distances @ weights).reshape(-1) + bias[0]
 
 
-def predict_pairs_with(model: keras.Model, left: np.ndarray, right: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def predict_pairs_with(
+    model: keras.Model, left: np.ndarray, right: np.ndarray, batch_size: int = 1024
+) -> np.ndarray:
     """Any two-input model's outputs on pairs, batch by batch, in inference mode."""
     left, right = as_float(left), as_float(right)
-    return np.concatenate([
-        keras.ops.convert_to_numpy(model.predict_on_batch([left[i : i + batch_size], right[i : i + batch_size]]))
-        for i in range(0, len(left), batch_size)
-    ])
+    return np.concatenate(
+        [
+            keras.ops.convert_to_numpy(
+                model.predict_on_batch([left[i : i + batch_size], right[i : i + batch_size]])
+            )
+            for i in range(0, len(left), batch_size)
+        ]
+    )
 
 
 class SiameseOneShot(FewShotMethod):
@@ -448,13 +511,17 @@ class SiameseOneShot(FewShotMethod):
         shape = shape[:2] if len(shape) == 3 and shape[2] == 1 else shape
         self.image_shape = (1, *shape) if len(shape) == 2 and all(shape) else None
 
-    def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
         self.support_images = _to_numpy_images(support_images)
         self.support_labels = support_labels.detach().cpu().numpy()
         self.n_way = int(self.support_labels.max()) + 1
 
     def scores(self, query_images: torch.Tensor) -> torch.Tensor:
-        similarity = pair_similarities(self.model, _to_numpy_images(query_images), self.support_images, logits=True)
+        similarity = pair_similarities(
+            self.model, _to_numpy_images(query_images), self.support_images, logits=True
+        )
         scores = np.full((len(similarity), self.n_way), -np.inf, dtype=np.float32)
         for label in range(self.n_way):
             scores[:, label] = similarity[:, self.support_labels == label].max(axis=1)
@@ -479,8 +546,12 @@ def lake_run_episodes(runs) -> list:
         n = len(run.train_images)
         episodes.append(
             Episode(
-                float_images(run.train_images), torch.arange(n), float_images(run.test_images),
-                torch.as_tensor(run.answers, dtype=torch.long), np.arange(n), tuple(f"{run.name}/{i}" for i in range(n)),
+                float_images(run.train_images),
+                torch.arange(n),
+                float_images(run.test_images),
+                torch.as_tensor(run.answers, dtype=torch.long),
+                np.arange(n),
+                tuple(f"{run.name}/{i}" for i in range(n)),
             )
         )
     return episodes
@@ -495,24 +566,62 @@ def draw_architecture(model: keras.Model, ax=None):
     import matplotlib.pyplot as plt
 
     base = model.get_layer("base")
-    rows = [f"{layer.__class__.__name__} {_shape_text(layer.output.shape)}" for layer in base.layers]
+    rows = [
+        f"{layer.__class__.__name__} {_shape_text(layer.output.shape)}" for layer in base.layers
+    ]
     ax = ax or plt.subplots(figsize=(9, 0.42 * len(rows) + 2.6))[1]
     ax.set_axis_off()
     height = len(rows) + 3
     ax.set(xlim=(0, 10), ylim=(-0.5, height))
     for x, name in ((0.3, "left image x1"), (5.7, "right image x2")):
         top = height - 1
-        ax.text(x + 2, top, name, ha="center", va="center", bbox=dict(boxstyle="round", fc="#e8f0fe"))
+        ax.text(
+            x + 2, top, name, ha="center", va="center", bbox=dict(boxstyle="round", fc="#e8f0fe")
+        )
         for i, row in enumerate(rows):
-            ax.text(x + 2, top - 1 - i, row, ha="center", va="center", fontsize=8, bbox=dict(boxstyle="square", fc="#fff3e0"))
-    ax.text(5, height - 2.2, "shared\nweights", ha="center", va="center", fontsize=9, color="#b00020")
-    ax.annotate("", xy=(3.9, height - 2.7), xytext=(6.1, height - 2.7), arrowprops=dict(arrowstyle="<->", color="#b00020"))
+            ax.text(
+                x + 2,
+                top - 1 - i,
+                row,
+                ha="center",
+                va="center",
+                fontsize=8,
+                bbox=dict(boxstyle="square", fc="#fff3e0"),
+            )
+    ax.text(
+        5, height - 2.2, "shared\nweights", ha="center", va="center", fontsize=9, color="#b00020"
+    )
+    ax.annotate(
+        "",
+        xy=(3.9, height - 2.7),
+        xytext=(6.1, height - 2.7),
+        arrowprops=dict(arrowstyle="<->", color="#b00020"),
+    )
     bottom = height - 2 - len(rows)
-    ax.text(5, bottom, "L1Distance |h(x1) - h(x2)|", ha="center", va="center", bbox=dict(boxstyle="round", fc="#e6f4ea"))
-    ax.text(5, bottom - 1, "Dense(1, sigmoid) -> p(same class)", ha="center", va="center", bbox=dict(boxstyle="round", fc="#e6f4ea"))
+    ax.text(
+        5,
+        bottom,
+        "L1Distance |h(x1) - h(x2)|",
+        ha="center",
+        va="center",
+        bbox=dict(boxstyle="round", fc="#e6f4ea"),
+    )
+    ax.text(
+        5,
+        bottom - 1,
+        "Dense(1, sigmoid) -> p(same class)",
+        ha="center",
+        va="center",
+        bbox=dict(boxstyle="round", fc="#e6f4ea"),
+    )
     for x in (2.3, 7.7):
-        ax.annotate("", xy=(5, bottom + 0.3), xytext=(x, bottom + 0.6), arrowprops=dict(arrowstyle="->"))
-    ax.set_title(f"{model.name}: {model.count_params():,} parameters ({base.count_params():,} in the shared base)", fontsize=10)
+        ax.annotate(
+            "", xy=(5, bottom + 0.3), xytext=(x, bottom + 0.6), arrowprops=dict(arrowstyle="->")
+        )
+    ax.set_title(
+        f"{model.name}: {model.count_params():,} parameters ({base.count_params():,} in the shared base)",
+        fontsize=10,
+    )
     return ax
 
 
@@ -527,15 +636,33 @@ def plot_similarity_histograms(similarities: np.ndarray, same: np.ndarray, ax=No
     ax = ax or plt.subplots(figsize=(6, 3.5))[1]
     same = np.asarray(same) > 0.5
     edges = np.linspace(0, 1, bins + 1)
-    ax.hist(similarities[same], bins=edges, alpha=0.6, label=f"same class ({same.sum()} pairs)", color="#2e7d32")
-    ax.hist(similarities[~same], bins=edges, alpha=0.6, label=f"different class ({(~same).sum()} pairs)", color="#c62828")
+    ax.hist(
+        similarities[same],
+        bins=edges,
+        alpha=0.6,
+        label=f"same class ({same.sum()} pairs)",
+        color="#2e7d32",
+    )
+    ax.hist(
+        similarities[~same],
+        bins=edges,
+        alpha=0.6,
+        label=f"different class ({(~same).sum()} pairs)",
+        color="#c62828",
+    )
     ax.axvline(0.5, color="k", linestyle="--", linewidth=1, label="threshold 0.5")
     ax.set(yscale="log", xlabel="predicted similarity p(same)", ylabel="pairs (log scale)")
     ax.legend(fontsize=8)
     return ax
 
 
-def show_pairs(left: np.ndarray, right: np.ndarray, same: np.ndarray, similarities: np.ndarray | None = None, columns: int = 8):
+def show_pairs(
+    left: np.ndarray,
+    right: np.ndarray,
+    same: np.ndarray,
+    similarities: np.ndarray | None = None,
+    columns: int = 8,
+):
     """A grid of pairs, the two images side by side, titled truth and similarity; red when wrong.
 
     Without ``similarities`` only the truth ("same" / "different") is shown.
@@ -544,7 +671,9 @@ def show_pairs(left: np.ndarray, right: np.ndarray, same: np.ndarray, similariti
 
     n = len(left)
     rows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.25 * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.6 * columns, 1.25 * rows + 0.3), squeeze=False
+    )
     for ax in axes.flat:
         ax.set_axis_off()
     for i, ax in enumerate(axes.flat[:n]):
@@ -555,7 +684,11 @@ def show_pairs(left: np.ndarray, right: np.ndarray, same: np.ndarray, similariti
             ax.set_title(truth, fontsize=8)
             continue
         correct = (similarities[i] > 0.5) == (same[i] > 0.5)
-        ax.set_title(f"{truth}, p={similarities[i]:.2f}", fontsize=7, color="#1b5e20" if correct else "#b00020")
+        ax.set_title(
+            f"{truth}, p={similarities[i]:.2f}",
+            fontsize=7,
+            color="#1b5e20" if correct else "#b00020",
+        )
     fig.tight_layout()
     return fig
 
@@ -564,7 +697,14 @@ def show_pairs(left: np.ndarray, right: np.ndarray, same: np.ndarray, similariti
 # The Omniglot checkpoint (a reduced Koch et al. twin), trained once by a command
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, max_shift: float = 2.0, max_rotation: float = 10.0, scale: float = 0.1, shear: float = 0.15) -> np.ndarray:
+def augment(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    max_shift: float = 2.0,
+    max_rotation: float = 10.0,
+    scale: float = 0.1,
+    shear: float = 0.15,
+) -> np.ndarray:
     """Small random affine distortions of float images ``(n, H, W)``, as Koch et al. used."""
     from scipy.ndimage import affine_transform
 
@@ -573,13 +713,19 @@ def augment(images: np.ndarray, rng: np.random.Generator, max_shift: float = 2.0
     for i, image in enumerate(images):
         angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation))
         rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        matrix = rotation @ np.array([[1, rng.uniform(-shear, shear)], [rng.uniform(-shear, shear), 1]]) @ np.diag(rng.uniform(1 - scale, 1 + scale, 2))
+        matrix = (
+            rotation
+            @ np.array([[1, rng.uniform(-shear, shear)], [rng.uniform(-shear, shear), 1]])
+            @ np.diag(rng.uniform(1 - scale, 1 + scale, 2))
+        )
         offset = centre - matrix @ centre + rng.uniform(-max_shift, max_shift, 2)
         out[i] = affine_transform(image, matrix, offset=offset, order=1)
     return out
 
 
-def within_alphabet_episodes(images: np.ndarray, alphabets: np.ndarray, n_way: int = 20, seed: int = 0, per_alphabet: int = 2) -> list:
+def within_alphabet_episodes(
+    images: np.ndarray, alphabets: np.ndarray, n_way: int = 20, seed: int = 0, per_alphabet: int = 2
+) -> list:
     """Lake-style 20-way one-shot tasks on given characters: within one alphabet, two drawers.
 
     ``images``: ``(n_characters, 20, H, W)`` uint8; each task takes ``n_way`` characters of one
@@ -597,7 +743,14 @@ def within_alphabet_episodes(images: np.ndarray, alphabets: np.ndarray, n_way: i
             chosen = rng.choice(rows, n_way, replace=False)
             a, b = rng.choice(images.shape[1], 2, replace=False)
             episodes.append(
-                Episode(float_images(images[chosen, a]), torch.arange(n_way), float_images(images[chosen, b]), torch.arange(n_way), chosen, tuple(str(alphabet) for _ in chosen))
+                Episode(
+                    float_images(images[chosen, a]),
+                    torch.arange(n_way),
+                    float_images(images[chosen, b]),
+                    torch.arange(n_way),
+                    chosen,
+                    tuple(str(alphabet) for _ in chosen),
+                )
             )
     return episodes
 
@@ -614,9 +767,18 @@ class _StopWhenAsked(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: float = 1e-3, seed: int = 0, validation_alphabets: int = 5,
-                              features: int = 256, saver=None, should_stop=None, resume: dict | None = None,
-                              progress: bool = True) -> dict:
+def train_omniglot_checkpoint(
+    out: Path,
+    minutes: float = 18.0,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    validation_alphabets: int = 5,
+    features: int = 256,
+    saver=None,
+    should_stop=None,
+    resume: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Train the reduced Koch twin on the 30 background alphabets for a time budget.
 
     ``validation_alphabets`` of the 30 are held out of training to choose the best round by
@@ -644,24 +806,48 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     rows = np.flatnonzero(omniglot.background)
     alphabets = np.array([omniglot.alphabets[r] for r in rows])
     names = np.unique(alphabets)
-    held_out = names[rng.choice(len(names), validation_alphabets, replace=False)] if validation_alphabets else np.array([])
+    held_out = (
+        names[rng.choice(len(names), validation_alphabets, replace=False)]
+        if validation_alphabets
+        else np.array([])
+    )
     train_rows = rows[~np.isin(alphabets, held_out)]
     val_rows = rows[np.isin(alphabets, held_out)]
     train_images = omniglot.images[train_rows].reshape(-1, 28, 28)
     char_labels = np.repeat(np.arange(len(train_rows)), 20)
     char_groups = np.unique(alphabets[~np.isin(alphabets, held_out)], return_inverse=True)[1]
-    val_episodes = within_alphabet_episodes(omniglot.images[val_rows], alphabets[np.isin(alphabets, held_out)], seed=seed, per_alphabet=8) if len(val_rows) else []
+    val_episodes = (
+        within_alphabet_episodes(
+            omniglot.images[val_rows],
+            alphabets[np.isin(alphabets, held_out)],
+            seed=seed,
+            per_alphabet=8,
+        )
+        if len(val_rows)
+        else []
+    )
 
     model = compile_siamese(build_siamese(koch_base((28, 28), features=features)), learning_rate)
 
     def final_model(weights=None):
         final = build_siamese(koch_base((28, 28), features=features))
-        final.set_weights(weights if weights is not None else keep.state if keep.state is not None else model.get_weights())
+        final.set_weights(
+            weights
+            if weights is not None
+            else keep.state
+            if keep.state is not None
+            else model.get_weights()
+        )
         return final
 
     # one step of the shared loop is a round; the best round's weights are kept (and saved as a whole model)
-    keep = KeepBest(lambda: [w.copy() for w in model.get_weights()], saver, lambda: record("interrupted"),
-                    writer=lambda weights: final_model(weights).save, value=-1.0)
+    keep = KeepBest(
+        lambda: [w.copy() for w in model.get_weights()],
+        saver,
+        lambda: record("interrupted"),
+        writer=lambda weights: final_model(weights).save,
+        value=-1.0,
+    )
     log, round_, seconds_before = [], 0, 0.0
     if resume is not None:
         model.set_weights([np.asarray(w) for w in resume["weights"]])
@@ -669,8 +855,14 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
         for variable, value in zip(model.optimizer.variables, resume["optimizer"], strict=True):
             variable.assign(np.asarray(value))
         keep.value = float(resume["best_accuracy"])
-        keep.state = [np.asarray(w) for w in resume["best_weights"]] if resume["best_weights"] else None
-        log, round_, seconds_before = list(resume["log"]), int(resume["round"]), float(resume["seconds"])
+        keep.state = (
+            [np.asarray(w) for w in resume["best_weights"]] if resume["best_weights"] else None
+        )
+        log, round_, seconds_before = (
+            list(resume["log"]),
+            int(resume["round"]),
+            float(resume["seconds"]),
+        )
         runs.set_generator_state(rng, resume["rng"])
     callbacks = [_StopWhenAsked(should_stop)] if should_stop is not None else []
     description = {
@@ -679,20 +871,32 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
         "training_classes": f"{len(train_rows)} characters of the {len(names) - len(held_out)} background alphabets not held out",
         "validation_alphabets": sorted(str(a) for a in held_out),
         "validation": f"within-alphabet 20-way one-shot, {len(val_episodes)} tasks, held-out background alphabets",
-        "learning_rate": learning_rate, "batch_size": 128, "seed": seed,
+        "learning_rate": learning_rate,
+        "batch_size": 128,
+        "seed": seed,
         "augmentation": "random affine: rotation +-10 deg, shear +-0.15, scale 0.9-1.1, shift +-2 px",
         "negatives": "half of the different pairs from the same alphabet",
-        "keras_backend": keras.backend.backend(), "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "keras": keras.__version__,
     }
 
     def record(status: str) -> dict:
         minutes_so_far = loop.elapsed() / 60
         return {
-            **description, "method": "siamese", "status": status,
+            **description,
+            "method": "siamese",
+            "status": status,
             "val_score": checkpoints.score(keep.value) if keep.state is not None else None,
-            "best_validation_20way_accuracy": keep.value, "rounds": round_, "wall_minutes": minutes_so_far,
-            "train_seconds": round(60 * minutes_so_far, 1), "wall_seconds": None, "log": log,
-            "history": {key: [entry.get(key) for entry in log] for key in ("round", "loss", "pair_accuracy", "val_20way", "minutes")},
+            "best_validation_20way_accuracy": keep.value,
+            "rounds": round_,
+            "wall_minutes": minutes_so_far,
+            "train_seconds": round(60 * minutes_so_far, 1),
+            "wall_seconds": None,
+            "log": log,
+            "history": {
+                key: [entry.get(key) for entry in log]
+                for key in ("round", "loss", "pair_accuracy", "val_20way", "minutes")
+            },
             "results": {"rounds": round_, "best_validation_20way_accuracy": keep.value},
         }
 
@@ -701,16 +905,31 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     def step(number: int):
         nonlocal round_, entry
         round_ = number
-        pairs = make_pairs(char_labels, seed=seed + number, groups=char_groups, same_group_fraction=0.5)
+        pairs = make_pairs(
+            char_labels, seed=seed + number, groups=char_groups, same_group_fraction=0.5
+        )
         left = augment(as_float(train_images[pairs.left]), rng)
         right = augment(as_float(train_images[pairs.right]), rng)
-        fit = model.fit([left, right], pairs.same, batch_size=128, epochs=1, shuffle=True, verbose=0, callbacks=callbacks)
+        fit = model.fit(
+            [left, right],
+            pairs.same,
+            batch_size=128,
+            epochs=1,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
         loss = float(fit.history["loss"][-1])
         runs.check_finite(number, loss)
         if should_stop is not None and should_stop():
             return None  # this round was cut short: it is not validated or logged
-        entry = {"round": number, "pairs": len(pairs), "loss": loss, "pair_accuracy": float(fit.history["accuracy"][-1]),
-                 "minutes": loop.elapsed() / 60}
+        entry = {
+            "round": number,
+            "pairs": len(pairs),
+            "loss": loss,
+            "pair_accuracy": float(fit.history["accuracy"][-1]),
+            "minutes": loop.elapsed() / 60,
+        }
         return loss, entry["pair_accuracy"]
 
     def validate(number: int) -> float:
@@ -725,17 +944,36 @@ def train_omniglot_checkpoint(out: Path, minutes: float = 18.0, learning_rate: f
     stopped: list[dict] = []
 
     def save_resumable(history: History) -> None:
-        stopped.append({
-            "weights": [torch.from_numpy(np.array(w)) for w in model.get_weights()],
-            "optimizer": [torch.from_numpy(np.array(keras.ops.convert_to_numpy(v))) for v in model.optimizer.variables],
-            "best_accuracy": keep.value, "best_weights": [torch.from_numpy(w) for w in keep.state] if keep.state is not None else [],
-            "log": log, "round": len(log),  # rounds completed; a round cut short is run again
-            "seconds": history.seconds, "rng": runs.generator_state(rng),
-        })
+        stopped.append(
+            {
+                "weights": [torch.from_numpy(np.array(w)) for w in model.get_weights()],
+                "optimizer": [
+                    torch.from_numpy(np.array(keras.ops.convert_to_numpy(v)))
+                    for v in model.optimizer.variables
+                ],
+                "best_accuracy": keep.value,
+                "best_weights": [torch.from_numpy(w) for w in keep.state]
+                if keep.state is not None
+                else [],
+                "log": log,
+                "round": len(log),  # rounds completed; a round cut short is run again
+                "seconds": history.seconds,
+                "rng": runs.generator_state(rng),
+            }
+        )
 
-    loop = Loop(None, history=History(seconds=seconds_before), first_step=round_ + 1, validate=validate if val_episodes else None,
-                val_every=1, keep=keep, max_seconds=60 * minutes, should_stop=should_stop, save_resumable=save_resumable,
-                on_step=logged)
+    loop = Loop(
+        None,
+        history=History(seconds=seconds_before),
+        first_step=round_ + 1,
+        validate=validate if val_episodes else None,
+        val_every=1,
+        keep=keep,
+        max_seconds=60 * minutes,
+        should_stop=should_stop,
+        save_resumable=save_resumable,
+        on_step=logged,
+    )
     loop.run(step)
     result = record("interrupted" if stopped else "complete")
     if stopped:
@@ -764,7 +1002,13 @@ print(json.dumps({"backend": keras.backend.backend(), "pairs": len(pairs), "seco
 """
 
 
-def time_epochs_with_backend(backend: str, pairs_per_class: int | None = None, epochs: int = 2, timeout: float = 600, threads: int | None = None) -> dict:
+def time_epochs_with_backend(
+    backend: str,
+    pairs_per_class: int | None = None,
+    epochs: int = 2,
+    timeout: float = 600,
+    threads: int | None = None,
+) -> dict:
     """Train the MNIST twin for ``epochs`` in a fresh Python process using ``backend``.
 
     A Keras backend is fixed when Keras is first imported, so comparing backends needs a
@@ -783,8 +1027,19 @@ def time_epochs_with_backend(backend: str, pairs_per_class: int | None = None, e
         env["OMP_NUM_THREADS"] = str(threads)
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-c", EPOCH_TIMING_SCRIPT, backend, str(pairs_per_class or 0), str(epochs)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-c",
+            EPOCH_TIMING_SCRIPT,
+            backend,
+            str(pairs_per_class or 0),
+            str(epochs),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if done.returncode != 0:
         raise RuntimeError(f"timing with backend {backend} failed:\n{done.stderr[-1500:]}")
@@ -802,8 +1057,12 @@ def load_checkpoint(path: str | Path) -> keras.Model:
     """
     from . import checkpoints
 
-    model, _ = checkpoints.load(path, lambda p: keras.models.load_model(p, compile=False), "a Keras Siamese twin (.keras)",
-                                f"{SIAMESE_COMMAND} --out {path}")
+    model, _ = checkpoints.load(
+        path,
+        lambda p: keras.models.load_model(p, compile=False),
+        "a Keras Siamese twin (.keras)",
+        f"{SIAMESE_COMMAND} --out {path}",
+    )
     return model
 
 
@@ -813,8 +1072,10 @@ def checkpoint_record(path: str | Path) -> dict:
 
     record = checkpoints.read_record(path)
     if record is None:
-        raise checkpoints.MissingCheckpoint(f"no record {checkpoints.record_path(path)}: expected the record of a Siamese twin; "
-                                            f"make it with `{SIAMESE_COMMAND} --out {path}`.")
+        raise checkpoints.MissingCheckpoint(
+            f"no record {checkpoints.record_path(path)}: expected the record of a Siamese twin; "
+            f"make it with `{SIAMESE_COMMAND} --out {path}`."
+        )
     return record
 
 
@@ -824,14 +1085,26 @@ PROG = "python -m helpers.siamese"
 def build_parser():
     from .commands import Parser, add_run_options
 
-    parser = Parser(PROG, description="Train the reduced Koch Siamese twin on Omniglot's background alphabets for a time "
-                    "budget and save the best round. Ctrl-C or SIGTERM saves the run; --resume continues it.")
-    parser.add_argument("--out", type=Path, default=Path("data/checkpoints/siamese_omniglot_koch28.keras"))
+    parser = Parser(
+        PROG,
+        description="Train the reduced Koch Siamese twin on Omniglot's background alphabets for a time "
+        "budget and save the best round. Ctrl-C or SIGTERM saves the run; --resume continues it.",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("data/checkpoints/siamese_omniglot_koch28.keras")
+    )
     parser.add_argument("--minutes", type=float, default=18.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--features", type=int, default=256)
-    parser.add_argument("--validation-alphabets", type=int, default=5, help="background alphabets held out to pick the best round")
-    parser.add_argument("--hardware", default="", help="a note on the machine, added to the recorded hardware")
+    parser.add_argument(
+        "--validation-alphabets",
+        type=int,
+        default=5,
+        help="background alphabets held out to pick the best round",
+    )
+    parser.add_argument(
+        "--hardware", default="", help="a note on the machine, added to the recorded hardware"
+    )
     parser.add_argument("--no-progress", action="store_true")
     add_run_options(parser, device=False)
     return parser
@@ -846,7 +1119,9 @@ def validate_arguments(args) -> None:
     commands.whole(args, "features", 1)
     commands.whole(args, "validation_alphabets", 1, 29)
     if args.out.suffix != ".keras":
-        raise ValueError(f"--out {args.out} must end in .keras (the format Keras saves a whole model in).")
+        raise ValueError(
+            f"--out {args.out} must end in .keras (the format Keras saves a whole model in)."
+        )
     commands.writable_target(args.out)
 
 
@@ -855,27 +1130,61 @@ def train_command(args, device, command: str) -> dict:
 
     from . import checkpoints, commands, runs
 
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("out", "hardware", "no_progress", "resume", "overwrite", "debug", "started")}
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("out", "hardware", "no_progress", "resume", "overwrite", "debug", "started")
+    }
     files = commands.RunFiles(args.out, args, settings)
-    hardware = (f"CPU ({platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
-                f"cores visible), Keras {keras.__version__} on {keras.backend.backend()}" + (f"; {args.hardware}" if args.hardware else ""))
-    common = {"command": command, "hardware": hardware, "settings": settings, "run_id": files.run_id, "schema": checkpoints.SCHEMA_VERSION}
+    hardware = (
+        f"CPU ({platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
+        f"cores visible), Keras {keras.__version__} on {keras.backend.backend()}"
+        + (f"; {args.hardware}" if args.hardware else "")
+    )
+    common = {
+        "command": command,
+        "hardware": hardware,
+        "settings": settings,
+        "run_id": files.run_id,
+        "schema": checkpoints.SCHEMA_VERSION,
+    }
     try:
-        result = train_omniglot_checkpoint(args.out, args.minutes, args.learning_rate, args.seed, args.validation_alphabets,
-                                           features=args.features, saver=_RecordingSaver(files.saver, common),
-                                           should_stop=runs.stop_requested, resume=files.state, progress=not args.no_progress)
+        result = train_omniglot_checkpoint(
+            args.out,
+            args.minutes,
+            args.learning_rate,
+            args.seed,
+            args.validation_alphabets,
+            features=args.features,
+            saver=_RecordingSaver(files.saver, common),
+            should_stop=runs.stop_requested,
+            resume=files.state,
+            progress=not args.no_progress,
+        )
     except runs.NonFiniteLoss as exc:
-        raise commands.nonfinite(exc, "the learning rate --learning-rate is probably too large",
-                                 files.saver.path if commands.own_checkpoint(files) else None) from None
+        raise commands.nonfinite(
+            exc,
+            "the learning rate --learning-rate is probably too large",
+            files.saver.path if commands.own_checkpoint(files) else None,
+        ) from None
     wall = commands.wall_seconds(files, args)
     if "stopped_state" in result:
         state = result.pop("stopped_state")
-        files.save_state({**state, "wall_seconds": wall}, {**result, **common, "wall_seconds": round(wall, 1)})
-        raise files.interrupted(f"round {state['round'] + 1}", command, commands.own_checkpoint(files))
-    written = checkpoints.update_record(files.saver.path, wall_seconds=round(wall, 1), file_bytes=result["weights"]["bytes"])
+        files.save_state(
+            {**state, "wall_seconds": wall}, {**result, **common, "wall_seconds": round(wall, 1)}
+        )
+        raise files.interrupted(
+            f"round {state['round'] + 1}", command, commands.own_checkpoint(files)
+        )
+    written = checkpoints.update_record(
+        files.saver.path, wall_seconds=round(wall, 1), file_bytes=result["weights"]["bytes"]
+    )
     files.finish()
-    print(json.dumps({k: v for k, v in written.items() if k not in ("log", "history", "settings")}, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in written.items() if k not in ("log", "history", "settings")}, indent=2
+        )
+    )
     return written
 
 

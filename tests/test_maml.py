@@ -19,13 +19,17 @@ from helpers.fewshot import FewShotMethod
 def smooth_net(seed: int = 0) -> nn.Module:
     """A tiny tanh MLP in float64: smooth, so finite differences converge."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+    return nn.Sequential(
+        nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)
+    ).double()
 
 
 def smooth_batch(n_tasks: int = 3, seed: int = 1) -> maml.TaskBatch:
     g = torch.Generator().manual_seed(seed)
     batch, _, _ = maml.SinusoidTasks().sample(n_tasks, 5, 7, g)
-    return maml.TaskBatch(*(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
+    return maml.TaskBatch(
+        *(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+    )
 
 
 def test_sgd_step_exact_values():
@@ -40,7 +44,9 @@ def test_sgd_step_exact_values():
 def test_second_order_meta_gradient_matches_central_finite_differences(steps):
     net, batch = smooth_net(), smooth_batch()
     params = maml.parameters_of(net)
-    _, grads = maml.meta_gradient(net, params, batch, F.mse_loss, 0.05, steps, first_order=False, mode="loop")
+    _, grads = maml.meta_gradient(
+        net, params, batch, F.mse_loss, 0.05, steps, first_order=False, mode="loop"
+    )
 
     def meta_loss(flat: torch.Tensor) -> float:
         p, i = {}, 0
@@ -48,7 +54,11 @@ def test_second_order_meta_gradient_matches_central_finite_differences(steps):
             p[name] = flat[i : i + value.numel()].view_as(value)
             i += value.numel()
         with torch.no_grad():
-            return float(maml.adapted_query_losses(net, p, batch, F.mse_loss, 0.05, steps, mode="loop").mean())
+            return float(
+                maml.adapted_query_losses(
+                    net, p, batch, F.mse_loss, 0.05, steps, mode="loop"
+                ).mean()
+            )
 
     flat = torch.cat([v.detach().reshape(-1) for v in params.values()])
     eps, numeric = 1e-5, torch.zeros_like(flat)
@@ -61,8 +71,12 @@ def test_second_order_meta_gradient_matches_central_finite_differences(steps):
     relative = (analytic - numeric).norm() / numeric.norm()
     assert relative < 1e-6, relative
     # ...and first order is measurably different, so the test would catch a dropped Hessian term
-    _, fo = maml.meta_gradient(net, params, batch, F.mse_loss, 0.05, steps, first_order=True, mode="loop")
-    assert (torch.cat([g.reshape(-1) for g in fo.values()]) - numeric).norm() / numeric.norm() > 1e-4
+    _, fo = maml.meta_gradient(
+        net, params, batch, F.mse_loss, 0.05, steps, first_order=True, mode="loop"
+    )
+    assert (
+        torch.cat([g.reshape(-1) for g in fo.values()]) - numeric
+    ).norm() / numeric.norm() > 1e-4
 
 
 class Direct(nn.Module):
@@ -82,7 +96,10 @@ def test_first_order_drops_exactly_the_hessian_term_on_a_quadratic(steps):
     g = torch.Generator().manual_seed(0)
     m = torch.randn(4, 4, generator=g, dtype=torch.float64)
     a = m @ m.T + torch.eye(4, dtype=torch.float64)
-    b, c = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    b, c = (
+        torch.randn(4, generator=g, dtype=torch.float64),
+        torch.randn(4, generator=g, dtype=torch.float64),
+    )
     model, alpha = Direct(torch.randn(4, generator=g, dtype=torch.float64)), 0.05
     theta = maml.parameters_of(model)
 
@@ -97,7 +114,9 @@ def test_first_order_drops_exactly_the_hessian_term_on_a_quadratic(steps):
     jacobian = torch.linalg.matrix_power(torch.eye(4, dtype=torch.float64) - alpha * a, steps)
 
     for first_order, expected in ((False, jacobian @ residual), (True, residual)):
-        adapted = maml.inner_adapt(model, theta, support_loss, alpha, steps, first_order=first_order)
+        adapted = maml.inner_adapt(
+            model, theta, support_loss, alpha, steps, first_order=first_order
+        )
         assert torch.allclose(adapted["theta"], expected_adapted, atol=1e-12)
         outer = 0.5 * ((adapted["theta"] - c) ** 2).sum()
         (grad,) = torch.autograd.grad(outer, [theta["theta"]])
@@ -115,22 +134,32 @@ def test_two_step_meta_gradient_multiplies_the_factors_first_step_first():
     model, alpha = Direct(torch.tensor([1.2, -0.4], dtype=torch.float64)), 0.2
     support_target = torch.tensor([0.5, -1.0], dtype=torch.float64)
     query_target = torch.tensor([-1.0, 2.0], dtype=torch.float64)
-    batch = maml.TaskBatch(torch.zeros(1, 1), support_target[None], torch.zeros(1, 1), query_target[None])
-    _, grads = maml.meta_gradient(model, maml.parameters_of(model), batch, task_loss, alpha, 2, mode="loop")
+    batch = maml.TaskBatch(
+        torch.zeros(1, 1), support_target[None], torch.zeros(1, 1), query_target[None]
+    )
+    _, grads = maml.meta_gradient(
+        model, maml.parameters_of(model), batch, task_loss, alpha, 2, mode="loop"
+    )
 
     eye = torch.eye(2, dtype=torch.float64)
     iterates, factors = [model.theta.detach()], []
     for _ in range(2):
         theta = iterates[-1].clone().requires_grad_(True)
         (g,) = torch.autograd.grad(task_loss(theta, support_target), [theta])
-        factors.append(eye - alpha * torch.autograd.functional.hessian(lambda t: task_loss(t, support_target), theta))
+        factors.append(
+            eye
+            - alpha
+            * torch.autograd.functional.hessian(lambda t: task_loss(t, support_target), theta)
+        )
         iterates.append((theta - alpha * g).detach())
     adapted = iterates[-1].clone().requires_grad_(True)
     (query_grad,) = torch.autograd.grad(task_loss(adapted, query_target), [adapted])
     stated = factors[0] @ factors[1] @ query_grad
     reversed_order = factors[1] @ factors[0] @ query_grad
 
-    assert not torch.allclose(factors[0] @ factors[1], factors[1] @ factors[0], atol=1e-3)  # order matters here
+    assert not torch.allclose(
+        factors[0] @ factors[1], factors[1] @ factors[0], atol=1e-3
+    )  # order matters here
     assert (stated - reversed_order).norm() > 0.1, (stated, reversed_order)
     assert torch.allclose(grads["theta"], stated, atol=1e-12), (grads["theta"], stated)
     assert not torch.allclose(grads["theta"], reversed_order, atol=1e-3)
@@ -159,8 +188,12 @@ def test_first_order_graph_does_not_go_through_the_inner_gradient():
 def test_vmap_and_loop_give_the_same_meta_gradient(first_order):
     net, batch = smooth_net(), smooth_batch(4)
     params = maml.parameters_of(net)
-    loss_loop, g_loop = maml.meta_gradient(net, params, batch, F.mse_loss, 0.05, 3, first_order, mode="loop")
-    loss_vmap, g_vmap = maml.meta_gradient(net, params, batch, F.mse_loss, 0.05, 3, first_order, mode="vmap")
+    loss_loop, g_loop = maml.meta_gradient(
+        net, params, batch, F.mse_loss, 0.05, 3, first_order, mode="loop"
+    )
+    loss_vmap, g_vmap = maml.meta_gradient(
+        net, params, batch, F.mse_loss, 0.05, 3, first_order, mode="vmap"
+    )
     assert abs(float(loss_loop - loss_vmap)) < 1e-12
     for name in g_loop:
         assert torch.allclose(g_loop[name], g_vmap[name], atol=1e-10, rtol=0), name
@@ -170,9 +203,16 @@ def smooth_conv_net() -> nn.Module:
     """Conv, batch norm (batch statistics), softplus, average pool: smooth, so finite differences work."""
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Softplus(), nn.AvgPool2d(2),
-        nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Softplus(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(12, 4),
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.Softplus(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(3, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.Softplus(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, 4),
     ).double()
     return maml.drop_running_stats(net)
 
@@ -180,8 +220,12 @@ def smooth_conv_net() -> nn.Module:
 def test_meta_gradient_through_batch_norm_matches_finite_differences_in_loop_and_vmap():
     net = smooth_conv_net()
     g = torch.Generator().manual_seed(0)
-    batch = maml.TaskBatch(torch.rand(2, 4, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(4).repeat(2, 1),
-                           torch.rand(2, 8, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(4).repeat(2, 2))
+    batch = maml.TaskBatch(
+        torch.rand(2, 4, 1, 8, 8, generator=g, dtype=torch.float64),
+        torch.arange(4).repeat(2, 1),
+        torch.rand(2, 8, 1, 8, 8, generator=g, dtype=torch.float64),
+        torch.arange(4).repeat(2, 2),
+    )
     params = maml.parameters_of(net)
     _, loop = maml.meta_gradient(net, params, batch, F.cross_entropy, 0.4, 2, mode="loop")
     _, vec = maml.meta_gradient(net, params, batch, F.cross_entropy, 0.4, 2, mode="vmap")
@@ -190,14 +234,22 @@ def test_meta_gradient_through_batch_norm_matches_finite_differences_in_loop_and
     # finite differences on the batch-norm scales and the first conv's bias
     for name in ("1.weight", "0.bias", "5.bias"):
         for idx in range(params[name].numel()):
+
             def meta_loss(delta, name=name, idx=idx):
                 p = {k: v.detach().clone() for k, v in params.items()}
                 p[name].view(-1)[idx] += delta
                 with torch.no_grad():
-                    return float(maml.adapted_query_losses(net, p, batch, F.cross_entropy, 0.4, 2, mode="loop").mean())
+                    return float(
+                        maml.adapted_query_losses(
+                            net, p, batch, F.cross_entropy, 0.4, 2, mode="loop"
+                        ).mean()
+                    )
 
             numeric = (meta_loss(1e-6) - meta_loss(-1e-6)) / 2e-6
-            assert abs(numeric - float(loop[name].view(-1)[idx])) < 1e-6 * max(1.0, abs(numeric)), (name, idx)
+            assert abs(numeric - float(loop[name].view(-1)[idx])) < 1e-6 * max(1.0, abs(numeric)), (
+                name,
+                idx,
+            )
 
 
 def test_batch_stat_norm_equals_training_mode_batch_norm():
@@ -209,20 +261,32 @@ def test_batch_stat_norm_equals_training_mode_batch_norm():
     ours = maml.drop_running_stats(nn.Sequential(bn))[0]
     assert isinstance(ours, maml.BatchStatNorm)
     x = torch.randn(6, 4, 5, 5)
-    assert torch.allclose(ours(x), nn.BatchNorm2d(4).train().requires_grad_(False).forward(x) * bn.weight.view(1, -1, 1, 1)
-                          + bn.bias.view(1, -1, 1, 1), atol=1e-5)
+    assert torch.allclose(
+        ours(x),
+        nn.BatchNorm2d(4).train().requires_grad_(False).forward(x) * bn.weight.view(1, -1, 1, 1)
+        + bn.bias.view(1, -1, 1, 1),
+        atol=1e-5,
+    )
 
 
 def test_conv4_meta_gradients_agree_between_loop_and_vmap_in_float64():
     torch.manual_seed(0)
     net = maml.maml_conv4(5).double()
     g = torch.Generator().manual_seed(0)
-    batch = maml.TaskBatch(torch.rand(2, 5, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(5).repeat(2, 1),
-                           torch.rand(2, 5, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(5).repeat(2, 1))
+    batch = maml.TaskBatch(
+        torch.rand(2, 5, 1, 28, 28, generator=g, dtype=torch.float64),
+        torch.arange(5).repeat(2, 1),
+        torch.rand(2, 5, 1, 28, 28, generator=g, dtype=torch.float64),
+        torch.arange(5).repeat(2, 1),
+    )
     params = maml.parameters_of(net)
     for first_order in (False, True):
-        _, loop = maml.meta_gradient(net, params, batch, F.cross_entropy, 0.4, 1, first_order, mode="loop")
-        _, vec = maml.meta_gradient(net, params, batch, F.cross_entropy, 0.4, 1, first_order, mode="vmap")
+        _, loop = maml.meta_gradient(
+            net, params, batch, F.cross_entropy, 0.4, 1, first_order, mode="loop"
+        )
+        _, vec = maml.meta_gradient(
+            net, params, batch, F.cross_entropy, 0.4, 1, first_order, mode="vmap"
+        )
         for name in loop:
             assert torch.allclose(loop[name], vec[name], atol=1e-10, rtol=0), (first_order, name)
 
@@ -233,13 +297,17 @@ def test_second_order_memory_grows_with_inner_steps_first_order_does_not():
 
     def held(steps, first_order):
         return maml.saved_tensor_bytes(
-            lambda: maml.adapted_query_losses(net, params, batch, F.mse_loss, 0.05, steps, first_order, "loop").mean()
+            lambda: maml.adapted_query_losses(
+                net, params, batch, F.mse_loss, 0.05, steps, first_order, "loop"
+            ).mean()
         )
 
     second = [held(s, False) for s in (1, 2, 3)]
     first = [held(s, True) for s in (1, 2, 3)]
     assert second[0] < second[1] < second[2]
-    assert second[2] - second[1] == pytest.approx(second[1] - second[0], rel=0.05)  # linear in the steps
+    assert second[2] - second[1] == pytest.approx(
+        second[1] - second[0], rel=0.05
+    )  # linear in the steps
     assert first[0] == first[1] == first[2]
 
 
@@ -298,7 +366,12 @@ def test_sinusoid_sampler_ranges():
     g = torch.Generator().manual_seed(0)
     batch, amplitude, phase = tasks.sample(2000, 10, 5, g)
     assert batch.support_x.shape == (2000, 10, 1) and batch.query_y.shape == (2000, 5, 1)
-    assert amplitude.min() >= 0.1 and amplitude.max() <= 5.0 and amplitude.max() > 4.9 and amplitude.min() < 0.2
+    assert (
+        amplitude.min() >= 0.1
+        and amplitude.max() <= 5.0
+        and amplitude.max() > 4.9
+        and amplitude.min() < 0.2
+    )
     assert phase.min() >= 0 and phase.max() <= math.pi and phase.max() > 3.1 and phase.min() < 0.05
     x = torch.cat([batch.support_x, batch.query_x], 1)
     y = torch.cat([batch.support_y, batch.query_y], 1)
@@ -310,7 +383,9 @@ def test_sinusoid_sampler_ranges():
 def test_short_meta_training_beats_the_jointly_pretrained_network():
     torch.manual_seed(0)
     tasks = maml.SinusoidTasks()
-    learner = maml.MAML(maml.sinusoid_net(), inner_lr=0.01, outer_lr=1e-3, inner_steps=1, loss=F.mse_loss)
+    learner = maml.MAML(
+        maml.sinusoid_net(), inner_lr=0.01, outer_lr=1e-3, inner_steps=1, loss=F.mse_loss
+    )
     g = torch.Generator().manual_seed(1)
     maml.train_maml(learner, lambda: tasks.sample(10, 10, 10, g)[0], 600, progress=False)
     torch.manual_seed(0)
@@ -329,10 +404,14 @@ def test_adapt_predictions_agrees_with_adaptation_curve():
     net = smooth_net()
     batch = smooth_batch(1)
     params = maml.parameters_of(net)
-    outs = maml.adapt_predictions(net, params, batch.support_x[0], batch.support_y[0], batch.query_x[0], 0.05, [0, 1, 4])
+    outs = maml.adapt_predictions(
+        net, params, batch.support_x[0], batch.support_y[0], batch.query_x[0], 0.05, [0, 1, 4]
+    )
     curve = maml.adaptation_curve(net, params, batch, 0.05, 4)
     for steps in (0, 1, 4):
-        assert math.isclose(float(F.mse_loss(outs[steps], batch.query_y[0])), float(curve[steps]), rel_tol=1e-9)
+        assert math.isclose(
+            float(F.mse_loss(outs[steps], batch.query_y[0])), float(curve[steps]), rel_tol=1e-9
+        )
 
 
 def test_classifier_implements_the_few_shot_interface():
@@ -356,8 +435,25 @@ def test_classifier_implements_the_few_shot_interface():
 @pytest.mark.usefixtures("needs_data")
 def test_omniglot_command_trains_saves_and_reloads(tmp_path):
     out = tmp_path / "maml_tiny.pt"
-    maml.main(["omniglot", "--meta-steps", "3", "--meta-batch", "2", "--val-every", "2", "--val-episodes", "4",
-               "--threads", "1", "--hardware", "test", "--out", str(out)])
+    maml.main(
+        [
+            "omniglot",
+            "--meta-steps",
+            "3",
+            "--meta-batch",
+            "2",
+            "--val-every",
+            "2",
+            "--val-episodes",
+            "4",
+            "--threads",
+            "1",
+            "--hardware",
+            "test",
+            "--out",
+            str(out),
+        ]
+    )
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["meta_steps_done"] == 3 and meta["settings"]["n_way"] == 5
     assert meta["command"].startswith("python -m helpers.maml omniglot")
@@ -371,7 +467,9 @@ def test_sinusoid_command_writes_both_checkpoints(tmp_path):
     maml.main(["sinusoid", "--meta-steps", "5", "--threads", "1", "--out", str(out)])
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["meta_steps_done"] == 5 and meta["model"] == "maml"
-    assert set(meta["test_mse"]) == {"maml", "pretrained"} and len(meta["test_mse"]["maml"]["5"]) == 11
+    assert (
+        set(meta["test_mse"]) == {"maml", "pretrained"} and len(meta["test_mse"]["maml"]["5"]) == 11
+    )
     baseline, base_meta = maml.load_sinusoid_checkpoint(tmp_path / "maml_sin_pretrained.pt")
     assert base_meta["model"] == "pretrained"
     assert baseline(torch.zeros(3, 1)).shape == (3, 1)

@@ -115,14 +115,18 @@ def test_both_branches_share_one_set_of_weights():
 
 def test_saved_model_reloads_and_predicts_the_same(tmp_path):
     keras.utils.set_random_seed(1)
-    model = siamese.build_siamese(siamese.koch_base((20, 20), filters=(4, 4, 4), features=8), image_shape=(20, 20))
+    model = siamese.build_siamese(
+        siamese.koch_base((20, 20), filters=(4, 4, 4), features=8), image_shape=(20, 20)
+    )
     x = np.random.default_rng(2).uniform(size=(6, 20, 20)).astype(np.float32)
     y = np.random.default_rng(3).uniform(size=(6, 20, 20)).astype(np.float32)
     path = tmp_path / "twin.keras"
     model.save(path)
     again = siamese.load_checkpoint(path)
     assert isinstance(again.get_layer("l1_distance"), siamese.L1Distance)
-    assert np.allclose(siamese.predict_pairs(model, x, y), siamese.predict_pairs(again, x, y), atol=1e-6)
+    assert np.allclose(
+        siamese.predict_pairs(model, x, y), siamese.predict_pairs(again, x, y), atol=1e-6
+    )
 
 
 def test_one_shot_scores_equal_explicit_pair_predictions():
@@ -144,7 +148,9 @@ def test_one_shot_scores_equal_explicit_pair_predictions():
     # two support images of one class: its score is the better of the two
     method.process_support_set(torch.from_numpy(support).unsqueeze(1), torch.tensor([0, 0, 1]))
     two = method.scores(torch.from_numpy(query).unsqueeze(1)).numpy()
-    assert np.allclose(two[:, 0], scores[:, :2].max(axis=1)) and np.allclose(two[:, 1], scores[:, 2])
+    assert np.allclose(two[:, 0], scores[:, :2].max(axis=1)) and np.allclose(
+        two[:, 1], scores[:, 2]
+    )
 
 
 def test_bad_settings_raise_value_errors():
@@ -166,16 +172,27 @@ def test_short_training_beats_chance_on_held_out_pairs_and_one_shot():
     images, labels = blobs(per_class=40)
     train = np.arange(len(labels)) % 40 < 30
     model = siamese.compile_siamese(siamese.build_siamese(image_shape=(8, 8)), learning_rate=0.003)
-    history, seconds = siamese.train_siamese(model, images[train], siamese.make_pairs(labels[train], seed=0), epochs=20, verbose=0)
+    history, seconds = siamese.train_siamese(
+        model, images[train], siamese.make_pairs(labels[train], seed=0), epochs=20, verbose=0
+    )
     assert len(seconds) == 20 and history["loss"][-1] < history["loss"][0]
     held_images, held_labels = images[~train], labels[~train]
     held = siamese.make_pairs(held_labels, seed=1)
-    accuracy = siamese.pair_accuracy(siamese.predict_pairs(model, *held.images(held_images)), held.same)
+    accuracy = siamese.pair_accuracy(
+        siamese.predict_pairs(model, *held.images(held_images)), held.same
+    )
     assert accuracy > 0.75  # chance is 0.5
     from helpers.episodes import FewShotDataset, sample_episodes
 
-    dataset = FewShotDataset("blobs", (held_images * 255).clip(0, 255).astype(np.uint8), held_labels, ("a", "b", "c", "d"))
-    result = evaluate(siamese.SiameseOneShot(model), sample_episodes(dataset, 4, 1, 3, count=10), progress=False)
+    dataset = FewShotDataset(
+        "blobs",
+        (held_images * 255).clip(0, 255).astype(np.uint8),
+        held_labels,
+        ("a", "b", "c", "d"),
+    )
+    result = evaluate(
+        siamese.SiameseOneShot(model), sample_episodes(dataset, 4, 1, 3, count=10), progress=False
+    )
     assert result.mean > 0.5  # chance is 0.25
 
 
@@ -186,10 +203,14 @@ def test_contrastive_loss_exact_values_on_hand_made_pairs():
     # same pairs cost d^2; different pairs cost (margin - d)^2 inside the margin and nothing beyond
     distance = np.array([0.0, 0.5, 2.0, 0.25, 1.5])
     same = np.array([1, 1, 1, 0, 0])
-    per_pair = keras.ops.convert_to_numpy(siamese.contrastive_loss(distance, same, margin=1.0, reduction="none"))
+    per_pair = keras.ops.convert_to_numpy(
+        siamese.contrastive_loss(distance, same, margin=1.0, reduction="none")
+    )
     np.testing.assert_allclose(per_pair, [0.0, 0.25, 4.0, 0.5625, 0.0], rtol=0, atol=1e-12)
     assert float(siamese.contrastive_loss(distance, same)) == pytest.approx(4.8125 / 5, abs=1e-12)
-    wider = keras.ops.convert_to_numpy(siamese.contrastive_loss(distance, same, margin=2.0, reduction="none"))
+    wider = keras.ops.convert_to_numpy(
+        siamese.contrastive_loss(distance, same, margin=2.0, reduction="none")
+    )
     np.testing.assert_allclose(wider, [0.0, 0.25, 4.0, 3.0625, 0.25], rtol=0, atol=1e-12)
 
 
@@ -210,11 +231,16 @@ def test_contrastive_loss_refuses_bad_inputs_in_one_sentence():
     ):
         with pytest.raises(ValueError, match=message):
             siamese.contrastive_loss([0.5], [1], **kwargs)
-    with pytest.raises(ValueError, match=r"distance holds -0.5; every distance must be a finite number >= 0\."):
+    with pytest.raises(
+        ValueError, match=r"distance holds -0.5; every distance must be a finite number >= 0\."
+    ):
         siamese.contrastive_loss([1.0, -0.5], [1, 0])
     with pytest.raises(ValueError, match=r"distance holds nan"):
         siamese.contrastive_loss([float("nan")], [1])
-    with pytest.raises(ValueError, match=r"same holds 2.0; every label must be 1 \(same class\) or 0 \(different\)\."):
+    with pytest.raises(
+        ValueError,
+        match=r"same holds 2.0; every label must be 1 \(same class\) or 0 \(different\)\.",
+    ):
         siamese.contrastive_loss([1.0, 0.5], [1, 2])
     with pytest.raises(ValueError, match=r"distance has shape \(2,\) but same has shape \(3,\)"):
         siamese.contrastive_loss([1.0, 0.5], [1, 0, 1])
@@ -222,14 +248,22 @@ def test_contrastive_loss_refuses_bad_inputs_in_one_sentence():
 
 def test_pair_accuracy_counts_by_threshold():
     assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1])) == 0.5
-    assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]), threshold=0.3) == 0.75
+    assert (
+        siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]), threshold=0.3)
+        == 0.75
+    )
     assert siamese.pair_accuracy(np.array([0.9, 0.2]), np.array([1, 0]), threshold=0.95) == 0.5
 
 
 def test_lake_runs_become_episodes_with_the_answer_key():
     from helpers.datasets import LakeRun
 
-    run = LakeRun("run01", np.zeros((20, 8, 8), np.uint8), np.full((20, 8, 8), 255, np.uint8), np.arange(20)[::-1].copy())
+    run = LakeRun(
+        "run01",
+        np.zeros((20, 8, 8), np.uint8),
+        np.full((20, 8, 8), 255, np.uint8),
+        np.arange(20)[::-1].copy(),
+    )
     (episode,) = siamese.lake_run_episodes([run])
     assert episode.n_way == 20 and episode.k_shot == 1
     assert episode.query_labels.tolist() == list(range(19, -1, -1))
@@ -272,7 +306,11 @@ def test_model_trains_saves_and_reloads_under_each_backend(backend, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, "-c", BACKEND_SCRIPT, backend, str(tmp_path / f"{backend}.keras")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"ok {backend}" in done.stdout
@@ -283,8 +321,14 @@ def test_a_missing_or_truncated_twin_is_one_sentence_with_the_command(tmp_path):
 
     with pytest.raises(MissingCheckpoint) as caught:
         siamese.load_checkpoint(tmp_path / "gone.keras")
-    assert "\n" not in str(caught.value) and "a Keras Siamese twin" in str(caught.value) and "python -m helpers.siamese" in str(caught.value)
-    model = siamese.build_siamese(siamese.koch_base((20, 20), filters=(4, 4, 4), features=8), image_shape=(20, 20))
+    assert (
+        "\n" not in str(caught.value)
+        and "a Keras Siamese twin" in str(caught.value)
+        and "python -m helpers.siamese" in str(caught.value)
+    )
+    model = siamese.build_siamese(
+        siamese.koch_base((20, 20), filters=(4, 4, 4), features=8), image_shape=(20, 20)
+    )
     model.save(tmp_path / "twin.keras")
     data = (tmp_path / "twin.keras").read_bytes()
     (tmp_path / "twin.keras").write_bytes(data[: len(data) // 2])
@@ -302,7 +346,11 @@ def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monk
     from helpers import checkpoints
 
     real_make_pairs = siamese.make_pairs
-    monkeypatch.setattr(siamese, "make_pairs", lambda labels, pairs_per_class=None, **kw: real_make_pairs(labels, 1, **kw))
+    monkeypatch.setattr(
+        siamese,
+        "make_pairs",
+        lambda labels, pairs_per_class=None, **kw: real_make_pairs(labels, 1, **kw),
+    )
     saver = checkpoints.Saver(tmp_path / "twin.keras", "run-1")
     saved_rounds = []
     real_save = saver.save
@@ -327,14 +375,26 @@ def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monk
         return len(validated) == 2
 
     settings = dict(seed=0, validation_alphabets=2, features=8, saver=saver, progress=False)
-    first = siamese.train_omniglot_checkpoint(tmp_path / "twin.keras", minutes=5, should_stop=stop_before_round_3, **settings)
+    first = siamese.train_omniglot_checkpoint(
+        tmp_path / "twin.keras", minutes=5, should_stop=stop_before_round_3, **settings
+    )
     state = first.pop("stopped_state")
-    assert first["status"] == "interrupted" and [e["round"] for e in state["log"]] == [1, 2] and state["round"] == 2
+    assert (
+        first["status"] == "interrupted"
+        and [e["round"] for e in state["log"]] == [1, 2]
+        and state["round"] == 2
+    )
     assert state["best_accuracy"] == max(validated)
     improved = [i + 1 for i, v in enumerate(validated) if v > max([-1.0, *validated[:i]])]
     assert saved_rounds == improved  # saved only when the validation improved
-    resumed = siamese.train_omniglot_checkpoint(tmp_path / "twin.keras", minutes=1e-4, resume=state, **settings)
-    assert resumed["status"] == "complete" and [e["round"] for e in resumed["log"]] == [1, 2, 3] and resumed["rounds"] == 3
+    resumed = siamese.train_omniglot_checkpoint(
+        tmp_path / "twin.keras", minutes=1e-4, resume=state, **settings
+    )
+    assert (
+        resumed["status"] == "complete"
+        and [e["round"] for e in resumed["log"]] == [1, 2, 3]
+        and resumed["rounds"] == 3
+    )
     assert resumed["best_validation_20way_accuracy"] == max(validated) and len(validated) == 3
     assert checkpoints.read_record(tmp_path / "twin.keras")["status"] == "complete"
     siamese.load_checkpoint(tmp_path / "twin.keras")

@@ -163,10 +163,15 @@ def test_a_panel_shows_as_the_widget_in_jupyter_and_as_plain_text_elsewhere():
     bundle = panel._repr_mimebundle_()
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
     # not the widget's repr, VBox(children=(HTML(value='<b>test</b>'), ...: no markup shown as text
-    assert bundle["text/plain"] == "[interactive panel: test] n = 2, lr = 0.1. Its controls work in a running notebook."
+    assert (
+        bundle["text/plain"]
+        == "[interactive panel: test] n = 2, lr = 0.1. Its controls work in a running notebook."
+    )
     panel.controls["n"].value = 7
     panel.run()
-    assert panel._repr_mimebundle_()["text/plain"].endswith("Last run refused: n=7 must be at most 5.")
+    assert panel._repr_mimebundle_()["text/plain"].endswith(
+        "Last run refused: n=7 must be at most 5."
+    )
     assert "<" not in panel._repr_mimebundle_()["text/plain"]
 
 

@@ -423,7 +423,7 @@ def tsne_map(
 # ----------------------------------------------------------------------------- interactive panel
 
 
-#: What each setting of :func:`training_panel` may be, and the name a message gives it.
+#: What each setting of the ProtoNet panel (:func:`helpers.panels.protonet_training`) may be, and the name a message gives it.
 PANEL_CONSTRAINTS = {
     "lr": ("learning rate", validation.Positive(0.001)),
     "episodes": ("episodes", validation.Whole(1)),

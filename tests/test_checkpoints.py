@@ -238,6 +238,8 @@ def test_a_process_killed_between_the_renames_still_reads_as_the_previous_pair(t
 def test_ctrl_c_during_the_renames_waits_until_the_pair_is_written(tmp_path):
     save(tmp_path / "m.pt", net(seed=1), record(0.5, run_id="old"))
     real_replace = os.replace
+    # Python's own Ctrl-C handler, whatever an earlier test of the session left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def replace_then_signal(src, dst):
         real_replace(src, dst)
@@ -249,6 +251,7 @@ def test_ctrl_c_during_the_renames_waits_until_the_pair_is_written(tmp_path):
             save(tmp_path / "m.pt", net(seed=2), record(0.9, run_id="new"))
     finally:
         checkpoints.os.replace = real_replace
+        signal.signal(signal.SIGINT, previous)
     assert (
         load_checkpoint(tmp_path / "m.pt", net())["run_id"] == "new"
     )  # delivered after both renames

@@ -173,13 +173,17 @@ def set_threads(threads: int | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)  # NumPy's BLAS and scikit-learn's OpenMP (t-SNE) too
-    if "tensorflow" in sys.modules:
-        _set_tensorflow_threads(threads)
+    set_tensorflow_threads(threads)
     return threads
 
 
-def _set_tensorflow_threads(threads: int) -> None:
-    """TensorFlow's thread pools, which it fixes when it first runs an op (later calls are refused)."""
+def set_tensorflow_threads(threads: int) -> None:
+    """Set TensorFlow's thread pools (if TensorFlow is imported) and nothing else.
+
+    TensorFlow fixes its pools when it first runs an op; a later call keeps the pools it has.
+    """
+    if "tensorflow" not in sys.modules:
+        return
     config = sys.modules["tensorflow"].config.threading
     try:
         if config.get_intra_op_parallelism_threads() != threads:

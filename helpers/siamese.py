@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 # the validation constraints, as "rules": train_siamese has an argument named validation
 from . import validation as rules  # noqa: E402
-from .device import quiet_tensorflow, set_threads  # noqa: E402
+from .device import quiet_tensorflow, set_tensorflow_threads  # noqa: E402
 from .fewshot import FewShotMethod  # noqa: E402
 
 with quiet_tensorflow():  # TensorFlow's start-up log would fill a notebook with stderr boxes
@@ -48,7 +48,7 @@ with quiet_tensorflow():  # TensorFlow's start-up log would fill a notebook with
 
 # TensorFlow sizes its thread pools from every visible core when it first runs; give it the
 # threads that torch was given (helpers.device.setup), chosen from the CPUs really available.
-set_threads(torch.get_num_threads())
+set_tensorflow_threads(torch.get_num_threads())
 
 # --------------------------------------------------------------------------------------------
 # Pairs

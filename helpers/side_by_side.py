@@ -24,14 +24,19 @@ from .fewshot import EvalResult, FewShotMethod, confidence_interval, evaluate
 
 #: Published Omniglot accuracies (%), 5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot.
 #: Pixels, the classifier baseline, Siamese nets and Matching Networks: Vinyals et al. (2016),
-#: Table 1; Prototypical Networks: Snell et al. (2017), Table 1; MAML: Finn et al. (2017), Table 1.
+#: Table 1; Prototypical Networks: Snell et al. (2017), Table 1; MAML and first-order MAML: Finn et
+#: al. (2017), Table 1. Snell et al. train one model per shot, so a checkpoint trained with 1 shot
+#: has a paper number only at 1 shot ("..., 1-shot training") and likewise for 5 shots.
 PAPER: dict[str, dict[tuple[int, int], float]] = {
     "pixels (cosine)": {(5, 1): 41.7, (5, 5): 63.2, (20, 1): 26.7, (20, 5): 42.6},
     "classifier + cosine": {(5, 1): 80.0, (5, 5): 95.0, (20, 1): 69.5, (20, 5): 89.1},
     "Siamese net (Koch)": {(5, 1): 96.7, (5, 5): 98.4, (20, 1): 88.0, (20, 5): 96.5},
     "Matching Networks": {(5, 1): 98.1, (5, 5): 98.9, (20, 1): 93.8, (20, 5): 98.5},
     "Prototypical Networks": {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9},
+    "Prototypical Networks, 1-shot training": {(5, 1): 98.8, (20, 1): 96.0},
+    "Prototypical Networks, 5-shot training": {(5, 5): 99.7, (20, 5): 98.9},
     "MAML": {(5, 1): 98.7, (5, 5): 99.9, (20, 1): 95.8, (20, 5): 98.9},
+    "first-order MAML": {(5, 1): 98.3, (5, 5): 99.2, (20, 1): 89.4, (20, 5): 97.9},
 }
 
 
@@ -104,6 +109,45 @@ class TrainingRecord:
     hardware: str
     command: str
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the run trained on a GPU (the recorded hardware names CUDA or a GPU model)."""
+        text = self.hardware.lower()
+        if "no gpu" in text:
+            return False
+        return any(word in text for word in ("cuda", "nvidia", "h100", "h200", "a100", "mps"))
+
+    @property
+    def processes_sharing(self) -> int | None:
+        """How many training processes shared the device, as the hardware note says; None if unsaid.
+
+        Read from notes such as "shared with 6 other training processes" (7) or "shared by 4
+        concurrent training processes" (4). A minute of a device shared by n runs is not a minute of
+        the same device alone, so a plot of accuracy against time must say so.
+        """
+        import re
+
+        text = self.hardware.lower()
+        match = re.search(r"shared (?:the gpu )?with (\d+) other", text)
+        if match:
+            return int(match.group(1)) + 1
+        match = re.search(r"shared by (\d+) concurrent", text)
+        if match:
+            return int(match.group(1))
+        return None
+
+    @property
+    def device(self) -> str:
+        """A short name of the hardware: "GPU shared by 7 runs", "GPU" or "2-core CPU"."""
+        if not self.on_gpu:
+            return (
+                "2-core CPU"
+                if "2-core" in self.hardware or "2 cpu cores" in self.hardware.lower()
+                else "CPU"
+            )
+        shared = self.processes_sharing
+        return f"GPU shared by {shared} runs" if shared else "GPU"
+
 
 def training_record(path: str | Path) -> TrainingRecord:
     """The wall time, hardware and command stored beside a checkpoint.
@@ -135,6 +179,36 @@ def training_record(path: str | Path) -> TrainingRecord:
     return TrainingRecord(
         minutes, str(meta.get("hardware", "not recorded")), str(meta.get("command", "not recorded"))
     )
+
+
+@dataclass
+class Gap:
+    """One setting of one method against its paper: measured mean, its 95 % half-width, the paper."""
+
+    setting: tuple[int, int]
+    measured: float  # %
+    ci95: float  # %
+    paper: float  # %
+
+    @property
+    def points(self) -> float:
+        """Measured minus published, in points (negative: below the paper)."""
+        return self.measured - self.paper
+
+    @property
+    def reaches_paper(self) -> bool:
+        """The paper's number lies inside or below this run's 95 % interval."""
+        return self.measured + self.ci95 >= self.paper
+
+
+def paper_gaps(by_setting: dict[tuple[int, int], EvalResult | None], paper_name: str) -> list[Gap]:
+    """Each setting where the method was evaluated and its paper reports a number, as a :class:`Gap`."""
+    published = PAPER[paper_name]
+    return [
+        Gap(setting, 100 * result.mean, 100 * result.ci95, published[setting])
+        for setting, result in by_setting.items()
+        if result is not None and setting in published
+    ]
 
 
 def results_table(

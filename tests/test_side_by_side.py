@@ -81,7 +81,7 @@ def test_every_committed_omniglot_checkpoint_has_a_training_record():
         "siamese_omniglot_koch28",
     ):
         record = sbs.training_record(ROOT / "data" / "checkpoints" / f"{name}.pt")
-        assert 0 < record.minutes < 120 and record.hardware and record.command
+        assert 0 < record.minutes < 24 * 60 and record.hardware and record.command
 
 
 def test_results_table_puts_the_paper_beside_each_measurement():
@@ -90,3 +90,36 @@ def test_results_table_puts_the_paper_beside_each_measurement():
         {"ours": {(5, 1): result, (20, 1): None}}, [(5, 1), (20, 1)], {"ours": "MAML"}
     )
     assert "| ours | 50.0 ± 1.0 (98.7) | not trained (95.8) |" in table
+
+
+def test_the_hardware_note_says_which_device_and_how_many_runs_shared_it():
+    def record(hardware: str) -> sbs.TrainingRecord:
+        return sbs.TrainingRecord(1.0, hardware, "python -m ...")
+
+    gpu7 = record(
+        "cuda (NVIDIA H100 80GB HBM3); this run shared the GPU with 6 other training processes"
+    )
+    assert gpu7.on_gpu and gpu7.processes_sharing == 7 and gpu7.device == "GPU shared by 7 runs"
+    gpu4 = record("1 NVIDIA H100 80GB (device session), shared by 4 concurrent training processes")
+    assert gpu4.processes_sharing == 4 and gpu4.device == "GPU shared by 4 runs"
+    assert record("cuda (NVIDIA H200)").device == "GPU"
+    cpu = record("2-core CPU, no GPU, shared with other engineers' jobs (load average about 15)")
+    assert not cpu.on_gpu and cpu.processes_sharing is None and cpu.device == "2-core CPU"
+    committed = sbs.training_record(ROOT / "data" / "checkpoints" / "protonet_omniglot_1shot.pt")
+    assert committed.device == "GPU shared by 7 runs"
+
+
+def test_paper_gaps_compare_each_setting_with_its_own_papers_number():
+    results = {
+        (5, 1): EvalResult(0.986, 0.002, np.array([0.986])),
+        (5, 5): EvalResult(0.990, 0.001, np.array([0.99])),
+        (20, 1): None,
+    }
+    gaps = sbs.paper_gaps(results, "Prototypical Networks, 1-shot training")
+    assert [g.setting for g in gaps] == [
+        (5, 1)
+    ]  # 5-shot: the 1-shot model has no paper number there
+    (gap,) = gaps
+    assert abs(gap.points - (98.6 - 98.8)) < 1e-9 and gap.reaches_paper  # 98.6 + 0.2 reaches 98.8
+    fo = sbs.paper_gaps(results, "first-order MAML")
+    assert [round(g.paper, 1) for g in fo] == [98.3, 99.2] and not fo[1].reaches_paper

@@ -477,7 +477,9 @@ class Saver:
     The first :meth:`save` decides: ``path`` is replaced when it is free, holds this run's
     own checkpoint, holds another run's checkpoint measured the same way with a validation
     score no better than this run's, or ``overwrite`` is set. Otherwise this run saves to
-    :func:`beside` (``name_<run_id>.pt``) from then on, and ``say`` is told where, once.
+    :func:`beside` (``name_<run_id>.pt``), and ``say`` is told where, once; when a later save's
+    validation catches up with the protected checkpoint's (measured the same way), that save
+    replaces it and the files beside it are removed (``say`` is told).
     """
 
     def __init__(
@@ -505,6 +507,25 @@ class Saver:
                     f"this run saves to {self.path} (--overwrite replaces it instead)."
                 )
             self.decided = True
+        elif self.path != self.requested and not self.overwrite:
+            # Saving beside a better checkpoint: once this run is at least as good, measured the
+            # same way, it takes the requested name and drops its own files beside it.
+            existing = read_record(self.requested)
+            if (
+                existing is not None
+                and existing.get("run_id") != self.run_id
+                and protection(existing, record, self.requested.exists()) is None
+            ):
+                beside_path = self.path
+                written = write_pair(self.requested, write_weights, record)
+                self.path = self.requested
+                _remove(beside_path, record_path(beside_path))
+                self.say(
+                    f"this run's validation {_show_score(record['val_score'])} now beats "
+                    f"{_show_score(existing.get('val_score') or _legacy_score(existing))}: it "
+                    f"replaces {self.requested} and removes its earlier saves in {beside_path}."
+                )
+                return written
         return write_pair(self.path, write_weights, record)
 
 

@@ -291,6 +291,25 @@ def test_a_committed_better_checkpoint_survives_a_worse_run(tmp_path):
     assert load_checkpoint(saver.path, net())["val_score"]["value"] == 0.60
 
 
+def test_a_run_that_catches_up_replaces_the_checkpoint_and_removes_its_saves_beside_it(tmp_path):
+    path = tmp_path / "best.pt"
+    save(path, net(seed=1), record(0.58, run_id="committed"))
+    said = []
+    saver = Saver(path, "new-run", say=said.append)
+    saver.save(checkpoints.torch_writer(net(seed=2).state_dict()), record(0.57))  # not yet
+    beside_path = tmp_path / "best_new-run.pt"
+    assert saver.path == beside_path and beside_path.exists() and len(said) == 1
+    winner = net(seed=3)
+    saver.save(checkpoints.torch_writer(winner.state_dict()), record(0.80))
+    assert saver.path == path and not beside_path.exists()
+    assert not checkpoints.record_path(beside_path).exists()
+    fresh = net(seed=9)
+    assert load_checkpoint(path, fresh)["run_id"] == "new-run" and same_weights(fresh, winner)
+    assert len(said) == 2 and "80.00 %" in said[1] and "58.00 %" in said[1]
+    saver.save(checkpoints.torch_writer(net(seed=4).state_dict()), record(0.81))  # its own now
+    assert saver.path == path and len(said) == 2 and leftovers(tmp_path) == []
+
+
 def test_overwrite_a_better_run_only_when_asked(tmp_path):
     path = tmp_path / "best.pt"
     save(path, net(seed=1), record(0.99, run_id="committed"))

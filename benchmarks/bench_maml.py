@@ -11,6 +11,13 @@ One meta-step = adapt every task of the meta-batch, compute the query losses, ba
 the meta-gradient and take one Adam step, exactly as ``helpers.maml.MAML.meta_step`` does.
 Inputs are random images of the right shape: the timings do not depend on the pixels.
 
+Against what floor? Each configuration also counts the floating-point operations of one
+meta-step (``torch.utils.flop_counter.FlopCounterMode``: the forward passes, the inner
+gradients, the meta-gradient with its second-order terms) and, on a CPU, measures the rate of a
+large float32 matrix product at the same thread count. ``floor ms`` is the count divided by that
+rate: the time the meta-step would take if every operation ran as fast as a big matmul, which
+convolutions on 28x28 images with few channels never quite do.
+
 This is a benchmark, not a test: numbers depend on the machine and on what else runs on it.
 """
 
@@ -97,6 +104,13 @@ def run_one(config: dict) -> dict:
         ) / 1024  # ru_maxrss is in KiB on Linux
         memory = "growth of peak RSS (warm-up excluded)"
     ms = 1000 * sorted(times)[len(times) // 2]
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        learner.meta_step(batch)
+    gflop = counter.get_total_flops() / 1e9
+    matmul_gflops = matmul_rate(device) if device.type == "cpu" else None
     return {
         **config,
         "ms_per_meta_step": round(ms, 1),
@@ -104,7 +118,26 @@ def run_one(config: dict) -> dict:
         "peak_mb": round(peak_mb, 1),
         "memory_measure": memory,
         "all_ms": [round(1000 * t, 1) for t in times],
+        "gflop_per_meta_step": round(gflop, 2),
+        "achieved_gflops": round(gflop / (ms / 1000), 1),
+        "matmul_gflops": matmul_gflops,
+        "floor_ms": None if not matmul_gflops else round(1000 * gflop / matmul_gflops, 1),
     }
+
+
+def matmul_rate(device, size: int = 1024, repeats: int = 10) -> float:
+    """GFLOP/s of a ``size`` x ``size`` float32 matrix product on ``device`` (median of ``repeats``)."""
+    import torch
+
+    a = torch.rand(size, size, device=device)
+    b = torch.rand(size, size, device=device)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return round(2 * size**3 / sorted(times)[repeats // 2] / 1e9, 1)
 
 
 def describe(device: str) -> str:
@@ -158,7 +191,10 @@ def main() -> None:
             f"\n{args.model}, device {device}: {describe(device)}; meta-batch {args.meta_batch}, {task}, "
             f"{args.inner_steps} inner step(s)"
         )
-        print(f"{'order':>7} {'mode':>5} {'ms/meta-step':>13} {'meta-steps/s':>13} {'peak MB':>9}")
+        print(
+            f"{'order':>7} {'mode':>5} {'ms/meta-step':>13} {'meta-steps/s':>13} {'peak MB':>9} "
+            f"{'GFLOP':>7} {'GFLOP/s':>8} {'floor ms':>9}"
+        )
         for order in args.orders:
             for mode in args.modes:
                 config = dict(
@@ -187,8 +223,11 @@ def main() -> None:
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 result["hardware"] = describe(device)
                 results.append(result)
+                floor = "-" if result["floor_ms"] is None else f"{result['floor_ms']:.1f}"
                 print(
-                    f"{order:>7} {mode:>5} {result['ms_per_meta_step']:>13.1f} {result['meta_steps_per_s']:>13.2f} {result['peak_mb']:>9.1f}"
+                    f"{order:>7} {mode:>5} {result['ms_per_meta_step']:>13.1f} {result['meta_steps_per_s']:>13.2f} "
+                    f"{result['peak_mb']:>9.1f} {result['gflop_per_meta_step']:>7.2f} "
+                    f"{result['achieved_gflops']:>8.1f} {floor:>9}"
                 )
         for order in args.orders:
             pair = {
@@ -201,6 +240,13 @@ def main() -> None:
                 print(
                     f"{order}-order on {device}: vmap is {ratio:.2f}x the speed of the loop (loop ms / vmap ms)"
                 )
+        cpu_rates = [
+            r["matmul_gflops"] for r in results if r["device"] == device and r["matmul_gflops"]
+        ]
+        if cpu_rates:
+            print(
+                f"a 1024x1024 float32 matmul runs at {max(cpu_rates):.1f} GFLOP/s here; floor ms = GFLOP / that rate"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

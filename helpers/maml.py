@@ -1193,8 +1193,8 @@ def build_parser():
 
     parser = Parser(
         PROG,
-        description="Meta-train MAML on Omniglot or on the paper's sinusoids. "
-        "Ctrl-C or SIGTERM saves the run; --resume continues it.",
+        description="Meta-train MAML on Omniglot or on the paper's sinusoids, or test an Omniglot "
+        "checkpoint on new episodes. Ctrl-C or SIGTERM saves a training run; --resume continues it.",
     )
     sub = parser.add_subparsers(dest="task", required=True, parser_class=Parser)
     om = sub.add_parser(
@@ -1247,7 +1247,66 @@ def build_parser():
             "--hardware", default="", help="a note on the machine, added to the recorded hardware"
         )
         add_run_options(p)
+    te = sub.add_parser(
+        "test",
+        help="test an Omniglot checkpoint on new episodes and keep the result in its record",
+    )
+    te.add_argument("checkpoint", type=Path, help="a checkpoint written by the omniglot command")
+    te.add_argument("--episodes", type=int, default=600, help="test episodes (the paper: 600)")
+    te.add_argument("--n-query", type=int, default=15, help="queries per class in an episode")
+    te.add_argument(
+        "--k-shot", type=int, default=None, help="shots per class (default: the checkpoint's)"
+    )
+    te.add_argument("--split", default="vinyals-test", help="the Omniglot split of the classes")
+    te.add_argument("--seed", type=int, default=100, help="seed of the episodes")
+    te.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
+    te.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    te.add_argument("--no-progress", action="store_true")
+    te.add_argument("--debug", action="store_true", help="show Python's traceback on failure")
     return parser
+
+
+def evaluate_command(args, device: torch.device) -> dict:
+    """``python -m helpers.maml test CHECKPOINT``: accuracy on new episodes, kept in the record.
+
+    The checkpoint adapts to each episode as it was set to (its inner learning rate and test
+    steps). The result goes to the record's ``results.test`` (the weights are not touched), so
+    the README and the notebooks read a number that a command measured.
+    """
+    from . import checkpoints
+    from .episodes import omniglot_dataset, sample_episodes
+    from .fewshot import evaluate
+
+    model, record = load_omniglot_checkpoint(args.checkpoint, device)
+    settings = record["settings"]
+    k_shot = settings["k_shot"] if args.k_shot is None else args.k_shot
+    classes = omniglot_dataset(args.split)
+    episodes = sample_episodes(
+        classes, settings["n_way"], k_shot, args.n_query, args.episodes, seed=args.seed
+    )
+    learner = MAMLClassifier(model, settings["inner_lr"], settings["eval_steps"])
+    start = time.perf_counter()
+    result = evaluate(learner, episodes, progress=not args.no_progress, desc="testing")
+    test = {
+        "accuracy": round(result.mean, 5),
+        "ci95": round(result.ci95, 5),
+        "episodes": args.episodes,
+        "split": f"omniglot/{args.split}",
+        "n_way": settings["n_way"],
+        "k_shot": k_shot,
+        "n_query": args.n_query,
+        "seed": args.seed,
+        "adaptation": f"{settings['eval_steps']} steps of {settings['inner_lr']}",
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    key = "test" if k_shot == settings["k_shot"] else f"test_{k_shot}shot"
+    checkpoints.update_record(args.checkpoint, results={**(record.get("results") or {}), key: test})
+    print(
+        f"{args.checkpoint}: {100 * result.mean:.1f} ± {100 * result.ci95:.1f} % on {args.episodes} "
+        f"{settings['n_way']}-way {k_shot}-shot episodes of omniglot/{args.split} "
+        f"(results.{key} of its record)"
+    )
+    return test
 
 
 def _omniglot_settings(args) -> dict:
@@ -1265,6 +1324,24 @@ def validate_arguments(args) -> None:
     """Every argument, checked before any data is loaded (``ValueError``)."""
     from . import commands
 
+    if args.task == "test":
+        validation.seed(args.seed, "--seed")
+        commands.whole(args, "episodes", 1)
+        commands.whole(args, "n_query", 1)
+        if args.k_shot is not None:
+            commands.whole(args, "k_shot", 1)
+        if args.threads is not None:
+            commands.whole(args, "threads", 1)
+        if args.device is not None:
+            from .device import check_device_name
+
+            check_device_name(args.device, "--device")
+        if not Path(args.checkpoint).is_file():
+            raise ValueError(
+                f"there is no checkpoint {args.checkpoint}; give the .pt file that "
+                "python -m helpers.maml omniglot --out wrote."
+            )
+        return
     commands.run_options(args)
     if args.task == "sinusoid":
         commands.positive(args, "inner_lr", example=0.01)
@@ -1284,6 +1361,8 @@ def validate_arguments(args) -> None:
 def train_command(args, device: torch.device, command: str) -> dict:
     from . import checkpoints, commands
 
+    if args.task == "test":
+        return evaluate_command(args, device)
     if args.task == "omniglot":
         settings = _omniglot_settings(args)
         files = commands.RunFiles(args.out, args, settings)

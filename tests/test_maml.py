@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from torch.func import functional_call
 
 from helpers import maml
 from helpers.fewshot import FewShotMethod
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def smooth_net(seed: int = 0) -> nn.Module:
@@ -460,6 +463,39 @@ def test_omniglot_command_trains_saves_and_reloads(tmp_path):
     assert 0 <= meta["val_accuracy"] <= 1
     model, _ = maml.load_omniglot_checkpoint(out)
     assert model(torch.rand(4, 1, 28, 28)).shape == (4, 5)
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_the_test_command_keeps_the_measured_accuracy_in_the_record(tmp_path, capsys):
+    import shutil
+
+    from helpers import checkpoints
+    from helpers.episodes import omniglot_dataset, sample_episodes
+    from helpers.fewshot import evaluate
+
+    committed = ROOT / "data" / "checkpoints" / "maml_omniglot_5w1s.pt"
+    path = tmp_path / committed.name
+    shutil.copy(committed, path)
+    shutil.copy(committed.with_suffix(".json"), path.with_suffix(".json"))
+    test = maml.main(
+        ["test", str(path), "--episodes", "3", "--n-query", "2", "--threads", "1", "--no-progress"]
+    )
+    record = checkpoints.read_record(path)
+    assert record["results"]["test"] == test and record["results"]["meta_steps_done"] == 3162
+    assert checkpoints.file_sha256(path) == record["weights"]["sha256"]  # weights untouched
+    model, meta = maml.load_omniglot_checkpoint(path)
+    episodes = sample_episodes(omniglot_dataset("vinyals-test"), 5, 1, 2, 3, seed=100)
+    expected = evaluate(
+        maml.MAMLClassifier(model, 0.4, meta["settings"]["eval_steps"]), episodes, progress=False
+    )
+    assert abs(test["accuracy"] - expected.mean) < 1e-4 and test["episodes"] == 3
+    assert "on 3 5-way 1-shot episodes" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        maml.main(["test", str(tmp_path / "missing.pt")])
+    assert exit_info.value.code == 2
+    assert "there is no checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        maml.main(["test", str(path), "--episodes", "0"])
 
 
 def test_sinusoid_command_writes_both_checkpoints(tmp_path):

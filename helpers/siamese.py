@@ -173,6 +173,23 @@ class L1Distance(keras.layers.Layer):
         return input_shape[0]
 
 
+@keras.saving.register_keras_serializable(package="metalearn")
+class EuclideanDistance(keras.layers.Layer):
+    """``||a - b||_2`` per row, shape ``(batch, 1)``: the one number the contrastive loss reads.
+
+    The square root is taken of at least ``1e-12``, so its gradient stays finite when the two
+    embeddings coincide (a same pair the loss has already pulled together).
+    """
+
+    def call(self, inputs):
+        a, b = inputs
+        squared = keras.ops.sum(keras.ops.square(a - b), axis=-1, keepdims=True)
+        return keras.ops.sqrt(keras.ops.maximum(squared, 1e-12))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+
+
 def mlp_base(image_shape: Sequence[int] = (28, 28), dropout: float = 0.1) -> keras.Model:
     """The chapter's base network h: Flatten -> 128 -> 128 -> 64, ReLU, dropout 0.1."""
     return keras.Sequential(
@@ -234,6 +251,65 @@ def build_siamese(
     return keras.Model([left, right], similarity, name="siamese")
 
 
+def build_contrastive_siamese(
+    base: keras.Model | None = None, image_shape: Sequence[int] = (28, 28)
+) -> keras.Model:
+    """The twin of Hadsell et al. and the Keras example: one ``base``, Euclidean distance, no head.
+
+    Output ``(batch, 1)``: the distance ``||h(x1) - h(x2)||`` itself, small for a pair the
+    network thinks the same. Train it with :func:`compile_contrastive`.
+    """
+    base = base if base is not None else mlp_base(image_shape)
+    left = keras.Input(shape=tuple(image_shape), name="left")
+    right = keras.Input(shape=tuple(image_shape), name="right")
+    distance = EuclideanDistance(name="euclidean_distance")([base(left), base(right)])
+    return keras.Model([left, right], distance, name="contrastive_siamese")
+
+
+@keras.saving.register_keras_serializable(package="metalearn")
+class ContrastiveLoss(keras.losses.Loss):
+    """:func:`contrastive_loss` as a Keras loss: ``y_true`` is 1 for same, ``y_pred`` the distance."""
+
+    def __init__(self, margin: float = 1.0, name: str = "contrastive", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.margin = rules.positive_number("margin", margin, 1.0)
+
+    def call(self, y_true, y_pred):
+        distance = keras.ops.reshape(y_pred, (-1,))
+        same = keras.ops.reshape(y_true, (-1,))
+        return contrastive_loss(distance, same, self.margin, reduction="none")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "margin": self.margin}
+
+
+def _steps_per_execution(steps_per_execution: int | None) -> int:
+    if steps_per_execution is not None:
+        return rules.whole_number("steps_per_execution", steps_per_execution, 1)
+    return 1 if keras.backend.backend() == "torch" else 32
+
+
+def compile_contrastive(
+    model: keras.Model,
+    learning_rate: float = 0.001,
+    margin: float = 1.0,
+    steps_per_execution: int | None = None,
+) -> keras.Model:
+    """Adam on the contrastive loss with ``margin`` (a twin from :func:`build_contrastive_siamese`).
+
+    The same optimiser and batching as :func:`compile_siamese`; only the loss differs. A pair
+    is later called "same" when its distance is below ``margin / 2``
+    (:func:`distance_pair_accuracy`).
+    """
+    learning_rate = rules.positive_number("learning_rate", learning_rate, 0.001)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=ContrastiveLoss(margin),
+        steps_per_execution=_steps_per_execution(steps_per_execution),
+    )
+    return model
+
+
 def compile_siamese(
     model: keras.Model, learning_rate: float = 0.001, steps_per_execution: int | None = None
 ) -> keras.Model:
@@ -245,15 +321,11 @@ def compile_siamese(
     ``None`` means 32, or 1 under the torch backend, which only supports 1.
     """
     learning_rate = rules.positive_number("learning_rate", learning_rate, 0.001)
-    if steps_per_execution is not None:
-        rules.whole_number("steps_per_execution", steps_per_execution, 1)
-    if steps_per_execution is None:
-        steps_per_execution = 1 if keras.backend.backend() == "torch" else 32
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="binary_crossentropy",
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.5)],
-        steps_per_execution=steps_per_execution,
+        steps_per_execution=_steps_per_execution(steps_per_execution),
     )
     return model
 
@@ -328,6 +400,13 @@ def predict_pairs(
 def pair_accuracy(similarities: np.ndarray, same: np.ndarray, threshold: float = 0.5) -> float:
     """Fraction of pairs called correctly: 'same' when the similarity exceeds ``threshold``."""
     return float(np.mean((np.asarray(similarities) > threshold) == (np.asarray(same) > 0.5)))
+
+
+def distance_pair_accuracy(
+    distances: np.ndarray, same: np.ndarray, threshold: float = 0.5
+) -> float:
+    """Fraction of pairs called correctly by a distance: 'same' when it is below ``threshold``."""
+    return float(np.mean((np.asarray(distances) < threshold) == (np.asarray(same) > 0.5)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,6 +523,75 @@ def train_siamese(
     return {k: [float(v) for v in vs] for k, vs in fit.history.items()}, timer.seconds
 
 
+class _HeldOutPairAccuracy(keras.callbacks.Callback):
+    """After every epoch, the pair accuracy on held-out pairs, by ``score(outputs, same)``."""
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, same: np.ndarray, score) -> None:
+        super().__init__()
+        self.left, self.right, self.same, self.score = left, right, same, score
+        self.accuracies: list[float] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        outputs = predict_pairs(self.model, self.left, self.right)
+        self.accuracies.append(self.score(outputs, self.same))
+
+
+def compare_pair_losses(
+    images: np.ndarray,
+    pairs: Pairs,
+    test_images: np.ndarray,
+    test_pairs: Pairs,
+    epochs: int = 2,
+    batch_size: int = 128,
+    learning_rate: float = 0.001,
+    margin: float = 1.0,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Train the same tower twice on the same pairs, once per loss, and score the held-out pairs.
+
+    ``"cross-entropy"``: :func:`build_siamese` (L1 distance, sigmoid head), a pair is "same"
+    when ``p > 0.5``. ``"contrastive"``: :func:`build_contrastive_siamese` (Euclidean distance,
+    no head) with ``margin``, "same" when ``d < margin / 2``. Both start from the same initial
+    :func:`mlp_base` weights (``seed``), see the pairs in the same order and take the same
+    number of Adam steps. Returns, per loss: ``accuracies`` on ``test_pairs`` after every epoch
+    (``accuracy``: the last), ``outputs`` (the final held-out similarities or distances), the
+    per-epoch training ``loss``, ``seconds`` and the ``model``.
+    """
+    rules.seed(seed)
+    margin = rules.positive_number("margin", margin, 1.0)
+    image_shape = images.shape[1:]
+    test_left, test_right = test_pairs.images(test_images)
+    results: dict[str, dict] = {}
+    for name in ("cross-entropy", "contrastive"):
+        keras.utils.set_random_seed(seed)  # the same initial tower for both losses
+        if name == "cross-entropy":
+            model = compile_siamese(build_siamese(image_shape=image_shape), learning_rate)
+            score = pair_accuracy
+        else:
+            model = compile_contrastive(
+                build_contrastive_siamese(image_shape=image_shape), learning_rate, margin
+            )
+
+            def score(outputs, same):
+                return distance_pair_accuracy(outputs, same, margin / 2)
+
+        held_out = _HeldOutPairAccuracy(test_left, test_right, test_pairs.same, score)
+        start = time.perf_counter()
+        history, _ = train_siamese(
+            model, images, pairs, epochs, batch_size, callbacks=[held_out], verbose=0, seed=seed
+        )
+        seconds = time.perf_counter() - start
+        results[name] = dict(
+            accuracies=held_out.accuracies,
+            accuracy=held_out.accuracies[-1],
+            outputs=predict_pairs(model, test_left, test_right),
+            loss=history["loss"],
+            seconds=seconds,
+            model=model,
+        )
+    return results
+
+
 # --------------------------------------------------------------------------------------------
 # One-shot meta-testing
 
@@ -526,6 +674,41 @@ class SiameseOneShot(FewShotMethod):
         for label in range(self.n_way):
             scores[:, label] = similarity[:, self.support_labels == label].max(axis=1)
         return torch.from_numpy(scores).to(query_images.device)
+
+
+class TowerNearestNeighbour(FewShotMethod):
+    """One-shot with a twin's tower alone: embed with its shared base ``h``, take the nearest support.
+
+    The twin's own head (``w . |h(x1) - h(x2)| + b``) is left out; ``metric`` (``"cosine"`` or
+    ``"euclidean"``) compares the embeddings instead, as notebook 03 compares its Conv-4
+    embeddings. Comparing this with :class:`SiameseOneShot` on the same episodes separates what
+    the learned head adds from what the features allow. With K > 1 shots a class keeps the
+    mean of its embeddings.
+    """
+
+    def __init__(self, model: keras.Model, metric: str = "cosine") -> None:
+        from .one_shot import check_metric
+
+        self.base, self.metric = model.get_layer("base"), check_metric(metric)
+        shape = tuple(self.base.inputs[0].shape[1:])
+        self.image_shape = (1, *shape) if len(shape) == 2 and all(shape) else None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(n, features)`` tower outputs of ``(n, 1, H, W)`` images, in inference mode."""
+        features = keras.ops.convert_to_numpy(self.base.predict_on_batch(_to_numpy_images(images)))
+        return torch.from_numpy(np.asarray(features, dtype=np.float32))
+
+    def process_support_set(
+        self, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> None:
+        from .fewshot import prototypes
+
+        self.keys = prototypes(self.embed(support_images), support_labels.cpu())
+
+    def scores(self, query_images: torch.Tensor) -> torch.Tensor:
+        from .one_shot import similarity
+
+        return similarity(self.embed(query_images), self.keys, self.metric).to(query_images.device)
 
 
 def _to_numpy_images(images: torch.Tensor) -> np.ndarray:
@@ -752,6 +935,37 @@ def within_alphabet_episodes(
                     tuple(str(alphabet) for _ in chosen),
                 )
             )
+    return episodes
+
+
+def random_alphabet_episodes(
+    images: np.ndarray, alphabets: np.ndarray, n_way: int = 20, count: int = 20, seed: int = 0
+) -> list:
+    """20-way one-shot tasks like :func:`within_alphabet_episodes`, but the characters of each
+    are drawn from all of ``images`` regardless of their alphabet (two drawers, as there).
+
+    The contrast to Lake's runs: the same characters, drawers and N, only the alphabet
+    constraint removed.
+    """
+    from .episodes import Episode, float_images
+
+    n_way = rules.whole_number("n_way", n_way, 2, len(images))
+    count = rules.whole_number("count", count, 1)
+    rng = rules.numpy_rng(seed)
+    episodes = []
+    for _ in range(count):
+        chosen = rng.choice(len(images), n_way, replace=False)
+        a, b = rng.choice(images.shape[1], 2, replace=False)
+        episodes.append(
+            Episode(
+                float_images(images[chosen, a]),
+                torch.arange(n_way),
+                float_images(images[chosen, b]),
+                torch.arange(n_way),
+                chosen,
+                tuple(str(alphabets[i]) for i in chosen),
+            )
+        )
     return episodes
 
 

@@ -246,6 +246,111 @@ def test_contrastive_loss_refuses_bad_inputs_in_one_sentence():
         siamese.contrastive_loss([1.0, 0.5], [1, 0, 1])
 
 
+def test_contrastive_twin_outputs_the_euclidean_distance_and_its_loss_matches_by_hand(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = siamese.build_contrastive_siamese(image_shape=(8, 8))
+    base = model.get_layer("base")
+    assert model.count_params() == base.count_params()  # no head: the distance is the answer
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(6, 8, 8)).astype(np.float32)
+    y = rng.uniform(size=(6, 8, 8)).astype(np.float32)
+    by_hand = np.linalg.norm(
+        keras.ops.convert_to_numpy(base(x)) - keras.ops.convert_to_numpy(base(y)), axis=1
+    )
+    distance = siamese.predict_pairs(model, x, y)
+    np.testing.assert_allclose(distance, by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(siamese.predict_pairs(model, y, x), distance, atol=1e-6)
+    assert np.all(siamese.predict_pairs(model, x, x) <= 1e-5)  # sqrt of the 1e-12 floor
+    # the Keras loss is the formula: same pairs d^2, different pairs max(0, m - d)^2, averaged
+    loss = siamese.ContrastiveLoss(margin=2.0)
+    same = np.array([1, 0, 1, 0], dtype=np.float32)
+    d = np.array([[0.5], [0.5], [3.0], [3.0]], dtype=np.float32)
+    assert float(loss(same, d)) == pytest.approx((0.25 + 2.25 + 9.0 + 0.0) / 4, abs=1e-6)
+    assert siamese.ContrastiveLoss.from_config(loss.get_config()).margin == 2.0
+    with pytest.raises(ValueError, match="margin=0 must be a positive finite number"):
+        siamese.ContrastiveLoss(margin=0)
+    path = tmp_path / "contrastive.keras"
+    siamese.compile_contrastive(model, margin=2.0).save(path)
+    again = siamese.load_checkpoint(path)
+    assert isinstance(again.get_layer("euclidean_distance"), siamese.EuclideanDistance)
+    np.testing.assert_allclose(siamese.predict_pairs(again, x, y), distance, atol=1e-6)
+
+
+def test_distance_accuracy_calls_close_pairs_same():
+    distances, same = np.array([0.1, 0.7, 0.4, 0.9]), np.array([1, 0, 0, 1])
+    assert siamese.distance_pair_accuracy(distances, same) == 0.5
+    assert siamese.distance_pair_accuracy(distances, same, threshold=0.3) == 0.75
+    assert siamese.distance_pair_accuracy(distances, same, threshold=1.0) == 0.5
+
+
+def test_both_losses_train_the_same_tower_and_beat_chance_on_held_out_pairs():
+    images, labels = blobs(per_class=40)
+    train = np.arange(len(labels)) % 40 < 30
+    pairs = siamese.make_pairs(labels[train], seed=0)
+    held = siamese.make_pairs(labels[~train], seed=1)
+    results = siamese.compare_pair_losses(
+        images[train], pairs, images[~train], held, epochs=8, learning_rate=0.003, seed=0
+    )
+    assert set(results) == {"cross-entropy", "contrastive"}
+    for name, result in results.items():
+        assert len(result["accuracies"]) == len(result["loss"]) == 8
+        assert result["accuracy"] == result["accuracies"][-1] > 0.75, name  # chance is 0.5
+        assert result["loss"][-1] < result["loss"][0]
+    # both started from the same tower: the seed fixes the first weights of each base
+    towers = [r["model"].get_layer("base") for r in results.values()]
+    assert [w.shape for w in towers[0].get_weights()] == [w.shape for w in towers[1].get_weights()]
+    keras.utils.set_random_seed(0)
+    fresh = siamese.mlp_base((8, 8)).get_weights()[0]
+    keras.utils.set_random_seed(0)
+    assert np.array_equal(siamese.mlp_base((8, 8)).get_weights()[0], fresh)
+    # the reported accuracy is the rule named in the docstring, recomputed from the outputs
+    outputs = results["contrastive"]["outputs"]
+    assert results["contrastive"]["accuracy"] == siamese.distance_pair_accuracy(
+        outputs, held.same, 0.5
+    )
+
+
+def test_tower_nearest_neighbour_is_cosine_between_base_embeddings():
+    keras.utils.set_random_seed(0)
+    model = siamese.build_siamese(image_shape=(8, 8))
+    images, _ = blobs()
+    support, query = torch.from_numpy(images[:4, None]), torch.from_numpy(images[40:46, None])
+    method = siamese.TowerNearestNeighbour(model)
+    method.process_support_set(support, torch.arange(4))
+    base = model.get_layer("base")
+    s = keras.ops.convert_to_numpy(base(images[:4]))
+    q = keras.ops.convert_to_numpy(base(images[40:46]))
+    cosine = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+        s / np.linalg.norm(s, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_allclose(method.scores(query).numpy(), cosine, atol=1e-5)
+    euclidean = siamese.TowerNearestNeighbour(model, "euclidean")
+    euclidean.process_support_set(support, torch.arange(4))
+    np.testing.assert_allclose(
+        euclidean.scores(query).numpy(),
+        -np.linalg.norm(q[:, None] - s[None], axis=2),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match="metric"):
+        siamese.TowerNearestNeighbour(model, "manhattan")
+
+
+def test_random_alphabet_episodes_ignore_the_alphabet_and_use_two_drawers():
+    images = np.arange(30 * 4 * 2 * 2, dtype=np.uint8).reshape(30, 4, 2, 2)
+    alphabets = np.repeat(np.array(["A", "B", "C"]), 10)
+    episodes = siamese.random_alphabet_episodes(images, alphabets, n_way=20, count=5, seed=0)
+    again = siamese.random_alphabet_episodes(images, alphabets, n_way=20, count=5, seed=0)
+    assert len(episodes) == 5
+    for e, f in zip(episodes, again):
+        assert e.n_way == 20 and e.k_shot == 1 and len(set(e.class_ids.tolist())) == 20
+        assert len(set(e.class_names)) > 1  # 20 of 30 characters cannot all be of one alphabet
+        assert torch.equal(e.support_images, f.support_images)
+        assert not torch.equal(e.support_images, e.query_images)  # two different drawers
+    with pytest.raises(ValueError, match="n_way"):
+        siamese.random_alphabet_episodes(images, alphabets, n_way=31)
+
+
 def test_pair_accuracy_counts_by_threshold():
     assert siamese.pair_accuracy(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1])) == 0.5
     assert (

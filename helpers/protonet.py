@@ -350,12 +350,16 @@ def tsne_map(
     predictions=None,
     random_state: int = 0,
     ax=None,
+    class_means=None,
 ):
     """t-SNE of query embeddings with their prototypes (stars); misclassified queries are
     boxed with an arrow to the prototype of their true class.
 
     ``query_embeddings (n, dim)``, ``query_labels (n,)``, ``prototypes (n_way, dim)``;
-    ``predictions`` (default: nearest prototype). Returns the axes and the 2-D points.
+    ``predictions`` (default: nearest prototype). ``class_means (n_way, dim)``, if given, are
+    mapped too and drawn as crosses joined to their class's prototype by a dotted line: with one
+    shot, how far a star lies from its cross shows how atypical the single support drawing is.
+    Returns the axes and the 2-D points (queries, then prototypes, then any class means).
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -368,12 +372,22 @@ def tsne_map(
     if predictions is None:
         predictions = class_scores(queries, prototypes).argmax(1)
     predictions = torch.as_tensor(predictions).cpu().numpy()
-    points = np.concatenate([queries.numpy(), prototypes.numpy()])
+    blocks = [queries.numpy(), prototypes.numpy()]
+    if class_means is not None:
+        class_means = torch.as_tensor(class_means).detach().cpu().float()
+        if class_means.shape != prototypes.shape:
+            raise ValueError(
+                f"tsne_map: class_means has shape {tuple(class_means.shape)}, "
+                f"but the prototypes have {tuple(prototypes.shape)}; give one mean per class."
+            )
+        blocks.append(class_means.numpy())
+    points = np.concatenate(blocks)
     perplexity = min(30.0, (len(points) - 1) / 3)
     xy = TSNE(
         n_components=2, perplexity=perplexity, init="pca", random_state=random_state
     ).fit_transform(points)
-    query_xy, proto_xy = xy[: len(queries)], xy[len(queries) :]
+    n, n_way = len(queries), len(prototypes)
+    query_xy, proto_xy, mean_xy = xy[:n], xy[n : n + n_way], xy[n + n_way :]
     ax = ax or plt.subplots(figsize=(8, 7))[1]
     colours = plt.get_cmap("tab10" if len(prototypes) <= 10 else "tab20")
     span = np.ptp(xy, axis=0).max()
@@ -390,6 +404,23 @@ def tsne_map(
             label=name,
             zorder=3,
         )
+        if len(mean_xy):
+            ax.scatter(
+                *mean_xy[k],
+                s=90,
+                marker="X",
+                color=colours(k % colours.N),
+                edgecolor="black",
+                linewidth=0.8,
+                zorder=3,
+            )
+            ax.plot(
+                *np.stack([proto_xy[k], mean_xy[k]]).T,
+                ":",
+                color=colours(k % colours.N),
+                lw=1.5,
+                zorder=2,
+            )
     box = 0.035 * span
     for i in np.flatnonzero(predictions != labels):
         x, y = query_xy[i]
@@ -414,10 +445,57 @@ def tsne_map(
     ax.set(
         xticks=[],
         yticks=[],
-        title="t-SNE of query embeddings (dots) and prototypes (stars); red: misclassified → true prototype",
+        title="t-SNE of query embeddings (dots) and prototypes (stars); red: misclassified → true prototype"
+        + ("\ncrosses: each class's mean over all its drawings" if len(mean_xy) else ""),
     )
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class (prototype)")
     return ax, xy
+
+
+def support_atypicality(embeddings, labels, episodes):
+    """How atypical each class's support set is, and how many of its queries go wrong.
+
+    For every class of every episode: the distance from its prototype to the mean embedding of
+    *all* the class's images in the dataset, divided by the average distance of one of its
+    images to that mean (so about 1 for a 1-shot prototype that is a typical drawing, more for an
+    odd one); and the fraction of its queries that the nearest prototype labels wrongly.
+    ``embeddings (n_images, dim)`` are those of the whole dataset (:func:`evaluate_from_embeddings`
+    uses the same table), ``labels (n_images,)`` its class labels, ``episodes`` drawn from it
+    (each with ``support_indices`` and ``query_indices``). Returns two NumPy arrays, atypicality
+    and error rate, with one entry per (episode, class).
+    """
+    import numpy as np
+
+    embeddings = torch.as_tensor(embeddings).detach().cpu().float()
+    labels = torch.as_tensor(np.asarray(labels)).long().cpu()
+    if len(labels) != len(embeddings):
+        raise ValueError(
+            f"support_atypicality: {len(embeddings)} embeddings but {len(labels)} labels."
+        )
+    means = fewshot.prototypes(embeddings, labels)
+    spread = (embeddings - means[labels]).norm(dim=1)
+    typical = torch.zeros(len(means)).index_add_(0, labels, spread) / torch.bincount(
+        labels, minlength=len(means)
+    ).clamp(min=1)
+    atypicality, errors = [], []
+    for episode in validation.episodes(episodes):
+        support_rows = torch.as_tensor(np.asarray(episode.support_indices)).long()
+        query_rows = torch.as_tensor(np.asarray(episode.query_indices)).long()
+        support_labels = torch.as_tensor(episode.support_labels).cpu().long()
+        query_labels = torch.as_tensor(episode.query_labels).cpu().long()
+        n_way = int(support_labels.max()) + 1
+        protos = fewshot.prototypes(embeddings[support_rows], support_labels)
+        predictions = class_scores(embeddings[query_rows], protos).argmax(dim=1)
+        classes = torch.empty(n_way, dtype=torch.long)
+        classes[support_labels] = labels[support_rows]
+        atypicality.append((protos - means[classes]).norm(dim=1) / typical[classes])
+        wrong = torch.zeros(n_way).index_add_(
+            0, query_labels, (predictions != query_labels).float()
+        )
+        errors.append(wrong / torch.bincount(query_labels, minlength=n_way).clamp(min=1))
+    if not atypicality:
+        raise ValueError("support_atypicality needs at least one episode.")
+    return torch.cat(atypicality).numpy(), torch.cat(errors).numpy()
 
 
 # ----------------------------------------------------------------------------- interactive panel

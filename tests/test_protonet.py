@@ -249,3 +249,65 @@ def test_seven_segment_codes():
     assert codes.shape == (10, 7)
     assert codes.sum(1).tolist() == [6, 2, 5, 5, 4, 5, 6, 3, 7, 6]  # segments lit per digit
     assert torch.equal(codes[8], torch.ones(7))
+
+
+def _two_class_episode(support, queries, query_labels):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        support_indices=np.array(support),
+        query_indices=np.array(queries),
+        support_labels=torch.tensor([0, 1]),
+        query_labels=torch.tensor(query_labels),
+    )
+
+
+def test_support_atypicality_measures_the_support_drawing_against_its_class_mean():
+    # class 0: images 0-3 at x = -1, -1, -1, 3 (mean 0, mean distance 1.5); class 1: images 4-7 near x = 10
+    embeddings = torch.tensor(
+        [[-1.0, 0], [-1, 0], [-1, 0], [3, 0], [9, 0], [11, 0], [9, 0], [11, 0]]
+    )
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    typical = _two_class_episode([0, 4], [1, 2, 5, 6], [0, 0, 1, 1])
+    odd = _two_class_episode([3, 4], [1, 2, 5, 6], [0, 0, 1, 1])
+    atypicality, errors = protonet.support_atypicality(embeddings, labels, [typical, odd])
+    np.testing.assert_allclose(atypicality, [1 / 1.5, 1.0, 3 / 1.5, 1.0], rtol=1e-6)
+    # with the odd drawing (x = 3) as prototype, the class-0 queries at -1 are still nearer to it than to 9
+    np.testing.assert_allclose(errors, [0, 0, 0, 0])
+    far = torch.tensor([[-1.0, 0], [-1, 0], [-1, 0], [20, 0], [9, 0], [11, 0], [9, 0], [11, 0]])
+    _, errors = protonet.support_atypicality(far, labels, [odd])
+    np.testing.assert_allclose(
+        errors, [1.0, 0.0]
+    )  # a prototype at 20: both class-0 queries go to class 1
+    with pytest.raises(ValueError, match="labels"):
+        protonet.support_atypicality(embeddings, labels[:3], [typical])
+
+
+def test_tsne_map_boxes_exactly_the_misclassified_queries_and_maps_the_class_means():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    generator = torch.Generator().manual_seed(0)
+    prototypes = 4 * torch.randn(3, 6, generator=generator)
+    labels = torch.arange(3).repeat_interleave(5)
+    queries = prototypes[labels] + torch.randn(15, 6, generator=generator)
+    predictions = labels.clone()
+    predictions[[0, 7]] = torch.tensor([1, 2])
+    means = prototypes + 0.5
+    ax, xy = protonet.tsne_map(
+        queries, labels, prototypes, ["a", "b", "c"], predictions=predictions, class_means=means
+    )
+    assert xy.shape == (15 + 3 + 3, 2)
+    assert sum(isinstance(p, Rectangle) for p in ax.patches) == 2
+    assert "crosses" in ax.get_title()
+    plt.close("all")
+    ax, xy = protonet.tsne_map(
+        queries, labels, prototypes, ["a", "b", "c"], predictions=predictions
+    )
+    assert xy.shape == (18, 2) and "crosses" not in ax.get_title()
+    with pytest.raises(ValueError, match="class_means"):
+        protonet.tsne_map(queries, labels, prototypes, ["a", "b", "c"], class_means=means[:2])
+    plt.close("all")

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the command scaffold", {"commands"}),
     ("the comparison of methods", {"side_by_side"}),
     ("methods", {"protonet", "matching", "maml", "maml_rl", "one_shot", "siamese", "zero_shot"}),
-    ("plots and exercises", {"plots", "exercises"}),
+    ("plots, exercises and claims", {"plots", "exercises", "claims"}),
     ("widgets", {"widgets"}),
     ("panels", {"panels"}),
 ]

@@ -914,8 +914,6 @@ def within_alphabet_episodes(
     ``images``: ``(n_characters, 20, H, W)`` uint8; each task takes ``n_way`` characters of one
     alphabet, one drawer's drawings as support and another drawer's as queries.
     """
-    from .episodes import Episode, float_images
-
     rng = rules.numpy_rng(seed)
     episodes = []
     for alphabet in np.unique(alphabets):
@@ -923,19 +921,29 @@ def within_alphabet_episodes(
         if len(rows) < n_way:
             continue
         for _ in range(per_alphabet):
-            chosen = rng.choice(rows, n_way, replace=False)
-            a, b = rng.choice(images.shape[1], 2, replace=False)
             episodes.append(
-                Episode(
-                    float_images(images[chosen, a]),
-                    torch.arange(n_way),
-                    float_images(images[chosen, b]),
-                    torch.arange(n_way),
-                    chosen,
-                    tuple(str(alphabet) for _ in chosen),
-                )
+                _two_drawer_episode(images, alphabets, rng.choice(rows, n_way, replace=False), rng)
             )
     return episodes
+
+
+def _two_drawer_episode(
+    images: np.ndarray, alphabets: np.ndarray, chosen: np.ndarray, rng
+) -> Episode:  # noqa: F821  (helpers.episodes, imported lazily below)
+    """One N-way one-shot task on the characters ``chosen``: one drawer's images are the support,
+    another's the queries (both drawers drawn from ``rng``)."""
+    from .episodes import Episode, float_images
+
+    first, second = rng.choice(images.shape[1], 2, replace=False)
+    labels = torch.arange(len(chosen))
+    return Episode(
+        float_images(images[chosen, first]),
+        labels,
+        float_images(images[chosen, second]),
+        labels.clone(),
+        chosen,
+        tuple(str(alphabets[i]) for i in chosen),
+    )
 
 
 def random_alphabet_episodes(
@@ -947,26 +955,13 @@ def random_alphabet_episodes(
     The contrast to Lake's runs: the same characters, drawers and N, only the alphabet
     constraint removed.
     """
-    from .episodes import Episode, float_images
-
     n_way = rules.whole_number("n_way", n_way, 2, len(images))
     count = rules.whole_number("count", count, 1)
     rng = rules.numpy_rng(seed)
-    episodes = []
-    for _ in range(count):
-        chosen = rng.choice(len(images), n_way, replace=False)
-        a, b = rng.choice(images.shape[1], 2, replace=False)
-        episodes.append(
-            Episode(
-                float_images(images[chosen, a]),
-                torch.arange(n_way),
-                float_images(images[chosen, b]),
-                torch.arange(n_way),
-                chosen,
-                tuple(str(alphabets[i]) for i in chosen),
-            )
-        )
-    return episodes
+    return [
+        _two_drawer_episode(images, alphabets, rng.choice(len(images), n_way, replace=False), rng)
+        for _ in range(count)
+    ]
 
 
 class _StopWhenAsked(keras.callbacks.Callback):

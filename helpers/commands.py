@@ -149,7 +149,7 @@ def run_options(args: argparse.Namespace) -> None:
 
         if os.environ.get(DEVICE_VARIABLE):
             check_device_name(os.environ[DEVICE_VARIABLE], DEVICE_VARIABLE)
-    if args.resume and args.overwrite:
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         raise ValueError(
             "--resume continues an interrupted run and --overwrite starts afresh over it; give one of them."
         )

@@ -1324,25 +1324,18 @@ def validate_arguments(args) -> None:
     """Every argument, checked before any data is loaded (``ValueError``)."""
     from . import commands
 
+    commands.run_options(args)  # seed, threads, device (test has no --resume or --overwrite)
     if args.task == "test":
-        validation.seed(args.seed, "--seed")
         commands.whole(args, "episodes", 1)
         commands.whole(args, "n_query", 1)
         if args.k_shot is not None:
             commands.whole(args, "k_shot", 1)
-        if args.threads is not None:
-            commands.whole(args, "threads", 1)
-        if args.device is not None:
-            from .device import check_device_name
-
-            check_device_name(args.device, "--device")
         if not Path(args.checkpoint).is_file():
             raise ValueError(
                 f"there is no checkpoint {args.checkpoint}; give the .pt file that "
                 "python -m helpers.maml omniglot --out wrote."
             )
         return
-    commands.run_options(args)
     if args.task == "sinusoid":
         commands.positive(args, "inner_lr", example=0.01)
         commands.positive(args, "minutes", example=17)

@@ -100,14 +100,16 @@ def compare() -> int:
     newest: dict[tuple[str, str], dict] = {}
     for line in RESULTS.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        newest[row["notebook"], row["load"]] = row
+        # idle is the newest run with nothing else running; loaded the newest beside a CPU-bound
+        # process, whether this script started it (spin) or another job was running (external)
+        newest[row["notebook"], "none" if row["load"] == "none" else "loaded"] = row
     names = sorted({name for name, _ in newest})
     print("| notebook | idle (min) | beside one CPU-bound process (min) | ratio |")
     print("|---|---|---|---|")
     failed = 0
     for name in names:
         idle = newest.get((name, "none"))
-        loaded = newest.get((name, "spin")) or newest.get((name, "external"))
+        loaded = newest.get((name, "loaded"))
         ratio = loaded["seconds"] / idle["seconds"] if idle and loaded else None
         failed += ratio is not None and ratio > TARGET
         show = lambda row: "-" if row is None else f"{row['seconds'] / 60:.1f}"  # noqa: E731

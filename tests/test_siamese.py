@@ -163,6 +163,51 @@ def test_bad_settings_raise_value_errors():
         siamese.train_siamese(model, images, siamese.make_pairs(labels), epochs=0)
 
 
+def _epoch(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    parts = [
+        (np.asarray(left), np.asarray(right), np.asarray(same)) for (left, right), same in batches
+    ]
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_pair_batches_give_every_pair_once_an_epoch_reshuffled_and_reproducible(dtype):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(24, 3, 3)).astype(np.uint8)
+    labels = np.repeat(np.arange(4), 6)
+    pairs = siamese.make_pairs(labels, seed=0)
+    if dtype == "float32":
+        images = siamese.as_float(images)
+    expected_left, expected_right = (siamese.as_float(x) for x in pairs.images(images))
+    key = {
+        (a.tobytes(), b.tobytes()): s for a, b, s in zip(expected_left, expected_right, pairs.same)
+    }
+    batches = siamese.pair_batches(images, pairs, batch_size=7, shuffle=True, seed=3)
+    first, second = _epoch(batches), _epoch(batches)
+    for left, right, same in (first, second):
+        assert left.dtype == np.float32 and len(left) == len(pairs)
+        seen = [(a.tobytes(), b.tobytes()) for a, b in zip(left, right)]
+        assert sorted(seen) == sorted(key)  # every pair exactly once (pairs here are distinct)
+        assert [key[k] for k in seen] == list(same)  # each pair keeps its label
+    assert not np.array_equal(first[0], second[0])  # drawn again for the second epoch
+    again = _epoch(siamese.pair_batches(images, pairs, batch_size=7, shuffle=True, seed=3))
+    assert np.array_equal(again[0], first[0]) and np.array_equal(again[2], first[2])
+    fixed = _epoch(siamese.pair_batches(images, pairs, batch_size=7, shuffle=False))
+    assert np.array_equal(fixed[0], expected_left) and np.array_equal(fixed[2], pairs.same)
+
+
+def test_pair_batches_share_one_copy_of_the_same_images_and_copy_changed_ones():
+    images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2)
+    first = siamese._tensorflow_images(images)
+    assert siamese._tensorflow_images(images.copy()) is first  # the same pixels: one copy
+    images[0] = 9  # changed in place: a fresh copy with the new pixels
+    changed = siamese._tensorflow_images(images)
+    assert changed is not first and int(np.asarray(changed)[0, 0, 0]) == 9
+    for k in range(3):  # only the most recent few are kept
+        siamese._tensorflow_images(np.full((2, 2), k, dtype=np.uint8))
+    assert len(siamese._TF_IMAGES) == siamese._TF_IMAGES_KEPT
+
+
 # ---------------------------------------------------------------------------------- learning
 
 

@@ -525,11 +525,14 @@ def pair_batches(
     """The ``((left, right), same)`` batches that :func:`train_siamese` feeds to ``model.fit``.
 
     Under the TensorFlow backend this is a ``tf.data`` pipeline that gathers each batch's
-    images inside TensorFlow: measured on this project's 2-core CPU (one Keras epoch of the
-    108,400 MNIST pairs, one TensorFlow thread, idle machine), 3.3 s of wall time and 3.6 s of
-    CPU time an epoch, against 4.7 s and 6.0 s for the :class:`PairBatches` generator, whose
-    Python batches run on a second core beside the training step and so slow down by that much
-    when another program holds that core. Under another backend it is a :class:`PairBatches`.
+    images inside TensorFlow. Measured on this project's 2-core CPU (Keras epochs of the
+    108,400 MNIST pairs, one TensorFlow thread, idle machine, the second and third epochs of
+    three runs each): 3.5 to 3.8 s of CPU time an epoch, against 4.5 to 6.0 s for the
+    :class:`PairBatches` generator, at about the same wall time (2.9 to 5.2 s for either). The
+    generator's Python batches run on a second core beside the training step, so beside another
+    program that holds that core an epoch costs their whole CPU time: notebook 05 took 1.56
+    times as long beside one CPU-bound process as on an idle machine with the generator, 1.22
+    with this pipeline. Under another backend it is a :class:`PairBatches`.
     With ``shuffle`` the order is drawn again every epoch, from ``seed``.
     """
     batch_size = rules.whole_number("batch_size", batch_size, 1)
@@ -569,6 +572,9 @@ def pair_batches(
         draw = np.random.randint(2**31) if seed is None else seed
         epoch_seeds = tf.data.Dataset.random(seed=int(draw), rerandomize_each_iteration=True)
         rows = epoch_seeds.take(1).flat_map(epoch_rows)
+        # flat_map hides the number of batches; Keras wants it (for its progress bar, and so as
+        # not to warn that the data "ran out" at the end of the first epoch)
+        rows = rows.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
     return rows.map(gather).prefetch(1)
 
 

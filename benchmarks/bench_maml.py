@@ -106,9 +106,17 @@ def run_one(config: dict) -> dict:
     ms = 1000 * sorted(times)[len(times) // 2]
     from torch.utils.flop_counter import FlopCounterMode
 
+    # The work is counted on the loop: vmap does the same arithmetic, but the counter's formulas
+    # do not fit the batched convolutions vmap issues (for vmap it reported 6 to 11 times the
+    # loop's count, at a rate above a large matmul's, which cannot be).
+    counted = learner
+    if config["mode"] != "loop":
+        counted = MAML(
+            model, inner_lr, 1e-3, config["inner_steps"], config["first_order"], loss, "loop"
+        )
     counter = FlopCounterMode(display=False)
     with counter:
-        learner.meta_step(batch)
+        counted.meta_step(batch)
     gflop = counter.get_total_flops() / 1e9
     matmul_gflops = matmul_rate(device) if device.type == "cpu" else None
     return {
@@ -140,12 +148,13 @@ def matmul_rate(device, size: int = 1024, repeats: int = 10) -> float:
     return round(2 * size**3 / sorted(times)[repeats // 2] / 1e9, 1)
 
 
-def describe(device: str) -> str:
+def describe(device: str, threads: int | None = None) -> str:
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
-    return f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)"
+    threads = torch.get_num_threads() if threads is None else threads  # what each run sets
+    return f"CPU ({os.cpu_count()} cores visible, {threads} torch thread{'s' * (threads != 1)})"
 
 
 def main() -> None:
@@ -188,7 +197,7 @@ def main() -> None:
             else f"{args.n_way}-way {args.k_shot}-shot, {args.n_query} queries per class"
         )
         print(
-            f"\n{args.model}, device {device}: {describe(device)}; meta-batch {args.meta_batch}, {task}, "
+            f"\n{args.model}, device {device}: {describe(device, args.threads)}; meta-batch {args.meta_batch}, {task}, "
             f"{args.inner_steps} inner step(s)"
         )
         print(
@@ -221,7 +230,7 @@ def main() -> None:
                     print(f"{order:>7} {mode:>5} failed: {done.stderr.strip().splitlines()[-1]}")
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-                result["hardware"] = describe(device)
+                result["hardware"] = describe(device, args.threads)
                 results.append(result)
                 floor = "-" if result["floor_ms"] is None else f"{result['floor_ms']:.1f}"
                 print(

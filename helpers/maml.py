@@ -172,7 +172,8 @@ def resolve_mode(mode: str, device: torch.device | str, model: nn.Module | None 
     thread, load average about 2-3, Conv-4, meta-batch 32, 5-way 1-shot, one inner step): with
     15 queries per class the loop took 5.3 s per second-order meta-step against 15.1 s for vmap
     (first order 6.1 s against 15.7 s); with 1 query per class (the paper's training tasks) the
-    two were even (1.31 s against 1.28 s second order, 0.74 s against 0.87 s first order). For
+    two were even (1.31 s against 1.28 s second order, 0.74 s against 0.87 s first order; on
+    the idle machine, 1.62 s against 1.69 s and 0.76 s against 0.83 s). For
     the sinusoid MLP vmap was about 5x faster (32 ms against 152 ms, meta-batch 25). On a GPU,
     vmap is reported about 10x faster than the loop for Conv-4 at meta-batch 32 (not measured
     here). So ``"auto"`` picks ``vmap`` on CUDA and, on other devices, ``loop`` for

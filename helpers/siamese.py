@@ -545,16 +545,13 @@ def pair_batches(
     left, right = tf.constant(pairs.left), tf.constant(pairs.right)
     same = tf.constant(pairs.same.astype(np.float32))
 
-    def to_float(batch):
-        if stored.dtype == tf.uint8:
-            return tf.cast(batch, tf.float32) / 255.0
-        return tf.cast(batch, tf.float32)
+    divisor = 255.0 if stored.dtype == tf.uint8 else 1.0  # as as_float does, inside TensorFlow
 
     def gather(rows):
-        return (
-            to_float(tf.gather(stored, tf.gather(left, rows))),
-            to_float(tf.gather(stored, tf.gather(right, rows))),
-        ), tf.gather(same, rows)
+        def images_of(side):
+            return tf.cast(tf.gather(stored, tf.gather(side, rows)), tf.float32) / divisor
+
+        return (images_of(left), images_of(right)), tf.gather(same, rows)
 
     count = len(pairs)
     if not shuffle:

@@ -123,3 +123,13 @@ def test_paper_gaps_compare_each_setting_with_its_own_papers_number():
     assert abs(gap.points - (98.6 - 98.8)) < 1e-9 and gap.reaches_paper  # 98.6 + 0.2 reaches 98.8
     fo = sbs.paper_gaps(results, "first-order MAML")
     assert [round(g.paper, 1) for g in fo] == [98.3, 99.2] and not fo[1].reaches_paper
+
+
+def test_paper_numbers_for_maml_agree_with_helpers_maml():
+    """The side-by-side table and notebook 07 quote Finn et al. from two tables: they must agree."""
+    from helpers import maml
+
+    for (n_way, k_shot), (second, first) in maml.PAPER_OMNIGLOT_ACCURACY.items():
+        assert sbs.PAPER["MAML"][n_way, k_shot] == second
+        assert sbs.PAPER["first-order MAML"][n_way, k_shot] == first
+    assert set(sbs.PAPER["MAML"]) == set(maml.PAPER_OMNIGLOT_ACCURACY)

@@ -53,6 +53,7 @@ from torch.func import functional_call, vmap
 
 from . import validation
 from .fewshot import FewShotMethod, declared_image_shape
+from .side_by_side import PAPER as _PUBLISHED
 
 if TYPE_CHECKING:
     from .training import History
@@ -697,11 +698,10 @@ PAPER_OMNIGLOT = {
     ),
 }
 #: Reported accuracies (%), Finn et al. (2017) Table 1: (n_way, k_shot) -> MAML, first-order MAML.
+#: Read from the one table of published numbers, :data:`helpers.side_by_side.PAPER`.
 PAPER_OMNIGLOT_ACCURACY = {
-    (5, 1): (98.7, 98.3),
-    (5, 5): (99.9, 99.2),
-    (20, 1): (95.8, 89.4),
-    (20, 5): (98.9, 97.9),
+    setting: (_PUBLISHED["MAML"][setting], _PUBLISHED["first-order MAML"][setting])
+    for setting in _PUBLISHED["MAML"]
 }
 #: Reported sinusoid MSE, K = 5, after 1 / 5 / 10 steps (read from the paper's figure and text).
 PAPER_SINUSOID_MSE = {

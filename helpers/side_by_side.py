@@ -21,7 +21,6 @@ import numpy as np
 from . import validation
 from .episodes import Episode, FewShotDataset, sampled_episodes
 from .fewshot import EvalResult, FewShotMethod, confidence_interval, evaluate
-from .maml import PAPER_OMNIGLOT_ACCURACY
 
 #: Published Omniglot accuracies (%), 5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 20-way 5-shot.
 #: Pixels, the classifier baseline, Siamese nets and Matching Networks: Vinyals et al. (2016),
@@ -36,8 +35,8 @@ PAPER: dict[str, dict[tuple[int, int], float]] = {
     "Prototypical Networks": {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9},
     "Prototypical Networks, 1-shot training": {(5, 1): 98.8, (20, 1): 96.0},
     "Prototypical Networks, 5-shot training": {(5, 5): 99.7, (20, 5): 98.9},
-    "MAML": {setting: both[0] for setting, both in PAPER_OMNIGLOT_ACCURACY.items()},
-    "first-order MAML": {setting: both[1] for setting, both in PAPER_OMNIGLOT_ACCURACY.items()},
+    "MAML": {(5, 1): 98.7, (5, 5): 99.9, (20, 1): 95.8, (20, 5): 98.9},
+    "first-order MAML": {(5, 1): 98.3, (5, 5): 99.2, (20, 1): 89.4, (20, 5): 97.9},
 }
 
 

@@ -798,8 +798,14 @@ def train_omniglot(
     hardware: str = "",
     device: torch.device | str | None = None,
     files=None,
+    init: str | Path | None = None,
 ) -> tuple[nn.Module, dict]:
     """Meta-train a Conv-4 on Omniglot (Vinyals train classes), validating on the Vinyals val classes.
+
+    ``init`` (a checkpoint of this function with the same ``n_way``) starts the run from its
+    weights instead of a random initialisation, with a fresh optimiser (a warm start: 20-way
+    5-shot from the 20-way 1-shot network, or more meta-steps for a run that ended at
+    ``minutes``); the record says so in ``init_from``, with that run's meta-steps and time.
 
     Keeps the weights with the best validation accuracy and saves them, atomically, every time
     the validation improves, to ``out`` (with a ``.json`` of settings, hardware, wall time and
@@ -853,6 +859,9 @@ def train_omniglot(
         lambda: record("interrupted", loop.elapsed()),
         value=-1.0,
     )
+    init_from = None
+    if init is not None:
+        init_from = warm_start(model, init, run.n_way)
     wall_before = 0.0
     state = files.state if files is not None else None
     if state:
@@ -902,6 +911,7 @@ def train_omniglot(
             else None,
             history=curves(),
             results={"meta_steps_done": done, "best_step": best["step"]},
+            **({"init_from": init_from} if init_from else {}),
             wall_seconds=wall_before + time.perf_counter() - started,
             train_seconds=train_seconds,
             meta_steps_done=done,
@@ -983,6 +993,37 @@ def train_omniglot(
     if files is not None:
         files.finish()
     return model, meta
+
+
+def warm_start(model: nn.Module, init: str | Path, n_way: int) -> dict:
+    """Copy the weights of the checkpoint ``init`` into ``model``; what the record keeps of it.
+
+    Refuses (``ValueError``, one sentence) a checkpoint of another ``n_way``: its output layer
+    has another shape.
+    """
+    init = Path(init)
+    source, source_record = load_omniglot_checkpoint(init)
+    settings = source_record["settings"]
+    if settings["n_way"] != n_way:
+        raise ValueError(
+            f"--init {init} is a {settings['n_way']}-way network, but this run is {n_way}-way; "
+            f"start from a {n_way}-way checkpoint or leave --init out."
+        )
+    model.load_state_dict(
+        {k: v.to(next(model.parameters()).device) for k, v in source.state_dict().items()}
+    )
+    return {
+        "checkpoint": str(init),
+        "run_id": source_record.get("run_id"),
+        "sha256": (source_record.get("weights") or {}).get("sha256"),
+        "settings": {
+            k: settings.get(k)
+            for k in ("n_way", "k_shot", "first_order", "inner_lr", "train_steps", "meta_batch")
+        },
+        "meta_steps_done": source_record.get("meta_steps_done"),
+        "train_seconds": source_record.get("train_seconds"),
+        "val_accuracy": source_record.get("val_accuracy"),
+    }
 
 
 def _history_from_state(losses: Sequence[float], validations: dict, seconds: float) -> History:
@@ -1227,6 +1268,12 @@ def build_parser():
         default=Path("data/checkpoints/maml_omniglot.pt"),
         help="the checkpoint to write",
     )
+    om.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from the weights of this checkpoint of the same --n-way (a warm start, fresh optimiser) instead of random ones",
+    )
     om.add_argument("--no-progress", action="store_true")
     si = sub.add_parser(
         "sinusoid", help="the paper's sinusoid regression (and the jointly pretrained baseline)"
@@ -1349,6 +1396,20 @@ def validate_arguments(args) -> None:
                 f"--paper knows the paper's settings for --n-way 5 and 20, not {validation.show(args.n_way)}."
             )
         check_omniglot_run(OmniglotRun(**_omniglot_settings(args)), commands.flag)
+        if args.init is not None:
+            from . import checkpoints
+
+            record = checkpoints.read_record(args.init) if Path(args.init).is_file() else None
+            if record is None or "n_way" not in record.get("settings", {}):
+                raise ValueError(
+                    f"--init {args.init} is not a checkpoint of python -m helpers.maml omniglot "
+                    "(no such .pt, or no .json record beside it); give one that --out wrote."
+                )
+            if record["settings"]["n_way"] != args.n_way:
+                raise ValueError(
+                    f"--init {args.init} is a {record['settings']['n_way']}-way network, but --n-way is "
+                    f"{args.n_way}; start from a {args.n_way}-way checkpoint or leave --init out."
+                )
     commands.writable_target(Path(args.out))
 
 
@@ -1368,6 +1429,7 @@ def train_command(args, device: torch.device, command: str) -> dict:
             hardware=args.hardware,
             device=device,
             files=files,
+            init=args.init,
         )
         print(
             json.dumps(

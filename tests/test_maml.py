@@ -509,3 +509,45 @@ def test_sinusoid_command_writes_both_checkpoints(tmp_path):
     baseline, base_meta = maml.load_sinusoid_checkpoint(tmp_path / "maml_sin_pretrained.pt")
     assert base_meta["model"] == "pretrained"
     assert baseline(torch.zeros(3, 1)).shape == (3, 1)
+
+
+def test_init_starts_from_the_weights_of_another_checkpoint(tmp_path, capsys):
+    """A warm start: with a vanishing meta learning rate the run ends where its --init began,
+    which a random initialisation with the same seed does not; the record names the source."""
+    common = ["--meta-batch", "2", "--val-every", "1", "--val-episodes", "2", "--threads", "1"]
+    source = tmp_path / "source.pt"
+    maml.main(["omniglot", "--meta-steps", "2", "--seed", "3", *common, "--out", str(source)])
+    warm = tmp_path / "warm.pt"
+    maml.main(
+        ["omniglot", "--meta-steps", "1", "--meta-lr", "1e-12", *common, "--init", str(source)]
+        + ["--out", str(warm)]
+    )
+    cold = tmp_path / "cold.pt"
+    maml.main(["omniglot", "--meta-steps", "1", "--meta-lr", "1e-12", *common, "--out", str(cold)])
+    weights = {p: maml.load_omniglot_checkpoint(p)[0].state_dict() for p in (source, warm, cold)}
+    for name, value in weights[source].items():
+        if value.is_floating_point():
+            assert torch.allclose(weights[warm][name], value, atol=1e-8), name
+    assert any(
+        not torch.allclose(weights[cold][n], v)
+        for n, v in weights[source].items()
+        if v.is_floating_point()
+    )
+    record = json.loads(warm.with_suffix(".json").read_text())
+    source_record = json.loads(source.with_suffix(".json").read_text())
+    assert record["init_from"]["run_id"] == source_record["run_id"]
+    assert record["init_from"]["meta_steps_done"] == 2 and "--init" in record["command"]
+    assert "init_from" not in source_record
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # a 20-way run cannot start from a 5-way network
+        maml.main(
+            ["omniglot", "--n-way", "20", "--init", str(source), "--out", str(tmp_path / "x.pt")]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a 5-way network, but --n-way is 20" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        maml.main(
+            ["omniglot", "--init", str(tmp_path / "none.pt"), "--out", str(tmp_path / "y.pt")]
+        )
+    assert "is not a checkpoint" in capsys.readouterr().err

@@ -202,6 +202,21 @@ def test_vmap_and_loop_give_the_same_meta_gradient(first_order):
         assert torch.allclose(g_loop[name], g_vmap[name], atol=1e-10, rtol=0), name
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_meta_step_leaves_the_meta_gradient_of_the_whole_batch(first_order, mode):
+    """The loop's meta-step backpropagates one task at a time (to hold one task's graph); the
+    gradient it leaves is still that of the batch's mean meta-loss, as is vmap's."""
+    net, batch = smooth_net(), smooth_batch(4)
+    loss, expected = maml.meta_gradient(
+        net, maml.parameters_of(net), batch, F.mse_loss, 0.05, 3, first_order, mode="vmap"
+    )
+    learner = maml.MAML(net, 0.05, 1e-3, 3, first_order, F.mse_loss, mode)
+    assert abs(learner.meta_step(batch) - float(loss)) < 1e-12
+    for name, p in net.named_parameters():  # the step leaves .grad set (zeroed only at the next)
+        assert torch.allclose(p.grad, expected[name], atol=1e-10, rtol=0), name
+
+
 def smooth_conv_net() -> nn.Module:
     """Conv, batch norm (batch statistics), softplus, average pool: smooth, so finite differences work."""
     torch.manual_seed(0)

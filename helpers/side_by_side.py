@@ -108,6 +108,9 @@ class TrainingRecord:
     minutes: float
     hardware: str
     command: str
+    #: of ``minutes``, those of the run a warm start (``--init``) began from: the checkpoint's
+    #: training time is its own run's plus that one's
+    warm_start_minutes: float = 0.0
 
     @property
     def on_gpu(self) -> bool:
@@ -153,7 +156,9 @@ def training_record(path: str | Path) -> TrainingRecord:
     """The wall time, hardware and command stored beside a checkpoint.
 
     The record schema (:mod:`helpers.checkpoints`) keeps the wall time in ``wall_seconds``;
-    records written before it used ``wall_time_s`` or ``wall_minutes``, which are read too.
+    records written before it used ``wall_time_s`` or ``wall_minutes``, which are read too. A
+    run that began from another checkpoint's weights (its record's ``init_from``) adds that
+    run's training time, so the minutes are those behind the weights, not of the last sitting.
     """
     from .checkpoints import MissingCheckpoint, read_record, record_path
 
@@ -176,8 +181,12 @@ def training_record(path: str | Path) -> TrainingRecord:
         raise KeyError(
             f"{record_path(path)} records no wall time (wall_seconds, or wall_time_s / wall_minutes)."
         )
+    before = float((meta.get("init_from") or {}).get("train_seconds") or 0.0) / 60.0
     return TrainingRecord(
-        minutes, str(meta.get("hardware", "not recorded")), str(meta.get("command", "not recorded"))
+        minutes + before,
+        str(meta.get("hardware", "not recorded")),
+        str(meta.get("command", "not recorded")),
+        before,
     )
 
 

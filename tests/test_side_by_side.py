@@ -84,6 +84,19 @@ def test_every_committed_omniglot_checkpoint_has_a_training_record():
         assert 0 < record.minutes < 24 * 60 and record.hardware and record.command
 
 
+def test_a_warm_started_checkpoint_counts_the_minutes_of_the_run_it_began_from(tmp_path):
+    import json
+
+    record = {"wall_seconds": 600.0, "hardware": "2-core CPU, no GPU", "command": "python -m ..."}
+    (tmp_path / "cold.json").write_text(json.dumps(record))
+    (tmp_path / "warm.json").write_text(
+        json.dumps(record | {"init_from": {"train_seconds": 1380.0}})
+    )
+    cold, warm = (sbs.training_record(tmp_path / f"{name}.pt") for name in ("cold", "warm"))
+    assert (cold.minutes, cold.warm_start_minutes) == (10.0, 0.0)
+    assert (warm.minutes, warm.warm_start_minutes) == (33.0, 23.0)
+
+
 def test_results_table_puts_the_paper_beside_each_measurement():
     result = EvalResult(0.5, 0.01, np.array([0.5]))
     table = sbs.results_table(

@@ -244,7 +244,8 @@ class RunFiles:
             self._check_same_settings(self.state.get("settings", {}))
         elif self.resume_file.exists() and not args.overwrite:
             raise CommandError(
-                f"{self.resume_file} holds an interrupted run of this checkpoint; continue it with --resume, "
+                f"{self.resume_file} holds an unfinished run of this checkpoint (stopped by Ctrl-C, SIGTERM or "
+                "its time limit); continue it with --resume, "
                 "or start afresh with --overwrite."
             )
         run_id = self.state["run_id"] if self.state else checkpoints.new_run_id()

@@ -1006,11 +1006,25 @@ def train_omniglot(
     train_seconds = history.seconds
     if not history.val_episode or history.val_episode[-1] != history.n_episodes:
         loop.validation(history.n_episodes)
+    # Stopped by --minutes before --meta-steps: the state at the end is kept, so that --resume with
+    # a larger --minutes goes on exactly as one longer run would (the minutes are the run's total).
+    unfinished = files is not None and history.n_episodes < run.meta_steps
+    if unfinished:
+        save_resumable(history)
     model.load_state_dict(keep.state)
     meta = record("complete", train_seconds)
     if saver is not None:
         meta = save_weights(saver, keep.state, meta, step=history.n_episodes)
-    if files is not None:
+    if unfinished:
+        from .commands import resume_command
+
+        print(
+            f"stopped at the time limit, meta-step {history.n_episodes} of {run.meta_steps}: "
+            f"{files.resume_file} keeps the run; continue it with a larger --minutes and: "
+            f"{resume_command(command)}",
+            flush=True,
+        )
+    elif files is not None:
         files.finish()
     return model, meta
 

@@ -450,7 +450,7 @@ def test_a_fresh_run_over_an_interrupted_one_is_refused(tmp_path):
         toy_episodic(tmp_path, "run", stop_at=5)
     with pytest.raises(
         commands.CommandError,
-        match="holds an interrupted run of this checkpoint; continue it with --resume",
+        match="holds an unfinished run of this checkpoint",
     ):
         toy_episodic(tmp_path, "run")
     with pytest.raises(commands.CommandError, match="--resume: there is no interrupted run"):
@@ -570,6 +570,79 @@ def test_maml_omniglot_stopped_and_resumed_equals_the_uninterrupted_run(
     a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "split"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not checkpoints.resume_path(tmp_path / "split.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_data")
+def test_maml_stopped_by_its_time_limit_resumes_with_more_minutes_to_the_uninterrupted_run(
+    tmp_path, capsys, monkeypatch
+):
+    """--minutes is the run's total: a run that ran out of it keeps its state, and --resume with a
+    larger --minutes takes the steps one longer run would have taken."""
+    import time
+
+    from helpers import checkpoints, maml
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])  # the loop's clock
+    losses: dict[str, list[float]] = {"whole": [], "split": []}
+    last_weights: dict[str, dict] = {}
+    current = {"run": "whole"}
+    real_step = maml.MAML.meta_step
+
+    def one_minute_step(self, batch):
+        loss = real_step(self, batch)
+        clock["now"] += 60.0
+        losses[current["run"]].append(loss)
+        last_weights[current["run"]] = {
+            k: v.detach().clone() for k, v in self.model.state_dict().items()
+        }
+        return loss
+
+    monkeypatch.setattr(maml.MAML, "meta_step", one_minute_step)
+    threads = torch.get_num_threads()
+
+    def run(name, *extra):
+        argv = ["omniglot", "--n-way", "3", "--k-shot", "1", "--n-query", "1", "--meta-batch", "2"]
+        argv += [
+            "--meta-steps",
+            "5",
+            "--val-every",
+            "1",
+            "--val-episodes",
+            "2",
+            "--eval-steps",
+            "1",
+        ]
+        argv += ["--threads", "1", "--no-progress", "--device", "cpu"]
+        return run_command(
+            maml.main, [*argv, "--out", str(tmp_path / f"{name}.pt"), *extra], capsys
+        )
+
+    try:
+        assert run("whole")[0] == 0
+        current["run"] = "split"
+        status, out, stderr = run("split", "--minutes", "2.5")  # 3 one-minute steps pass 2.5 min
+        assert status == 0, stderr
+        assert "stopped at the time limit, meta-step 3 of 5" in out and "--resume" in out
+        assert len(losses["split"]) == 3
+        assert checkpoints.read_record(tmp_path / "split.pt")["meta_steps_done"] == 3
+        assert checkpoints.resume_path(tmp_path / "split.pt").exists()
+        assert run("split", "--resume", "--minutes", "10")[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert len(losses["whole"]) == 5 and losses["split"] == losses["whole"]
+    assert all(
+        torch.equal(last_weights["whole"][k], last_weights["split"][k])
+        for k in last_weights["whole"]
+    )
+    whole, split = (checkpoints.read_record(tmp_path / f"{n}.pt") for n in ("whole", "split"))
+    assert whole["history"] == split["history"] and split["meta_steps_done"] == 5
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not checkpoints.resume_path(
+        tmp_path / "split.pt"
+    ).exists()  # finished: nothing to resume
 
 
 @pytest.mark.usefixtures("needs_data")

@@ -1029,20 +1029,35 @@ def train_omniglot(
     return model, meta
 
 
+def check_init(init: str | Path, n_way: int) -> dict:
+    """The record of ``init``, a checkpoint to warm-start an ``n_way`` run from (before any
+    weights or data are loaded); ``ValueError`` (one sentence) unless it is a checkpoint of the
+    omniglot command with the same ``n_way`` (another one's output layer has another shape)."""
+    from . import checkpoints
+
+    record = checkpoints.read_record(init) if Path(init).is_file() else None
+    if record is None or "n_way" not in record.get("settings", {}):
+        raise ValueError(
+            f"--init {init} is not a checkpoint of python -m helpers.maml omniglot "
+            "(no such .pt, or no .json record beside it); give one that --out wrote."
+        )
+    if record["settings"]["n_way"] != n_way:
+        raise ValueError(
+            f"--init {init} is a {record['settings']['n_way']}-way network, but --n-way is "
+            f"{n_way}; start from a {n_way}-way checkpoint or leave --init out."
+        )
+    return record
+
+
 def warm_start(model: nn.Module, init: str | Path, n_way: int) -> dict:
     """Copy the weights of the checkpoint ``init`` into ``model``; what the record keeps of it.
 
-    Refuses (``ValueError``, one sentence) a checkpoint of another ``n_way``: its output layer
-    has another shape.
+    Refuses what :func:`check_init` refuses.
     """
     init = Path(init)
+    check_init(init, n_way)
     source, source_record = load_omniglot_checkpoint(init)
     settings = source_record["settings"]
-    if settings["n_way"] != n_way:
-        raise ValueError(
-            f"--init {init} is a {settings['n_way']}-way network, but this run is {n_way}-way; "
-            f"start from a {n_way}-way checkpoint or leave --init out."
-        )
     model.load_state_dict(
         {k: v.to(next(model.parameters()).device) for k, v in source.state_dict().items()}
     )
@@ -1431,19 +1446,7 @@ def validate_arguments(args) -> None:
             )
         check_omniglot_run(OmniglotRun(**_omniglot_settings(args)), commands.flag)
         if args.init is not None:
-            from . import checkpoints
-
-            record = checkpoints.read_record(args.init) if Path(args.init).is_file() else None
-            if record is None or "n_way" not in record.get("settings", {}):
-                raise ValueError(
-                    f"--init {args.init} is not a checkpoint of python -m helpers.maml omniglot "
-                    "(no such .pt, or no .json record beside it); give one that --out wrote."
-                )
-            if record["settings"]["n_way"] != args.n_way:
-                raise ValueError(
-                    f"--init {args.init} is a {record['settings']['n_way']}-way network, but --n-way is "
-                    f"{args.n_way}; start from a {args.n_way}-way checkpoint or leave --init out."
-                )
+            check_init(args.init, args.n_way)
     commands.writable_target(Path(args.out))
 
 

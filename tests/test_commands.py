@@ -484,6 +484,13 @@ def test_a_non_finite_loss_stops_training_and_saves_no_nan(tmp_path):
         assert runs.all_finite(fresh.state_dict().values())
 
 
+def tiny_maml_argv(out, *extra) -> list[str]:
+    """A MAML omniglot command of 5 meta-steps on 3-way tasks, validated after each, on the CPU."""
+    argv = ["omniglot", "--n-way", "3", "--k-shot", "1", "--n-query", "1", "--meta-batch", "2"]
+    argv += ["--meta-steps", "5", "--val-every", "1", "--val-episodes", "2", "--eval-steps", "1"]
+    return [*argv, "--threads", "1", "--no-progress", "--device", "cpu", "--out", str(out), *extra]
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("needs_data")
 def test_maml_omniglot_stopped_and_resumed_equals_the_uninterrupted_run(
@@ -513,34 +520,7 @@ def test_maml_omniglot_stopped_and_resumed_equals_the_uninterrupted_run(
     threads = torch.get_num_threads()
 
     def run(name, *extra):
-        argv = [
-            "omniglot",
-            "--n-way",
-            "3",
-            "--k-shot",
-            "1",
-            "--n-query",
-            "1",
-            "--meta-batch",
-            "2",
-            "--meta-steps",
-            "5",
-            "--val-every",
-            "1",
-            "--val-episodes",
-            "2",
-            "--eval-steps",
-            "1",
-            "--threads",
-            "1",
-            "--no-progress",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / f"{name}.pt"),
-            *extra,
-        ]
-        return run_command(maml.main, argv, capsys)
+        return run_command(maml.main, tiny_maml_argv(tmp_path / f"{name}.pt", *extra), capsys)
 
     try:
         assert run("whole")[0] == 0
@@ -603,21 +583,7 @@ def test_maml_stopped_by_its_time_limit_resumes_with_more_minutes_to_the_uninter
     threads = torch.get_num_threads()
 
     def run(name, *extra):
-        argv = ["omniglot", "--n-way", "3", "--k-shot", "1", "--n-query", "1", "--meta-batch", "2"]
-        argv += [
-            "--meta-steps",
-            "5",
-            "--val-every",
-            "1",
-            "--val-episodes",
-            "2",
-            "--eval-steps",
-            "1",
-        ]
-        argv += ["--threads", "1", "--no-progress", "--device", "cpu"]
-        return run_command(
-            maml.main, [*argv, "--out", str(tmp_path / f"{name}.pt"), *extra], capsys
-        )
+        return run_command(maml.main, tiny_maml_argv(tmp_path / f"{name}.pt", *extra), capsys)
 
     try:
         assert run("whole")[0] == 0

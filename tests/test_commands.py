@@ -289,6 +289,16 @@ BAD_INPUTS = [
         "--validation-alphabets=30 must be a whole number between 1 and 29",
     ),
     ("siamese", ["--out", "OUT"], "must end in .keras"),
+    (
+        "siamese",
+        ["--out", "OUT.keras", "--base", "resnet"],
+        "argument --base: invalid choice: 'resnet'",
+    ),
+    (
+        "siamese",
+        ["--out", "OUT.keras", "--batch-size", "0"],
+        "--batch-size=0 must be a whole number >= 1",
+    ),
     ("siamese", ["--out", "OUT.keras", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
 ]
 

@@ -129,6 +129,32 @@ def test_saved_model_reloads_and_predicts_the_same(tmp_path):
     )
 
 
+def test_conv4_tower_is_the_few_shot_conv4_and_its_twin_reloads_the_same(tmp_path):
+    # four blocks take 28 -> 14 -> 7 -> 3 -> 1, so 64 features; each block: 3x3 conv without
+    # bias (9 * c_in * 64) and batch norm (4 * 64: scale, shift, running mean and variance)
+    keras.utils.set_random_seed(0)
+    tower = siamese.conv4_base((28, 28))
+    assert tower.output_shape == (None, 64)
+    assert tower.count_params() == (9 * 1 * 64 + 3 * 9 * 64 * 64) + 4 * (4 * 64)
+    model = siamese.build_siamese(tower)
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28)).astype(np.float32)
+    y = np.random.default_rng(1).uniform(size=(4, 28, 28)).astype(np.float32)
+    path = tmp_path / "conv4_twin.keras"
+    model.save(path)
+    again = siamese.load_checkpoint(path)
+    assert np.allclose(
+        siamese.predict_pairs(model, x, y), siamese.predict_pairs(again, x, y), atol=1e-6
+    )
+    assert np.allclose(
+        siamese.predict_pairs(model, x, y), siamese.predict_pairs(model, y, x), atol=1e-6
+    )
+
+
+def test_the_omniglot_trainer_refuses_an_unknown_tower(tmp_path):
+    with pytest.raises(ValueError, match="base must be one of koch28, conv4, got 'vgg'"):
+        siamese.train_omniglot_checkpoint(tmp_path / "t.keras", base="vgg")
+
+
 def test_one_shot_scores_equal_explicit_pair_predictions():
     keras.utils.set_random_seed(0)
     model = siamese.build_siamese(image_shape=(8, 8))

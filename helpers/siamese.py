@@ -712,17 +712,57 @@ def pair_similarities(
 ) -> np.ndarray:
     """``(n_query, n_support)`` similarity of every query to every support image.
 
-    Pairs each query with each support image explicitly and runs the twin on all the pairs.
-    ``logits=True`` returns ``w . |h(x1) - h(x2)| + b``, the head's input to the sigmoid: it
-    ranks the support images exactly as the probability does, but never saturates (a
-    well-trained twin gives many probabilities of exactly 0.0 or 1.0 in float32, which tie).
+    A twin of :func:`build_siamese` (a layer ``base``, ``l1_distance`` and ``similarity``)
+    embeds every image once with its tower ``h`` and applies the head to each of the
+    ``n_query * n_support`` distances ``|h(q) - h(s)|``: the same numbers as running the twin on
+    every pair (the tower is deterministic in inference mode), with ``n_query + n_support``
+    tower passes instead of ``2 * n_query * n_support``. Any other two-input model is run on
+    all the pairs explicitly. ``logits=True`` returns ``w . |h(x1) - h(x2)| + b``, the head's
+    input to the sigmoid: it ranks the support images exactly as the probability does, but
+    never saturates (a well-trained twin gives many probabilities of exactly 0.0 or 1.0 in
+    float32, which tie).
     """
+    layers = {layer.name: layer for layer in getattr(model, "layers", [])}
+    if {"base", "l1_distance", "similarity"} <= set(layers):
+        queries, supports = (embed(layers["base"], x) for x in (query_images, support_images))
+        weights, bias = (
+            np.asarray(w, dtype=np.float64) for w in layers["similarity"].get_weights()
+        )
+        rows = max(1, 2**22 // max(1, len(supports) * queries.shape[1]))  # about 32 MB at a time
+        scores = (
+            np.concatenate(
+                [
+                    np.abs(queries[i : i + rows, None, :] - supports[None]) @ weights[:, 0]
+                    + bias[0]
+                    for i in range(0, len(queries), rows)
+                ]
+            )
+            if len(queries)
+            else np.zeros((0, len(supports)))
+        )
+        scores = scores.astype(np.float32)
+        return (
+            scores if logits else (1 / (1 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
+        )
     n_query, n_support = len(query_images), len(support_images)
     left = np.repeat(query_images, n_support, axis=0)  # q0 q0 q0 ... q1 q1 q1 ...
     right = np.tile(support_images, (n_query, 1, 1))  # s0 s1 s2 ... s0 s1 s2 ...
     if not logits:
         return predict_pairs(model, left, right).reshape(n_query, n_support)
     return pair_logits(model, left, right).reshape(n_query, n_support)
+
+
+def embed(base: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """A tower's features ``h(x)`` of images ``(n, H, W)``, batch by batch, in inference mode."""
+    images = as_float(images)
+    if not len(images):
+        return np.zeros((0, int(base.output_shape[-1])), dtype=np.float32)
+    return np.concatenate(
+        [
+            keras.ops.convert_to_numpy(base.predict_on_batch(images[i : i + batch_size]))
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 _DISTANCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -806,8 +846,7 @@ class TowerNearestNeighbour(FewShotMethod):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(n, features)`` tower outputs of ``(n, 1, H, W)`` images, in inference mode."""
-        features = keras.ops.convert_to_numpy(self.base.predict_on_batch(_to_numpy_images(images)))
-        return torch.from_numpy(np.asarray(features, dtype=np.float32))
+        return torch.from_numpy(np.asarray(embed(self.base, _to_numpy_images(images)), np.float32))
 
     def process_support_set(
         self, support_images: torch.Tensor, support_labels: torch.Tensor

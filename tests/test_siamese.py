@@ -148,6 +148,12 @@ def test_conv4_tower_is_the_few_shot_conv4_and_its_twin_reloads_the_same(tmp_pat
     assert np.allclose(
         siamese.predict_pairs(model, x, y), siamese.predict_pairs(model, y, x), atol=1e-6
     )
+    # every query against every support: the tower runs once per image, the head on each
+    # distance, and that equals the whole twin run on each pair (batch norm in inference mode)
+    grid = siamese.pair_similarities(model, x, y[:3])
+    explicit = siamese.predict_pairs(model, np.repeat(x, 3, axis=0), np.tile(y[:3], (4, 1, 1)))
+    assert grid.shape == (4, 3) and np.allclose(grid, explicit.reshape(4, 3), atol=1e-5)
+    assert siamese.pair_similarities(model, x[:0], y).shape == (0, 4)
 
 
 def test_the_omniglot_trainer_refuses_an_unknown_tower(tmp_path):

@@ -174,6 +174,127 @@ class L1Distance(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="metalearn")
+class AllPairsL1(keras.layers.Layer):
+    """``|h_i - h_j|`` for every two rows of one batch of features: ``(B, F) -> (B, B, F)``.
+
+    The twin's :class:`L1Distance` for all ``B * B`` pairs of a batch at once, so that one
+    pass of the tower over ``B`` images trains the head on every pair among them
+    (:func:`build_all_pairs_trainer`).
+    """
+
+    def call(self, features):
+        return keras.ops.abs(
+            keras.ops.expand_dims(features, 1) - keras.ops.expand_dims(features, 0)
+        )
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[0], input_shape[-1])
+
+
+def _pair_masks(labels, probabilities):
+    """The ``(B, B)`` probabilities of a batch, and its masks of same pairs (not an image with
+    itself) and of different pairs, from the ``B`` class labels."""
+    labels = keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1,))
+    n = keras.ops.shape(labels)[0]
+    probabilities = keras.ops.reshape(probabilities, (n, n))
+    same = keras.ops.cast(
+        keras.ops.equal(keras.ops.expand_dims(labels, 1), keras.ops.expand_dims(labels, 0)),
+        probabilities.dtype,
+    )
+    positive = same * (1.0 - keras.ops.eye(n, dtype=probabilities.dtype))
+    return probabilities, same, positive, 1.0 - same
+
+
+def _balanced_mean(values, positive, negative):
+    """Half the mean over the same pairs plus half the mean over the different ones."""
+    return 0.5 * (
+        keras.ops.sum(values * positive) / keras.ops.maximum(keras.ops.sum(positive), 1.0)
+        + keras.ops.sum(values * negative) / keras.ops.maximum(keras.ops.sum(negative), 1.0)
+    )
+
+
+def all_pairs_loss(labels, probabilities):
+    """Binary cross-entropy over every pair of a batch, same and different pairs weighted equally.
+
+    ``labels``: the ``B`` images' class labels; ``probabilities``: the twin's ``(B, B, 1)``
+    outputs (:func:`build_all_pairs_trainer`). A batch of ``C`` classes with ``k`` images each
+    has ``C * k * (k - 1)`` ordered same pairs and ``B * (B - k)`` different ones; weighting
+    each kind by half keeps the loss balanced as :func:`make_pairs` does by construction.
+    """
+    probabilities, same, positive, negative = _pair_masks(labels, probabilities)
+    losses = keras.ops.binary_crossentropy(same, probabilities)
+    return _balanced_mean(losses, positive, negative)
+
+
+def all_pairs_accuracy(labels, probabilities):
+    """Balanced pair accuracy of a batch: same pairs above 0.5 and different pairs below it."""
+    probabilities, same, positive, negative = _pair_masks(labels, probabilities)
+    right = keras.ops.cast(keras.ops.equal(probabilities > 0.5, same > 0.5), probabilities.dtype)
+    return _balanced_mean(right, positive, negative)
+
+
+def build_all_pairs_trainer(
+    twin: keras.Model, learning_rate: float = 0.001, image_shape: Sequence[int] = (28, 28)
+) -> keras.Model:
+    """A model that trains ``twin`` on every pair of each batch, compiled with Adam.
+
+    It shares the twin's layers (its tower ``base`` and its head ``similarity``): input a batch
+    of ``B`` images, output the ``(B, B, 1)`` same-class probabilities of all pairs,
+    ``sigmoid(w . |h(x_i) - h(x_j)| + b)``; the targets are the images' class labels
+    (:func:`all_pairs_loss`). Training it trains the twin, which is what is saved and tested.
+    """
+    learning_rate = rules.positive_number("learning_rate", learning_rate, 0.001)
+    images = keras.Input(shape=tuple(image_shape), name="images")
+    distances = AllPairsL1(name="all_pairs_l1")(twin.get_layer("base")(images))
+    trainer = keras.Model(images, twin.get_layer("similarity")(distances), name="all_pairs")
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=all_pairs_loss,
+        metrics=[keras.metrics.MeanMetricWrapper(all_pairs_accuracy, name="accuracy")],
+        steps_per_execution=_steps_per_execution(None),
+    )
+    return trainer
+
+
+def all_pairs_batches(
+    groups: np.ndarray,
+    rng: np.random.Generator,
+    batches: int,
+    classes_per_batch: int = 32,
+    drawings: int = 4,
+    alphabets_per_batch: int = 4,
+    per_class: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image rows and class labels for ``batches`` batches of :func:`build_all_pairs_trainer`.
+
+    ``groups`` holds one alphabet id per class; class ``c``'s images are rows
+    ``c * per_class .. c * per_class + per_class - 1``. Each batch takes ``classes_per_batch``
+    classes, as many as possible from ``alphabets_per_batch`` random alphabets (so many of its
+    different pairs are within one alphabet, as in Lake's runs), and ``drawings`` distinct
+    drawings of each. Returns ``(rows, labels)``, batch after batch, each ``classes_per_batch *
+    drawings`` long.
+    """
+    groups = np.asarray(groups)
+    classes_per_batch = rules.whole_number("classes_per_batch", classes_per_batch, 2, len(groups))
+    drawings = rules.whole_number("drawings", drawings, 2, per_class)
+    names = np.unique(groups)
+    alphabets_per_batch = rules.whole_number(
+        "alphabets_per_batch", alphabets_per_batch, 1, len(names)
+    )
+    rows, labels = [], []
+    for _ in range(rules.whole_number("batches", batches, 1)):
+        pool = rng.permutation(
+            np.flatnonzero(np.isin(groups, rng.choice(names, alphabets_per_batch, replace=False)))
+        )
+        rest = rng.permutation(np.setdiff1d(np.arange(len(groups)), pool))
+        chosen = np.concatenate([pool, rest])[:classes_per_batch]
+        picks = np.stack([rng.choice(per_class, drawings, replace=False) for _ in chosen])
+        rows.append((chosen[:, None] * per_class + picks).reshape(-1))
+        labels.append(np.repeat(chosen, drawings))
+    return np.concatenate(rows), np.concatenate(labels)
+
+
+@keras.saving.register_keras_serializable(package="metalearn")
 class EuclideanDistance(keras.layers.Layer):
     """``||a - b||_2`` per row, shape ``(batch, 1)``: the one number the contrastive loss reads.
 
@@ -235,7 +356,7 @@ def koch_base(
 
 
 def conv4_base(
-    image_shape: Sequence[int] = (28, 28), filters: int = 64, blocks: int = 4
+    image_shape: Sequence[int] = (28, 28), filters: int = 64, blocks: int = 4, momentum: float = 0.9
 ) -> keras.Model:
     """The Conv-4 tower of the few-shot papers (Vinyals et al. 2016; Snell et al. 2017) in Keras.
 
@@ -244,12 +365,18 @@ def conv4_base(
     leave 1x1x``filters``: a ``filters``-dimensional embedding, the same network as notebook
     03's classifier embedding (:class:`helpers.nets.Conv4`, whose convolutions also carry a
     bias, redundant before batch normalisation), here trained on pairs.
+
+    ``momentum`` is batch normalisation's: the running statistics that inference uses move
+    ``1 - momentum`` of the way to each batch's. 0.9 is PyTorch's default (its ``momentum=0.1``);
+    Keras's own 0.99 lags about 100 steps behind the weights, which showed here: after one
+    all-in-batch round of 131 steps a twin scored 2.3 % on Lake's runs with the running
+    statistics and 40 % with the batch's own.
     """
     layers = [keras.Input(shape=tuple(image_shape)), keras.layers.Reshape((*image_shape, 1))]
     for _ in range(blocks):
         layers += [
             keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-            keras.layers.BatchNormalization(),
+            keras.layers.BatchNormalization(momentum=momentum),
             keras.layers.ReLU(),
             keras.layers.MaxPooling2D(2),
         ]
@@ -1127,6 +1254,7 @@ class _StopWhenAsked(keras.callbacks.Callback):
 
 
 TOWERS = ("koch28", "conv4")  # the towers train_omniglot_checkpoint and the command build
+PAIRINGS = ("balanced", "all-in-batch")  # the pairs it trains on (see its docstring)
 
 
 def train_omniglot_checkpoint(
@@ -1142,6 +1270,7 @@ def train_omniglot_checkpoint(
     progress: bool = True,
     base: str = "koch28",
     batch_size: int = 128,
+    pairing: str = "balanced",
 ) -> dict:
     """Train a twin on the 30 background alphabets for a time budget.
 
@@ -1149,6 +1278,15 @@ def train_omniglot_checkpoint(
     network with ``features`` sigmoid units) or ``"conv4"`` (:func:`conv4_base`, the few-shot
     papers' Conv-4; ``features`` is not used). The head is the same for both: L1 distance and
     one sigmoid unit (:func:`build_siamese`).
+
+    ``pairing`` says which pairs a round trains on: ``"balanced"``, the :func:`make_pairs` list
+    (every background drawing anchors one same and one different pair, half of the different
+    ones within the alphabet; ``batch_size`` pairs per Adam step), or ``"all-in-batch"``, every
+    pair among the images of each batch (:func:`build_all_pairs_trainer`: ``batch_size``
+    images per step, 4 drawings of each of ``batch_size / 4`` characters from 4 alphabets,
+    :func:`all_pairs_batches`; a round has as many images as the training characters have
+    drawings). The second trains the same twin on the same loss, with about ``batch_size``
+    times more pairs per pass of the tower.
 
     ``validation_alphabets`` of the 30 are held out of training to choose the best round by
     within-alphabet 20-way one-shot accuracy; the best weights are saved (without the
@@ -1170,6 +1308,13 @@ def train_omniglot_checkpoint(
     from .training import History, KeepBest, Loop
 
     batch_size = rules.whole_number("batch_size", batch_size, 1)
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}.")
+    if pairing == "all-in-batch" and (batch_size % 4 or batch_size < 8):
+        raise ValueError(
+            f"batch_size={batch_size}: with all-in-batch pairing a batch is 4 drawings of each of "
+            "batch_size / 4 characters, so it must be a multiple of 4, at least 8 (128, say)."
+        )
     if base not in TOWERS:
         raise ValueError(f"base must be one of {', '.join(TOWERS)}, got {base!r}.")
     keras.utils.set_random_seed(rules.seed(seed))
@@ -1203,6 +1348,8 @@ def train_omniglot_checkpoint(
         return koch_base((28, 28), features=features) if base == "koch28" else conv4_base((28, 28))
 
     model = compile_siamese(build_siamese(tower()), learning_rate)
+    # the model that fit() trains: the twin itself, or one that shares its layers (all pairs of a batch)
+    trainer = build_all_pairs_trainer(model, learning_rate) if pairing == "all-in-batch" else model
 
     def final_model(weights=None):
         final = build_siamese(tower())
@@ -1226,8 +1373,8 @@ def train_omniglot_checkpoint(
     log, round_, seconds_before = [], 0, 0.0
     if resume is not None:
         model.set_weights([np.asarray(w) for w in resume["weights"]])
-        model.optimizer.build(model.trainable_variables)
-        for variable, value in zip(model.optimizer.variables, resume["optimizer"], strict=True):
+        trainer.optimizer.build(trainer.trainable_variables)
+        for variable, value in zip(trainer.optimizer.variables, resume["optimizer"], strict=True):
             variable.assign(np.asarray(value))
         keep.value = float(resume["best_accuracy"])
         keep.state = (
@@ -1259,7 +1406,13 @@ def train_omniglot_checkpoint(
         "batch_size": batch_size,
         "seed": seed,
         "augmentation": "random affine: rotation +-10 deg, shear +-0.15, scale 0.9-1.1, shift +-2 px",
-        "negatives": "half of the different pairs from the same alphabet",
+        "pairing": pairing,
+        "negatives": (
+            "half of the different pairs from the same alphabet"
+            if pairing == "balanced"
+            else "every pair of each batch of 4 drawings of each of "
+            f"{batch_size // 4} characters from 4 alphabets; same and different pairs weighted equally"
+        ),
         "keras_backend": keras.backend.backend(),
         "keras": keras.__version__,
     }
@@ -1289,27 +1442,42 @@ def train_omniglot_checkpoint(
     def step(number: int):
         nonlocal round_, entry
         round_ = number
-        pairs = make_pairs(
-            char_labels, seed=seed + number, groups=char_groups, same_group_fraction=0.5
-        )
-        left = augment(as_float(train_images[pairs.left]), rng)
-        right = augment(as_float(train_images[pairs.right]), rng)
-        fit = model.fit(
-            [left, right],
-            pairs.same,
-            batch_size=batch_size,
-            epochs=1,
-            shuffle=True,
-            verbose=0,
-            callbacks=callbacks,
-        )
+        if pairing == "all-in-batch":
+            batches = -(-len(train_images) // batch_size)
+            rows, labels = all_pairs_batches(char_groups, rng, batches, batch_size // 4)
+            fit = trainer.fit(
+                augment(as_float(train_images[rows]), rng),
+                labels.astype(np.float32),
+                batch_size=batch_size,
+                epochs=1,
+                shuffle=False,  # each batch is one block of characters: keep the blocks
+                verbose=0,
+                callbacks=callbacks,
+            )
+            n_pairs = batches * batch_size * (batch_size - 1)
+        else:
+            pairs = make_pairs(
+                char_labels, seed=seed + number, groups=char_groups, same_group_fraction=0.5
+            )
+            left = augment(as_float(train_images[pairs.left]), rng)
+            right = augment(as_float(train_images[pairs.right]), rng)
+            fit = model.fit(
+                [left, right],
+                pairs.same,
+                batch_size=batch_size,
+                epochs=1,
+                shuffle=True,
+                verbose=0,
+                callbacks=callbacks,
+            )
+            n_pairs = len(pairs)
         loss = float(fit.history["loss"][-1])
         runs.check_finite(number, loss)
         if should_stop is not None and should_stop():
             return None  # this round was cut short: it is not validated or logged
         entry = {
             "round": number,
-            "pairs": len(pairs),
+            "pairs": n_pairs,
             "loss": loss,
             "pair_accuracy": float(fit.history["accuracy"][-1]),
             "minutes": loop.elapsed() / 60,
@@ -1333,7 +1501,7 @@ def train_omniglot_checkpoint(
                 "weights": [torch.from_numpy(np.array(w)) for w in model.get_weights()],
                 "optimizer": [
                     torch.from_numpy(np.array(keras.ops.convert_to_numpy(v)))
-                    for v in model.optimizer.variables
+                    for v in trainer.optimizer.variables
                 ],
                 "best_accuracy": keep.value,
                 "best_weights": [torch.from_numpy(w) for w in keep.state]
@@ -1481,6 +1649,13 @@ def build_parser():
         help="the shared tower: the reduced Koch network or the few-shot papers' Conv-4",
     )
     parser.add_argument(
+        "--pairing",
+        choices=PAIRINGS,
+        default="balanced",
+        help="balanced: the make_pairs list of same and different pairs; all-in-batch: every pair "
+        "among the images of each batch (--batch-size images, a multiple of 4)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -1517,6 +1692,11 @@ def validate_arguments(args) -> None:
     commands.positive(args, "learning_rate", example=0.001)
     commands.whole(args, "features", 1)
     commands.whole(args, "batch_size", 1)
+    if args.pairing == "all-in-batch" and (args.batch_size % 4 or args.batch_size < 8):
+        raise ValueError(
+            f"--batch-size={args.batch_size}: with --pairing all-in-batch a batch holds 4 drawings of each "
+            "of its characters, so give a multiple of 4 of at least 8 (128, say)."
+        )
     commands.whole(args, "validation_alphabets", 1, 29)
     if args.out is None:
         args.out = Path(f"data/checkpoints/siamese_omniglot_{args.base}.keras")
@@ -1564,6 +1744,7 @@ def train_command(args, device, command: str) -> dict:
             progress=not args.no_progress,
             base=args.base,
             batch_size=args.batch_size,
+            pairing=args.pairing,
         )
     except runs.NonFiniteLoss as exc:
         raise commands.nonfinite(

@@ -296,6 +296,11 @@ BAD_INPUTS = [
     ),
     (
         "siamese",
+        ["--out", "OUT.keras", "--pairing", "all-in-batch", "--batch-size", "30"],
+        "--batch-size=30: with --pairing all-in-batch a batch holds 4 drawings",
+    ),
+    (
+        "siamese",
         ["--out", "OUT.keras", "--batch-size", "0"],
         "--batch-size=0 must be a whole number >= 1",
     ),

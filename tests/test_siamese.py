@@ -156,6 +156,50 @@ def test_conv4_tower_is_the_few_shot_conv4_and_its_twin_reloads_the_same(tmp_pat
     assert siamese.pair_similarities(model, x[:0], y).shape == (0, 4)
 
 
+def test_all_pairs_loss_is_the_balanced_cross_entropy_of_every_pair_by_hand():
+    labels = np.array([0, 0, 1, 2, 2, 2], dtype=np.float32)
+    p = np.random.default_rng(0).uniform(0.05, 0.95, size=(6, 6, 1)).astype(np.float32)
+    same = labels[:, None] == labels[None, :]
+    positive, negative = same & ~np.eye(6, dtype=bool), ~same
+    bce = -(same * np.log(p[..., 0]) + (1 - same) * np.log(1 - p[..., 0]))
+    expected = 0.5 * (bce[positive].mean() + bce[negative].mean())
+    got = float(keras.ops.convert_to_numpy(siamese.all_pairs_loss(labels, p)))
+    assert np.isclose(got, expected, rtol=1e-5)
+    right = (p[..., 0] > 0.5) == same
+    accuracy = float(keras.ops.convert_to_numpy(siamese.all_pairs_accuracy(labels, p)))
+    assert np.isclose(accuracy, 0.5 * (right[positive].mean() + right[negative].mean()))
+
+
+def test_all_pairs_batches_take_distinct_drawings_of_characters_mostly_from_few_alphabets():
+    groups = np.repeat(np.arange(6), 10)  # 60 characters, 10 per alphabet
+    rows, labels = siamese.all_pairs_batches(groups, np.random.default_rng(0), 5, 8, 4, 2)
+    assert rows.shape == labels.shape == (5 * 32,)
+    assert np.array_equal(rows // 20, labels)  # a row is class * 20 + drawing
+    for batch in range(5):
+        r, c = rows[32 * batch : 32 * (batch + 1)], labels[32 * batch : 32 * (batch + 1)]
+        assert len(np.unique(c)) == 8 and len(np.unique(r)) == 32  # 4 distinct drawings of each
+        assert len(np.unique(groups[c])) <= 2  # 8 characters fit in the 2 alphabets drawn
+    with pytest.raises(ValueError, match="drawings"):
+        siamese.all_pairs_batches(groups, np.random.default_rng(0), 1, 8, 1)
+
+
+def test_the_all_pairs_trainer_trains_the_twin_it_shares_layers_with():
+    keras.utils.set_random_seed(0)
+    twin = siamese.build_siamese(
+        siamese.koch_base((20, 20), filters=(4, 4, 4), features=8), image_shape=(20, 20)
+    )
+    trainer = siamese.build_all_pairs_trainer(twin, image_shape=(20, 20))
+    x = np.random.default_rng(0).uniform(size=(8, 20, 20)).astype(np.float32)
+    grid = keras.ops.convert_to_numpy(trainer.predict_on_batch(x))[..., 0]
+    explicit = siamese.predict_pairs(twin, np.repeat(x, 8, axis=0), np.tile(x, (8, 1, 1)))
+    assert np.allclose(
+        grid, explicit.reshape(8, 8), atol=1e-5
+    )  # output (i, j) is the twin on (x_i, x_j)
+    before = twin.get_weights()
+    trainer.fit(x, np.repeat(np.arange(4), 2).astype(np.float32), batch_size=8, epochs=1, verbose=0)
+    assert any(not np.allclose(a, b) for a, b in zip(before, twin.get_weights()))
+
+
 def test_the_omniglot_trainer_refuses_an_unknown_tower(tmp_path):
     with pytest.raises(ValueError, match="base must be one of koch28, conv4, got 'vgg'"):
         siamese.train_omniglot_checkpoint(tmp_path / "t.keras", base="vgg")

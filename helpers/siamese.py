@@ -1432,7 +1432,15 @@ def train_omniglot_checkpoint(
             "log": log,
             "history": {
                 key: [entry.get(key) for entry in log]
-                for key in ("round", "loss", "pair_accuracy", "val_20way", "minutes")
+                for key in (
+                    "round",
+                    "pairs",
+                    "images",
+                    "loss",
+                    "pair_accuracy",
+                    "val_20way",
+                    "minutes",
+                )
             },
             "results": {"rounds": round_, "best_validation_20way_accuracy": keep.value},
         }
@@ -1454,7 +1462,7 @@ def train_omniglot_checkpoint(
                 verbose=0,
                 callbacks=callbacks,
             )
-            n_pairs = batches * batch_size * (batch_size - 1)
+            n_pairs, n_images = batches * batch_size * (batch_size - 1), len(rows)
         else:
             pairs = make_pairs(
                 char_labels, seed=seed + number, groups=char_groups, same_group_fraction=0.5
@@ -1470,7 +1478,7 @@ def train_omniglot_checkpoint(
                 verbose=0,
                 callbacks=callbacks,
             )
-            n_pairs = len(pairs)
+            n_pairs, n_images = len(pairs), 2 * len(pairs)
         loss = float(fit.history["loss"][-1])
         runs.check_finite(number, loss)
         if should_stop is not None and should_stop():
@@ -1478,6 +1486,7 @@ def train_omniglot_checkpoint(
         entry = {
             "round": number,
             "pairs": n_pairs,
+            "images": n_images,  # passes of the tower
             "loss": loss,
             "pair_accuracy": float(fit.history["accuracy"][-1]),
             "minutes": loop.elapsed() / 60,
@@ -1659,7 +1668,8 @@ def build_parser():
         "--out",
         type=Path,
         default=None,
-        help="default data/checkpoints/siamese_omniglot_<base>.keras",
+        help="default data/checkpoints/siamese_omniglot_<base>.keras, or <base>_allpairs.keras with "
+        "--pairing all-in-batch",
     )
     parser.add_argument("--minutes", type=float, default=18.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -1699,7 +1709,8 @@ def validate_arguments(args) -> None:
         )
     commands.whole(args, "validation_alphabets", 1, 29)
     if args.out is None:
-        args.out = Path(f"data/checkpoints/siamese_omniglot_{args.base}.keras")
+        suffix = "_allpairs" if args.pairing == "all-in-batch" else ""
+        args.out = Path(f"data/checkpoints/siamese_omniglot_{args.base}{suffix}.keras")
     if args.out.suffix != ".keras":
         raise ValueError(
             f"--out {args.out} must end in .keras (the format Keras saves a whole model in)."

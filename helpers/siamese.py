@@ -1254,6 +1254,17 @@ class _StopWhenAsked(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def check_all_in_batch_size(
+    batch_size: int, name: str = "batch_size", pairing: str = "all-in-batch pairing"
+) -> None:
+    """All-in-batch pairing takes 4 drawings of each of ``batch_size / 4`` characters a batch."""
+    if batch_size % 4 or batch_size < 8:
+        raise ValueError(
+            f"{name}={batch_size}: with {pairing} a batch holds 4 drawings of each of its "
+            "characters, so give a multiple of 4 of at least 8 (128, say)."
+        )
+
+
 TOWERS = ("koch28", "conv4")  # the towers train_omniglot_checkpoint and the command build
 PAIRINGS = ("balanced", "all-in-batch")  # the pairs it trains on (see its docstring)
 
@@ -1311,11 +1322,8 @@ def train_omniglot_checkpoint(
     batch_size = rules.whole_number("batch_size", batch_size, 1)
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}.")
-    if pairing == "all-in-batch" and (batch_size % 4 or batch_size < 8):
-        raise ValueError(
-            f"batch_size={batch_size}: with all-in-batch pairing a batch is 4 drawings of each of "
-            "batch_size / 4 characters, so it must be a multiple of 4, at least 8 (128, say)."
-        )
+    if pairing == "all-in-batch":
+        check_all_in_batch_size(batch_size)
     if base not in TOWERS:
         raise ValueError(f"base must be one of {', '.join(TOWERS)}, got {base!r}.")
     keras.utils.set_random_seed(rules.seed(seed))
@@ -1348,9 +1356,13 @@ def train_omniglot_checkpoint(
     def tower() -> keras.Model:
         return koch_base((28, 28), features=features) if base == "koch28" else conv4_base((28, 28))
 
-    model = compile_siamese(build_siamese(tower()), learning_rate)
+    model = build_siamese(tower())
     # the model that fit() trains: the twin itself, or one that shares its layers (all pairs of a batch)
-    trainer = build_all_pairs_trainer(model, learning_rate) if pairing == "all-in-batch" else model
+    trainer = (
+        build_all_pairs_trainer(model, learning_rate)
+        if pairing == "all-in-batch"
+        else compile_siamese(model, learning_rate)
+    )
 
     def final_model(weights=None):
         final = build_siamese(tower())
@@ -1470,7 +1482,7 @@ def train_omniglot_checkpoint(
             )
             left = augment(as_float(train_images[pairs.left]), rng)
             right = augment(as_float(train_images[pairs.right]), rng)
-            fit = model.fit(
+            fit = trainer.fit(
                 [left, right],
                 pairs.same,
                 batch_size=batch_size,
@@ -1703,11 +1715,8 @@ def validate_arguments(args) -> None:
     commands.positive(args, "learning_rate", example=0.001)
     commands.whole(args, "features", 1)
     commands.whole(args, "batch_size", 1)
-    if args.pairing == "all-in-batch" and (args.batch_size % 4 or args.batch_size < 8):
-        raise ValueError(
-            f"--batch-size={args.batch_size}: with --pairing all-in-batch a batch holds 4 drawings of each "
-            "of its characters, so give a multiple of 4 of at least 8 (128, say)."
-        )
+    if args.pairing == "all-in-batch":
+        check_all_in_batch_size(args.batch_size, "--batch-size", "--pairing all-in-batch")
     commands.whole(args, "validation_alphabets", 1, 29)
     if args.out is None:
         suffix = "_allpairs" if args.pairing == "all-in-batch" else ""

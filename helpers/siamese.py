@@ -1265,6 +1265,48 @@ def check_all_in_batch_size(
         )
 
 
+def check_lr_decay(lr_decay, name: str = "lr_decay") -> float:
+    """A per-round learning-rate factor: a number in (0, 1]."""
+    value = rules.positive_number(name, lr_decay, 0.99)
+    if value > 1:
+        raise ValueError(
+            f"{name}={lr_decay} would grow the learning rate every round; give a factor in "
+            "(0, 1] (0.99 takes 1 % off each round, 1 keeps it constant)."
+        )
+    return value
+
+
+def round_learning_rate(learning_rate: float, lr_decay: float, number: int) -> float:
+    """Adam's learning rate in round ``number`` (from 1): ``learning_rate * lr_decay ** (number - 1)``."""
+    return float(learning_rate) * float(lr_decay) ** (int(number) - 1)
+
+
+def check_init(init: str | Path, base: str, features: int = 256) -> dict:
+    """The record of ``init``, a twin to start a ``base`` run from; ``ValueError`` (one
+    sentence) unless it is a checkpoint of this command with the same tower."""
+    from . import checkpoints
+
+    record = checkpoints.read_record(init) if Path(init).is_file() else None
+    if record is None or record.get("method") != "siamese":
+        raise ValueError(
+            f"--init {init} is not a twin that {PROG} saved (no such .keras, or no "
+            ".json record beside it); give one that --out wrote."
+        )
+    tower = record.get("tower", "koch28")  # records from before --base had only this tower
+    if tower != base:
+        raise ValueError(
+            f"--init {init} has the {tower} tower, but --base is {base}; give --base {tower} or "
+            f"a {base} twin."
+        )
+    recorded = record.get("features", (record.get("settings") or {}).get("features", 256))
+    if base == "koch28" and recorded != features:
+        raise ValueError(
+            f"--init {init} has {recorded} features, but --features is {features}; give "
+            f"--features {recorded}."
+        )
+    return record
+
+
 TOWERS = ("koch28", "conv4")  # the towers train_omniglot_checkpoint and the command build
 PAIRINGS = ("balanced", "all-in-batch")  # the pairs it trains on (see its docstring)
 
@@ -1283,6 +1325,8 @@ def train_omniglot_checkpoint(
     base: str = "koch28",
     batch_size: int = 128,
     pairing: str = "balanced",
+    lr_decay: float = 1.0,
+    init: str | Path | None = None,
 ) -> dict:
     """Train a twin on the 30 background alphabets for a time budget.
 
@@ -1299,6 +1343,11 @@ def train_omniglot_checkpoint(
     :func:`all_pairs_batches`; a round has as many images as the training characters have
     drawings). The second trains the same twin on the same loss, with about ``batch_size``
     times more pairs per pass of the tower.
+
+    Round ``r`` (from 1) runs Adam at ``learning_rate * lr_decay ** (r - 1)`` (Koch et al.
+    decayed theirs by 1 % an epoch: ``lr_decay=0.99``; 1.0 keeps it constant). ``init`` (a twin
+    this function saved, with the same tower) starts from its weights with a fresh optimiser
+    instead of random ones; the record keeps that run's rounds and time in ``init_from``.
 
     ``validation_alphabets`` of the 30 are held out of training to choose the best round by
     within-alphabet 20-way one-shot accuracy; the best weights are saved (without the
@@ -1320,12 +1369,14 @@ def train_omniglot_checkpoint(
     from .training import History, KeepBest, Loop
 
     batch_size = rules.whole_number("batch_size", batch_size, 1)
+    lr_decay = check_lr_decay(lr_decay)
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}.")
     if pairing == "all-in-batch":
         check_all_in_batch_size(batch_size)
     if base not in TOWERS:
         raise ValueError(f"base must be one of {', '.join(TOWERS)}, got {base!r}.")
+    init_record = check_init(init, base, features) if init is not None else None
     keras.utils.set_random_seed(rules.seed(seed))
     rng = rules.numpy_rng(seed)
     omniglot = load_omniglot(28)
@@ -1357,6 +1408,21 @@ def train_omniglot_checkpoint(
         return koch_base((28, 28), features=features) if base == "koch28" else conv4_base((28, 28))
 
     model = build_siamese(tower())
+    init_from = None
+    if init is not None:
+        model.set_weights(load_checkpoint(init).get_weights())
+        init_from = {
+            "checkpoint": str(init),
+            "run_id": init_record.get("run_id"),
+            "sha256": (init_record.get("weights") or {}).get("sha256"),
+            "command": init_record.get("command"),
+            "pairing": init_record.get("pairing"),
+            "learning_rate": init_record.get("learning_rate"),
+            "rounds": init_record.get("rounds"),
+            "images": sum(e.get("images") or 0 for e in init_record.get("log", [])),
+            "train_seconds": init_record.get("train_seconds"),
+            "best_validation_20way_accuracy": init_record.get("best_validation_20way_accuracy"),
+        }
     # the model that fit() trains: the twin itself, or one that shares its layers (all pairs of a batch)
     trainer = (
         build_all_pairs_trainer(model, learning_rate)
@@ -1412,10 +1478,12 @@ def train_omniglot_checkpoint(
             else "4 x (Conv 64@3x3 - batch norm - ReLU - pool): 64 features"
         ),
         "tower": base,
+        **({"features": features} if base == "koch28" else {}),
         "training_classes": f"{len(train_rows)} characters of the {len(names) - len(held_out)} background alphabets not held out",
         "validation_alphabets": sorted(str(a) for a in held_out),
         "validation": f"within-alphabet 20-way one-shot, {len(val_episodes)} tasks, held-out background alphabets",
         "learning_rate": learning_rate,
+        "lr_decay": lr_decay,
         "batch_size": batch_size,
         "seed": seed,
         "augmentation": "random affine: rotation +-10 deg, shear +-0.15, scale 0.9-1.1, shift +-2 px",
@@ -1428,6 +1496,7 @@ def train_omniglot_checkpoint(
         ),
         "keras_backend": keras.backend.backend(),
         "keras": keras.__version__,
+        **({"init_from": init_from} if init_from else {}),
     }
 
     def record(status: str) -> dict:
@@ -1463,6 +1532,8 @@ def train_omniglot_checkpoint(
     def step(number: int):
         nonlocal round_, entry
         round_ = number
+        rate = round_learning_rate(learning_rate, lr_decay, number)
+        trainer.optimizer.learning_rate.assign(rate)
         if pairing == "all-in-batch":
             batches = -(-len(train_images) // batch_size)
             rows, labels = all_pairs_batches(char_groups, rng, batches, batch_size // 4)
@@ -1502,6 +1573,7 @@ def train_omniglot_checkpoint(
             "images": n_images,  # passes of the tower
             "loss": loss,
             "pair_accuracy": float(fit.history["accuracy"][-1]),
+            "learning_rate": rate,
             "minutes": loop.elapsed() / 60,
         }
         return loss, entry["pair_accuracy"]
@@ -1686,6 +1758,19 @@ def build_parser():
     )
     parser.add_argument("--minutes", type=float, default=18.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--lr-decay",
+        type=float,
+        default=1.0,
+        help="round r trains at --learning-rate x this ** (r - 1); Koch et al. took 1 %% off an "
+        "epoch (0.99)",
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from the weights of this twin (same --base; fresh optimiser) instead of random ones",
+    )
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument(
         "--batch-size",
@@ -1713,6 +1798,7 @@ def validate_arguments(args) -> None:
     commands.run_options(args)
     commands.positive(args, "minutes", example=18)
     commands.positive(args, "learning_rate", example=0.001)
+    check_lr_decay(args.lr_decay, "--lr-decay")
     commands.whole(args, "features", 1)
     commands.whole(args, "batch_size", 1)
     if args.pairing == "all-in-batch":
@@ -1726,6 +1812,13 @@ def validate_arguments(args) -> None:
             f"--out {args.out} must end in .keras (the format Keras saves a whole model in)."
         )
     commands.writable_target(args.out)
+    if args.init is not None:
+        check_init(args.init, args.base, args.features)
+        if args.init.resolve() == args.out.resolve():
+            raise ValueError(
+                f"--init {args.init} is also --out: give the new run another --out, so the twin "
+                "it starts from is kept."
+            )
 
 
 def train_command(args, device, command: str) -> dict:
@@ -1766,6 +1859,8 @@ def train_command(args, device, command: str) -> dict:
             base=args.base,
             batch_size=args.batch_size,
             pairing=args.pairing,
+            lr_decay=args.lr_decay,
+            init=args.init,
         )
     except runs.NonFiniteLoss as exc:
         raise commands.nonfinite(

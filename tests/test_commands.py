@@ -7,6 +7,8 @@ any data is loaded, so these tests need no dataset.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,8 @@ def siamese_main(argv):
 
     return siamese.main(argv)
 
+
+KOCH28_TWIN = str(Path(__file__).parents[1] / "data/checkpoints/siamese_omniglot_koch28.keras")
 
 BAD_INPUTS = [
     # (command, arguments, what the one line must say)
@@ -305,6 +309,36 @@ BAD_INPUTS = [
         "--batch-size=0 must be a whole number >= 1",
     ),
     ("siamese", ["--out", "OUT.keras", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (
+        "maml",
+        ["omniglot", "--out", "OUT", "--meta-lr-half-life", "0"],
+        "--meta-lr-half-life=0.0 must be a positive finite number",
+    ),
+    (
+        "siamese",
+        ["--out", "OUT.keras", "--lr-decay", "1.5"],
+        "--lr-decay=1.5 would grow the learning rate every round; give a factor in (0, 1]",
+    ),
+    (
+        "siamese",
+        ["--out", "OUT.keras", "--lr-decay", "0"],
+        "--lr-decay=0.0 must be a positive finite number",
+    ),
+    (
+        "siamese",
+        ["--out", "OUT.keras", "--init", "gone.keras"],
+        "--init gone.keras is not a twin that python -m helpers.siamese saved",
+    ),
+    (
+        "siamese",
+        ["--out", "OUT.keras", "--base", "conv4", "--init", KOCH28_TWIN],
+        "has the koch28 tower, but --base is conv4; give --base koch28 or a conv4 twin",
+    ),
+    (
+        "siamese",
+        ["--out", KOCH28_TWIN, "--init", KOCH28_TWIN],
+        "is also --out: give the new run another --out",
+    ),
 ]
 
 
@@ -508,8 +542,9 @@ def tiny_maml_argv(out, *extra) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("needs_data")
+@pytest.mark.parametrize("schedule", [[], ["--meta-lr-half-life", "2"]], ids=["constant", "decay"])
 def test_maml_omniglot_stopped_and_resumed_equals_the_uninterrupted_run(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, schedule
 ):
     import os
     import signal
@@ -517,11 +552,13 @@ def test_maml_omniglot_stopped_and_resumed_equals_the_uninterrupted_run(
     from helpers import checkpoints, maml
 
     losses: dict[str, list[float]] = {"whole": [], "split": []}
+    rates: dict[str, list[float]] = {"whole": [], "split": []}
     last_weights: dict[str, dict] = {}
     current = {"run": "whole", "stop_after": None}
     real_step = maml.MAML.meta_step
 
     def spying_step(self, batch):
+        rates[current["run"]].append(self.optimizer.param_groups[0]["lr"])
         loss = real_step(self, batch)
         losses[current["run"]].append(loss)
         last_weights[current["run"]] = {
@@ -535,7 +572,8 @@ def test_maml_omniglot_stopped_and_resumed_equals_the_uninterrupted_run(
     threads = torch.get_num_threads()
 
     def run(name, *extra):
-        return run_command(maml.main, tiny_maml_argv(tmp_path / f"{name}.pt", *extra), capsys)
+        argv = tiny_maml_argv(tmp_path / f"{name}.pt", *schedule, *extra)
+        return run_command(maml.main, argv, capsys)
 
     try:
         assert run("whole")[0] == 0
@@ -552,6 +590,10 @@ def test_maml_omniglot_stopped_and_resumed_equals_the_uninterrupted_run(
     assert (
         len(losses["whole"]) == 5 and losses["split"] == losses["whole"]
     )  # the same losses, step for step
+    # Adam's step size at each meta-step: constant, or halved every 2 meta-steps, resumed or not
+    expected = [1e-3 * (0.5 ** ((t - 1) / 2) if schedule else 1.0) for t in range(1, 6)]
+    assert rates["whole"] == pytest.approx(expected, rel=1e-12)
+    assert rates["split"] == rates["whole"]
     assert all(
         torch.equal(last_weights["whole"][k], last_weights["split"][k])
         for k in last_weights["whole"]

@@ -624,3 +624,89 @@ def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monk
     assert resumed["best_validation_20way_accuracy"] == max(validated) and len(validated) == 3
     assert checkpoints.read_record(tmp_path / "twin.keras")["status"] == "complete"
     siamese.load_checkpoint(tmp_path / "twin.keras")
+
+
+def test_the_learning_rate_decays_by_round_and_bad_factors_are_refused():
+    assert siamese.round_learning_rate(1e-3, 0.5, 1) == 1e-3
+    assert siamese.round_learning_rate(1e-3, 0.5, 3) == pytest.approx(2.5e-4, rel=1e-12)
+    assert siamese.round_learning_rate(1e-3, 1.0, 50) == 1e-3
+    for bad in (0.0, -0.5, 1.01, float("nan")):
+        with pytest.raises(ValueError):
+            siamese.check_lr_decay(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_data")
+def test_a_warm_start_begins_at_its_source_and_each_round_uses_its_decayed_rate(
+    tmp_path, monkeypatch
+):
+    # One round from random weights, then runs started from it: with a learning rate too small to
+    # move a weight, the warm start ends at its source's weights (a random start does not); its
+    # record names the source; each round's logged and applied rate is lr * decay ** (round - 1).
+    real_make_pairs = siamese.make_pairs
+    monkeypatch.setattr(
+        siamese,
+        "make_pairs",
+        lambda labels, pairs_per_class=None, **kw: real_make_pairs(labels, 1, **kw),
+    )
+    settings = dict(validation_alphabets=2, features=8, progress=False)
+    source = siamese.train_omniglot_checkpoint(tmp_path / "a.keras", minutes=1e-4, **settings)
+    source_weights = siamese.load_checkpoint(tmp_path / "a.keras").get_weights()
+    warm = siamese.train_omniglot_checkpoint(
+        tmp_path / "b.keras",
+        minutes=1e-4,
+        learning_rate=1e-12,
+        seed=1,
+        init=tmp_path / "a.keras",
+        **settings,
+    )
+    for got, want in zip(
+        siamese.load_checkpoint(tmp_path / "b.keras").get_weights(), source_weights, strict=True
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-7)
+    assert warm["init_from"]["checkpoint"] == str(tmp_path / "a.keras")
+    assert warm["init_from"]["rounds"] == source["rounds"] == 1
+    assert warm["init_from"]["train_seconds"] == source["train_seconds"]
+    cold = siamese.train_omniglot_checkpoint(
+        tmp_path / "c.keras", minutes=1e-4, learning_rate=1e-12, seed=1, **settings
+    )
+    assert "init_from" not in cold
+    assert (
+        max(
+            float(np.abs(a - b).max())
+            for a, b in zip(
+                siamese.load_checkpoint(tmp_path / "c.keras").get_weights(), source_weights
+            )
+        )
+        > 1e-3
+    )
+
+    applied = []
+    real_fit = keras.Model.fit
+
+    def recording_fit(self, *args, **kwargs):
+        applied.append(float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    rounds = 0
+
+    def stop_after_three():
+        return rounds >= 3
+
+    def count(*args, **kwargs):
+        nonlocal rounds
+        rounds += 1
+        return real_evaluate(*args, **kwargs)
+
+    import helpers.fewshot as fewshot
+
+    real_evaluate = fewshot.evaluate
+    monkeypatch.setattr(fewshot, "evaluate", count)
+    decayed = siamese.train_omniglot_checkpoint(
+        tmp_path / "d.keras", minutes=5, lr_decay=0.5, should_stop=stop_after_three, **settings
+    )
+    log = decayed["stopped_state"]["log"]
+    assert [e["learning_rate"] for e in log] == pytest.approx([1e-3, 5e-4, 2.5e-4], rel=1e-12)
+    assert applied == pytest.approx([1e-3, 5e-4, 2.5e-4], rel=1e-6)
+    assert decayed["lr_decay"] == 0.5

@@ -759,6 +759,16 @@ class OmniglotRun:
     val_every: int = 100
     val_episodes: int = 100
     seed: int = 0
+    meta_lr_half_life: float | None = None
+
+
+def meta_lr_at(run: OmniglotRun, step: int) -> float:
+    """Adam's step size at meta-step ``step`` (from 1): ``meta_lr``, halved every
+    ``meta_lr_half_life`` meta-steps (smoothly, ``meta_lr * 0.5 ** ((step - 1) / half_life)``),
+    or constant (the paper) when that is ``None``."""
+    if run.meta_lr_half_life is None:
+        return float(run.meta_lr)
+    return float(run.meta_lr) * 0.5 ** ((int(step) - 1) / float(run.meta_lr_half_life))
 
 
 #: Query images per class in the validation episodes: 15 (the usual protocol) where the
@@ -784,6 +794,8 @@ def check_omniglot_run(run: OmniglotRun, name: Callable[[str], str] = str) -> No
         )
     if run.minutes is not None:
         validation.positive_number(name("minutes"), run.minutes, 20)
+    if run.meta_lr_half_life is not None:
+        validation.positive_number(name("meta_lr_half_life"), run.meta_lr_half_life, 1000)
     for field_name, low in (
         ("train_steps", 0),
         ("eval_steps", 0),
@@ -983,10 +995,14 @@ def train_omniglot(
         progress=progress,
         desc="meta-training",
     )
+
+    def meta_step(step: int):
+        for group in learner.optimizer.param_groups:
+            group["lr"] = meta_lr_at(run, step)
+        return learner.meta_step(episodes_to_batch(sampler.take(run.meta_batch))), None
+
     try:
-        loop.run(
-            lambda step: (learner.meta_step(episodes_to_batch(sampler.take(run.meta_batch))), None)
-        )
+        loop.run(meta_step)
     except runs.NonFiniteLoss as exc:
         if files is None:
             raise
@@ -1301,6 +1317,14 @@ def build_parser():
         elif name == "minutes":
             om.add_argument(
                 flag, type=float, default=None, help="stop after this many minutes of training"
+            )
+        elif name == "meta_lr_half_life":
+            om.add_argument(
+                flag,
+                type=float,
+                default=None,
+                help="halve --meta-lr every this many meta-steps (smoothly); default: constant, "
+                "as in the paper",
             )
         elif name == "mode":
             om.add_argument(flag, choices=MODES, default=value)

@@ -43,6 +43,8 @@ def test_common_shape(path: Path):
     assert not [c for c in cells if c["cell_type"] == "code" and c.get("outputs")], (
         "commit notebooks without outputs"
     )
+    ids = [c.get("id") for c in cells]  # nbformat 4.5 requires one, unique, on every cell
+    assert None not in ids and len(set(ids)) == len(ids), "every cell needs its own id"
     text = "\n".join(_source(c) for c in cells)
     assert text.count("### BEGIN SOLUTION") >= 3 and text.count("### BEGIN SOLUTION") == text.count(
         "### END SOLUTION"

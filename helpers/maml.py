@@ -1065,6 +1065,20 @@ def check_init(init: str | Path, n_way: int) -> dict:
     return record
 
 
+def training_budget(record: dict) -> tuple[int, int]:
+    """``(meta_steps, tasks)`` behind a checkpoint's weights, from its record: its own meta-steps
+    and tasks, plus those of the run a warm start began from (``init_from``), so a continued run
+    is compared with others by all the training its weights had."""
+    steps = int(record["meta_steps_done"])
+    tasks = steps * int(record["settings"]["meta_batch"])
+    source = record.get("init_from") or {}
+    if source:
+        earlier = int(source.get("meta_steps_done") or 0)
+        steps += earlier
+        tasks += earlier * int((source.get("settings") or {}).get("meta_batch") or 0)
+    return steps, tasks
+
+
 def warm_start(model: nn.Module, init: str | Path, n_way: int) -> dict:
     """Copy the weights of the checkpoint ``init`` into ``model``; what the record keeps of it.
 

@@ -553,6 +553,8 @@ def test_init_starts_from_the_weights_of_another_checkpoint(tmp_path, capsys):
     assert record["init_from"]["run_id"] == source_record["run_id"]
     assert record["init_from"]["meta_steps_done"] == 2 and "--init" in record["command"]
     assert "init_from" not in source_record
+    # the budget behind the warm start's weights: its 1 meta-step and the source's 2, 2 tasks each
+    assert maml.training_budget(record) == (3, 6) and maml.training_budget(source_record) == (2, 4)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # a 20-way run cannot start from a 5-way network
         maml.main(

@@ -1725,6 +1725,43 @@ def checkpoint_record(path: str | Path) -> dict:
     return record
 
 
+def record_lineage(path: str | Path) -> list[dict]:
+    """The records behind the weights of the twin at ``path``, oldest first: the runs a warm
+    start began from (each record's ``init_from``, looked up beside ``path`` by file name and
+    checked by run id), then its own. A source that is missing or was replaced is one sentence."""
+    from . import checkpoints
+
+    path = Path(path)
+    record = checkpoint_record(path)
+    source = record.get("init_from")
+    if not source:
+        return [record]
+    earlier = path.parent / Path(source["checkpoint"]).name
+    lineage = record_lineage(earlier)
+    if lineage[-1].get("run_id") != source["run_id"]:
+        raise checkpoints.CheckpointError(
+            f"{earlier} is no longer the twin that {path.name} started from (run "
+            f"{source['run_id']}); restore it from git."
+        )
+    return [*lineage, record]
+
+
+def training_curve(lineage: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images through the tower, training minutes and validation accuracy (%) after every
+    round of the runs in ``lineage`` (:func:`record_lineage`), each run counted after the
+    ones before it (a balanced pair passes the tower twice)."""
+    images, minutes, val = [], [], []
+    images_before, minutes_before = 0, 0.0
+    for record in lineage:
+        passes = np.cumsum([entry.get("images", 2 * entry["pairs"]) for entry in record["log"]])
+        images.append(images_before + passes)
+        minutes.append(minutes_before + np.array(record["history"]["minutes"], dtype=float))
+        val.append(100 * np.array(record["history"]["val_20way"], dtype=float))
+        images_before += int(passes[-1])
+        minutes_before += record["train_seconds"] / 60
+    return np.concatenate(images), np.concatenate(minutes), np.concatenate(val)
+
+
 PROG = "python -m helpers.siamese"
 
 

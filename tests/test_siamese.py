@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -710,3 +711,44 @@ def test_a_warm_start_begins_at_its_source_and_each_round_uses_its_decayed_rate(
     assert [e["learning_rate"] for e in log] == pytest.approx([1e-3, 5e-4, 2.5e-4], rel=1e-12)
     assert applied == pytest.approx([1e-3, 5e-4, 2.5e-4], rel=1e-6)
     assert decayed["lr_decay"] == 0.5
+
+
+def test_a_warm_started_twin_counts_the_rounds_of_the_run_it_began_from(tmp_path):
+    from helpers import checkpoints
+
+    def write(name, run_id, log, seconds, init_from=None):
+        record = {
+            "method": "siamese",
+            "run_id": run_id,
+            "log": log,
+            "train_seconds": seconds,
+            "history": {
+                "minutes": [e["minutes"] for e in log],
+                "val_20way": [e["val"] for e in log],
+            },
+        }
+        if init_from:
+            record["init_from"] = init_from
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+        (tmp_path / f"{name}.keras").write_bytes(b"")
+
+    write(
+        "a",
+        "run-a",
+        [
+            {"pairs": 10, "minutes": 1.0, "val": 0.5},  # balanced pairs: two images a pair
+            {"pairs": 10, "minutes": 2.0, "val": 0.6},
+        ],
+        180.0,
+    )
+    source = {"checkpoint": "elsewhere/a.keras", "run_id": "run-a"}
+    write("b", "run-b", [{"pairs": 99, "images": 7, "minutes": 0.5, "val": 0.7}], 30.0, source)
+    lineage = siamese.record_lineage(tmp_path / "b.keras")
+    assert [r["run_id"] for r in lineage] == ["run-a", "run-b"]
+    images, minutes, val = siamese.training_curve(lineage)
+    np.testing.assert_array_equal(images, [20, 40, 47])
+    np.testing.assert_allclose(minutes, [1.0, 2.0, 3.5])  # the second run starts after 180 s
+    np.testing.assert_allclose(val, [50.0, 60.0, 70.0])
+    write("b", "run-b", [{"pairs": 1, "minutes": 0.5, "val": 0.7}], 30.0, source | {"run_id": "x"})
+    with pytest.raises(checkpoints.CheckpointError, match="is no longer the twin that b.keras"):
+        siamese.record_lineage(tmp_path / "b.keras")

@@ -1072,11 +1072,42 @@ def training_budget(record: dict) -> tuple[int, int]:
     steps = int(record["meta_steps_done"])
     tasks = steps * int(record["settings"]["meta_batch"])
     source = record.get("init_from") or {}
-    if source:
+    while source:  # a warm start of a warm start keeps its source's own init_from
         earlier = int(source.get("meta_steps_done") or 0)
         steps += earlier
         tasks += earlier * int((source.get("settings") or {}).get("meta_batch") or 0)
+        source = source.get("init_from") or {}
     return steps, tasks
+
+
+def omniglot_runs(
+    directory: str | Path, n_way: int, k_shot: int, first_order: bool = False
+) -> list[Path]:
+    """The Omniglot checkpoints in ``directory`` trained for one setting (``maml_omniglot_*.pt``
+    whose record says this ``n_way``, ``k_shot`` and order, continued runs included), best
+    validation accuracy first.
+
+    The choice is made on the validation classes, never on the test ones, so a notebook that
+    takes the first may report its test accuracy honestly. Runs of the same seed validate on the
+    same episodes; a checkpoint without a validation score comes last.
+    """
+    from . import checkpoints
+
+    found = []
+    for path in sorted(Path(directory).glob("maml_omniglot_*.pt")):
+        if path.name.endswith(".resume.pt"):
+            continue
+        record = checkpoints.read_record(path)
+        settings = (record or {}).get("settings") or {}
+        if (settings.get("n_way"), settings.get("k_shot"), bool(settings.get("first_order"))) != (
+            n_way,
+            k_shot,
+            bool(first_order),
+        ):
+            continue
+        score = (record.get("val_score") or {}).get("value")
+        found.append((-1.0 if score is None else float(score), path))
+    return [path for _, path in sorted(found, key=lambda item: (-item[0], item[1].name))]
 
 
 def warm_start(model: nn.Module, init: str | Path, n_way: int) -> dict:
@@ -1102,6 +1133,8 @@ def warm_start(model: nn.Module, init: str | Path, n_way: int) -> dict:
         "meta_steps_done": source_record.get("meta_steps_done"),
         "train_seconds": source_record.get("train_seconds"),
         "val_accuracy": source_record.get("val_accuracy"),
+        # kept so that a warm start of a warm start counts its whole budget
+        "init_from": source_record.get("init_from"),
     }
 
 

@@ -181,7 +181,10 @@ def training_record(path: str | Path) -> TrainingRecord:
         raise KeyError(
             f"{record_path(path)} records no wall time (wall_seconds, or wall_time_s / wall_minutes)."
         )
-    before = float((meta.get("init_from") or {}).get("train_seconds") or 0.0) / 60.0
+    before, source = 0.0, meta.get("init_from") or {}
+    while source:  # a warm start of a warm start keeps its source's own init_from
+        before += float(source.get("train_seconds") or 0.0) / 60.0
+        source = source.get("init_from") or {}
     return TrainingRecord(
         minutes + before,
         str(meta.get("hardware", "not recorded")),

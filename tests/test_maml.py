@@ -555,6 +555,27 @@ def test_init_starts_from_the_weights_of_another_checkpoint(tmp_path, capsys):
     assert "init_from" not in source_record
     # the budget behind the warm start's weights: its 1 meta-step and the source's 2, 2 tasks each
     assert maml.training_budget(record) == (3, 6) and maml.training_budget(source_record) == (2, 4)
+    # a warm start of the warm start keeps the whole chain: 1 + 1 + 2 meta-steps
+    chain = tmp_path / "chain.pt"
+    maml.main(["omniglot", "--meta-steps", "1", *common, "--init", str(warm), "--out", str(chain)])
+    chain_record = json.loads(chain.with_suffix(".json").read_text())
+    assert chain_record["init_from"]["init_from"]["run_id"] == source_record["run_id"]
+    assert maml.training_budget(chain_record) == (4, 8)
+    # the runs of a setting, best validation first (names need the maml_omniglot_ prefix)
+    scores = {}
+    for path in (source, warm, cold, chain):
+        named = tmp_path / f"maml_omniglot_{path.stem}.pt"
+        named.write_bytes(path.read_bytes())
+        named.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
+        scores[named] = json.loads(named.with_suffix(".json").read_text())["val_score"]["value"]
+    resume = tmp_path / "maml_omniglot_chain.resume.pt"  # never a candidate
+    resume.write_bytes(chain.read_bytes())
+    ranked = maml.omniglot_runs(tmp_path, 5, 1)
+    assert sorted(ranked) == sorted(scores)
+    assert [scores[p] for p in ranked] == sorted(scores.values(), reverse=True)
+    assert (
+        maml.omniglot_runs(tmp_path, 5, 5) == [] and maml.omniglot_runs(tmp_path, 5, 1, True) == []
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # a 20-way run cannot start from a 5-way network
         maml.main(

@@ -94,9 +94,17 @@ def test_a_warm_started_checkpoint_counts_the_minutes_of_the_run_it_began_from(t
     (tmp_path / "warm.json").write_text(
         json.dumps(record | {"init_from": {"train_seconds": 1380.0}})
     )
-    cold, warm = (sbs.training_record(tmp_path / f"{name}.pt") for name in ("cold", "warm"))
+    (tmp_path / "chain.json").write_text(  # a warm start of a warm start: both earlier runs count
+        json.dumps(
+            record | {"init_from": {"train_seconds": 1380.0, "init_from": {"train_seconds": 120.0}}}
+        )
+    )
+    cold, warm, chain = (
+        sbs.training_record(tmp_path / f"{name}.pt") for name in ("cold", "warm", "chain")
+    )
     assert (cold.minutes, cold.warm_start_minutes) == (10.0, 0.0)
     assert (warm.minutes, warm.warm_start_minutes) == (33.0, 23.0)
+    assert (chain.minutes, chain.warm_start_minutes) == (35.0, 25.0)
 
 
 def test_results_table_puts_the_paper_beside_each_measurement():

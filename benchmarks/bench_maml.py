@@ -1,6 +1,7 @@
-"""Benchmark MAML meta-steps: loop versus vmap, second versus first order, CPU and (if present) CUDA.
+"""Benchmark MAML meta-steps: loop, vmap and compiled, second and first order, CPU and (if present) CUDA.
 
     python3 benchmarks/bench_maml.py                       # Conv-4, Omniglot-sized 5-way 1-shot, meta-batch 32
+    python3 benchmarks/bench_maml.py --modes loop vmap compiled --n-query 1   # the paper's training tasks
     python3 benchmarks/bench_maml.py --model sinusoid --meta-batch 25
     python3 benchmarks/bench_maml.py --devices cuda --json results.json
 
@@ -10,6 +11,9 @@ process's peak resident set size (``ru_maxrss``) over what it held before the fi
 One meta-step = adapt every task of the meta-batch, compute the query losses, back-propagate
 the meta-gradient and take one Adam step, exactly as ``helpers.maml.MAML.meta_step`` does.
 Inputs are random images of the right shape: the timings do not depend on the pixels.
+``compiled`` (``torch.compile`` of the whole meta-gradient, :func:`helpers.maml.compiled_meta_gradient`)
+pays for its compilation in the warm-up meta-step; ``warm-up s`` shows that price beside the
+steady time per meta-step.
 
 Against what floor? Each configuration also counts the floating-point operations of one
 meta-step (``torch.utils.flop_counter.FlopCounterMode``: the forward passes, the inner
@@ -83,9 +87,11 @@ def run_one(config: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    warm_start = time.perf_counter()
     for _ in range(config["warmup"]):
         learner.meta_step(batch)
     sync()
+    warmup_s = time.perf_counter() - warm_start
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -122,6 +128,7 @@ def run_one(config: dict) -> dict:
     return {
         **config,
         "ms_per_meta_step": round(ms, 1),
+        "warmup_s": round(warmup_s, 1),
         "meta_steps_per_s": round(1000 / ms, 2),
         "peak_mb": round(peak_mb, 1),
         "memory_measure": memory,
@@ -163,7 +170,9 @@ def main() -> None:
     parser.add_argument(
         "--devices", nargs="*", default=None, help="default: cpu, and cuda when available"
     )
-    parser.add_argument("--modes", nargs="*", default=["loop", "vmap"])
+    parser.add_argument(
+        "--modes", nargs="*", default=["loop", "vmap"], choices=["loop", "vmap", "compiled"]
+    )
     parser.add_argument("--orders", nargs="*", default=["second", "first"])
     parser.add_argument("--meta-batch", type=int, default=32)
     parser.add_argument("--n-way", type=int, default=5)
@@ -201,8 +210,8 @@ def main() -> None:
             f"{args.inner_steps} inner step(s)"
         )
         print(
-            f"{'order':>7} {'mode':>5} {'ms/meta-step':>13} {'meta-steps/s':>13} {'peak MB':>9} "
-            f"{'GFLOP':>7} {'GFLOP/s':>8} {'floor ms':>9}"
+            f"{'order':>7} {'mode':>8} {'ms/meta-step':>13} {'meta-steps/s':>13} {'peak MB':>9} "
+            f"{'GFLOP':>7} {'GFLOP/s':>8} {'floor ms':>9} {'warm-up s':>10}"
         )
         for order in args.orders:
             for mode in args.modes:
@@ -227,16 +236,16 @@ def main() -> None:
                     cwd=ROOT,
                 )
                 if done.returncode != 0:
-                    print(f"{order:>7} {mode:>5} failed: {done.stderr.strip().splitlines()[-1]}")
+                    print(f"{order:>7} {mode:>8} failed: {done.stderr.strip().splitlines()[-1]}")
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 result["hardware"] = describe(device, args.threads)
                 results.append(result)
                 floor = "-" if result["floor_ms"] is None else f"{result['floor_ms']:.1f}"
                 print(
-                    f"{order:>7} {mode:>5} {result['ms_per_meta_step']:>13.1f} {result['meta_steps_per_s']:>13.2f} "
+                    f"{order:>7} {mode:>8} {result['ms_per_meta_step']:>13.1f} {result['meta_steps_per_s']:>13.2f} "
                     f"{result['peak_mb']:>9.1f} {result['gflop_per_meta_step']:>7.2f} "
-                    f"{result['achieved_gflops']:>8.1f} {floor:>9}"
+                    f"{result['achieved_gflops']:>8.1f} {floor:>9} {result['warmup_s']:>10.1f}"
                 )
         for order in args.orders:
             pair = {
@@ -244,11 +253,12 @@ def main() -> None:
                 for r in results
                 if r["device"] == device and r["first_order"] == (order == "first")
             }
-            if {"loop", "vmap"} <= set(pair):
-                ratio = pair["loop"]["ms_per_meta_step"] / pair["vmap"]["ms_per_meta_step"]
-                print(
-                    f"{order}-order on {device}: vmap is {ratio:.2f}x the speed of the loop (loop ms / vmap ms)"
-                )
+            for fast in ("vmap", "compiled"):
+                if {"loop", fast} <= set(pair):
+                    ratio = pair["loop"]["ms_per_meta_step"] / pair[fast]["ms_per_meta_step"]
+                    print(
+                        f"{order}-order on {device}: {fast} is {ratio:.2f}x the speed of the loop (loop ms / {fast} ms)"
+                    )
         cpu_rates = [
             r["matmul_gflops"] for r in results if r["device"] == device and r["matmul_gflops"]
         ]

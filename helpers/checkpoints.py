@@ -226,6 +226,15 @@ def read_record(path: str | Path) -> dict | None:
     return record
 
 
+def earlier_runs(record: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
+    """The runs behind a warm-started checkpoint, nearest first: its record's ``init_from``, that
+    entry's own ``init_from``, and so on (a warm start of a warm start keeps its whole chain)."""
+    source = (record or {}).get("init_from")
+    while source:
+        yield source
+        source = source.get("init_from")
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -301,13 +301,10 @@ def compiled_meta_gradient(
         return cache[key]
 
     def mean_query_loss(p: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
-        def one_task(sx1: Tensor, sy1: Tensor, qx1: Tensor, qy1: Tensor) -> Tensor:
-            adapted = _adapt_on_support(
-                model, p, loss, sx1, sy1, inner_lr, steps, first_order, True
-            )
-            return loss(functional_call(model, adapted, (qx1,)), qy1)
-
-        return vmap(one_task, randomness="different")(sx, sy, qx, qy).mean()
+        tasks = TaskBatch(sx, sy, qx, qy)
+        return adapted_query_losses(
+            model, p, tasks, loss, inner_lr, steps, first_order, "vmap"
+        ).mean()
 
     step = torch.compile(torch.func.grad_and_value(mean_query_loss))
 
@@ -455,10 +452,17 @@ class MAML:
             )
 
         mode = resolve_mode(self.mode, self.device, self.model)
-        if mode == "compiled":
-            meta_loss, grads = compiled_meta_gradient(
-                self.model, self.loss, self.inner_lr, self.inner_steps, self.first_order
-            )(self.params, batch)
+        if mode == "compiled":  # the whole meta-gradient in one compiled call
+            meta_loss, grads = meta_gradient(
+                self.model,
+                self.params,
+                batch,
+                self.loss,
+                self.inner_lr,
+                self.inner_steps,
+                self.first_order,
+                "compiled",
+            )
             for name, p in self.params.items():
                 p.grad = grads[name].to(p.dtype)
             self.optimizer.step()
@@ -1153,14 +1157,14 @@ def training_budget(record: dict) -> tuple[int, int]:
     """``(meta_steps, tasks)`` behind a checkpoint's weights, from its record: its own meta-steps
     and tasks, plus those of the run a warm start began from (``init_from``), so a continued run
     is compared with others by all the training its weights had."""
+    from .checkpoints import earlier_runs
+
     steps = int(record["meta_steps_done"])
     tasks = steps * int(record["settings"]["meta_batch"])
-    source = record.get("init_from") or {}
-    while source:  # a warm start of a warm start keeps its source's own init_from
+    for source in earlier_runs(record):
         earlier = int(source.get("meta_steps_done") or 0)
         steps += earlier
         tasks += earlier * int((source.get("settings") or {}).get("meta_batch") or 0)
-        source = source.get("init_from") or {}
     return steps, tasks
 
 

@@ -160,7 +160,7 @@ def training_record(path: str | Path) -> TrainingRecord:
     run that began from another checkpoint's weights (its record's ``init_from``) adds that
     run's training time, so the minutes are those behind the weights, not of the last sitting.
     """
-    from .checkpoints import MissingCheckpoint, read_record, record_path
+    from .checkpoints import MissingCheckpoint, earlier_runs, read_record, record_path
 
     meta = read_record(path)
     if meta is None:
@@ -181,10 +181,7 @@ def training_record(path: str | Path) -> TrainingRecord:
         raise KeyError(
             f"{record_path(path)} records no wall time (wall_seconds, or wall_time_s / wall_minutes)."
         )
-    before, source = 0.0, meta.get("init_from") or {}
-    while source:  # a warm start of a warm start keeps its source's own init_from
-        before += float(source.get("train_seconds") or 0.0) / 60.0
-        source = source.get("init_from") or {}
+    before = sum(float(run.get("train_seconds") or 0.0) for run in earlier_runs(meta)) / 60.0
     return TrainingRecord(
         minutes + before,
         str(meta.get("hardware", "not recorded")),

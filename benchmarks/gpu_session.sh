@@ -32,11 +32,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/har
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" >> "$OUT/hardware.txt" 2>&1
 
 if [[ "$PHASES" == *" tests "* ]]; then
-if [ "$DRY" = 1 ]; then
-    "$PY" -m pytest -q tests/test_cuda.py > "$OUT/tests.log" 2>&1
-else
-    timeout 200 "$PY" -m pytest -q tests/test_cuda.py > "$OUT/tests.log" 2>&1
-fi
+timeout 200 "$PY" -m pytest -q tests/test_cuda.py > "$OUT/tests.log" 2>&1  # skipped on a CPU
 echo "tests: exit $?" | tee -a "$OUT/tests.log"
 fi
 

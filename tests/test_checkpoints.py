@@ -352,7 +352,9 @@ def test_checkpoints_that_cannot_be_compared_are_kept(tmp_path, existing):
 
 
 def test_committed_checkpoints_follow_the_schema_and_their_weights_match():
-    records = sorted(COMMITTED.glob("*.json"))
+    # a run stopped by its --minutes or Ctrl-C leaves <name>.resume.json beside it: run state, not a
+    # committed checkpoint (gitignored), so a developer's own runs do not fail this test
+    records = sorted(p for p in COMMITTED.glob("*.json") if not p.name.endswith(".resume.json"))
     assert len(records) >= 15
     for path in records:
         rec = json.loads(path.read_text())

@@ -386,6 +386,54 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     return int(sum(storages.values()))
 
 
+@dataclass(frozen=True)
+class GradientAgreement:
+    """Cosines between meta-gradients: see :func:`first_order_agreement`."""
+
+    first_vs_second: tuple[float, ...]  # per meta-batch: first-order against second-order
+    second_across: float  # second order, meta-batch 0 against meta-batch 1
+    first_across: float  # first order, meta-batch 0 against meta-batch 1
+
+
+def first_order_agreement(
+    model: nn.Module,
+    batches: Sequence[TaskBatch],
+    loss: LossFn,
+    inner_lr: float,
+    steps: int = 1,
+) -> GradientAgreement:
+    """How far first-order MAML's meta-gradient points from the true one, against batch noise.
+
+    For each of two (or more) independent meta-batches, the second-order and the first-order
+    meta-gradients of ``model`` are flattened into one vector each. ``first_vs_second`` is their
+    cosine per batch; ``second_across`` and ``first_across`` compare meta-batch 0 with meta-batch 1
+    within one order. If the two orders disagree on the same batch while each agrees with itself
+    across batches, first order is not a noisy estimate of the meta-gradient but follows a
+    different direction.
+    """
+    if len(batches) < 2:
+        raise ValueError(
+            f"first_order_agreement needs two meta-batches or more, got {len(batches)}"
+        )
+    params = parameters_of(model)
+    flat: dict[bool, list[Tensor]] = {False: [], True: []}
+    for batch in batches:
+        for first_order in (False, True):
+            _, grads = meta_gradient(
+                model, params, batch, loss, inner_lr, steps, first_order, mode="loop"
+            )
+            flat[first_order].append(torch.cat([g.reshape(-1) for g in grads.values()]))
+
+    def cosine(a: Tensor, b: Tensor) -> float:
+        return float(F.cosine_similarity(a, b, dim=0))
+
+    return GradientAgreement(
+        tuple(cosine(s, f) for s, f in zip(flat[False], flat[True], strict=True)),
+        cosine(flat[False][0], flat[False][1]),
+        cosine(flat[True][0], flat[True][1]),
+    )
+
+
 def parameters_of(model: nn.Module) -> Params:
     """The model's trainable parameters as a ``Params`` dict (the tensors themselves, not copies)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}

@@ -628,3 +628,26 @@ def test_init_starts_from_the_weights_of_another_checkpoint(tmp_path, capsys):
             ["omniglot", "--init", str(tmp_path / "none.pt"), "--out", str(tmp_path / "y.pt")]
         )
     assert "is not a checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("alpha", "sign"), [(0.25, 1.0), (1.0, -1.0)])
+def test_first_order_agreement_is_the_sign_of_one_minus_alpha_h_for_one_weight(alpha, sign):
+    # y = w x with x = 1 and a squared error: H = 2, so the second-order meta-gradient is the
+    # first-order one times (1 - 2 alpha); from w = 0, support target t and query target 5t/3
+    # give w' = 2 alpha t and a first-order gradient 2 (w' - 5t/3), nonzero for both alphas
+    net = nn.Linear(1, 1, bias=False).double()
+    nn.init.zeros_(net.weight)
+    ones = torch.ones(1, 2, 1, dtype=torch.float64)
+
+    def batch(t):
+        return maml.TaskBatch(ones, t * ones, ones, 5 * t / 3 * ones)
+
+    agreement = maml.first_order_agreement(net, [batch(3.0), batch(-3.0)], F.mse_loss, alpha)
+    assert agreement.first_vs_second == pytest.approx((sign, sign), abs=1e-12)
+    # the batches' gradients are mirror images: each order disagrees with itself across them
+    assert agreement.second_across == pytest.approx(-1.0, abs=1e-12)
+    assert agreement.first_across == pytest.approx(-1.0, abs=1e-12)
+    same = maml.first_order_agreement(net, [batch(3.0), batch(3.0)], F.mse_loss, alpha)
+    assert (same.second_across, same.first_across) == pytest.approx((1.0, 1.0), abs=1e-12)
+    with pytest.raises(ValueError, match="two meta-batches"):
+        maml.first_order_agreement(net, [batch(3.0)], F.mse_loss, alpha)

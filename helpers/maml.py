@@ -1097,8 +1097,9 @@ def train_omniglot(
 
     def validate(step: int):
         result = evaluate(MAMLClassifier(model, run.inner_lr, run.eval_steps), val, progress=False)
-        if progress:
-            print(f"step {step}: validation {result}", flush=True)
+        # one line per validation, with or without the progress bar: a run in the background
+        # (--no-progress, output to a log) then shows how far it is and how it is doing
+        print(f"step {step}: validation {result}", flush=True)
         return result
 
     def save_resumable(history: History) -> None:

@@ -356,7 +356,11 @@ def koch_base(
 
 
 def conv4_base(
-    image_shape: Sequence[int] = (28, 28), filters: int = 64, blocks: int = 4, momentum: float = 0.9
+    image_shape: Sequence[int] = (28, 28),
+    filters: int = 64,
+    blocks: int = 4,
+    momentum: float = 0.9,
+    epsilon: float = 1e-3,
 ) -> keras.Model:
     """The Conv-4 tower of the few-shot papers (Vinyals et al. 2016; Snell et al. 2017) in Keras.
 
@@ -372,16 +376,78 @@ def conv4_base(
     all-in-batch round of 131 steps a twin validated at 2.3 % (chance is 5 %) with the running
     statistics, while the same weights scored 40 % on Lake's runs with each batch's own
     statistics; with 0.9 the same round validated at 36 %.
+
+    ``epsilon`` is added to the variance before its square root: Keras's 0.001 by default;
+    PyTorch's is 1e-5, which :func:`conv4_base_from_torch` takes to give a torch tower's outputs.
     """
     layers = [keras.Input(shape=tuple(image_shape)), keras.layers.Reshape((*image_shape, 1))]
     for _ in range(blocks):
         layers += [
             keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-            keras.layers.BatchNormalization(momentum=momentum),
+            keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon),
             keras.layers.ReLU(),
             keras.layers.MaxPooling2D(2),
         ]
     return keras.Sequential([*layers, keras.layers.Flatten()], name="base")
+
+
+TORCH_BATCH_NORM_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default
+
+
+def conv4_base_from_torch(encoder: torch.nn.Module, momentum: float = 0.9) -> keras.Model:
+    """A Keras :func:`conv4_base` holding the weights of a PyTorch Conv-4 (:class:`helpers.nets.Conv4`).
+
+    Notebook 03's classifier embedding (trained to name the 964 background characters) is such a
+    Conv-4; a twin can start from it instead of from random weights. Per block:
+
+    * the 3x3 kernel ``(out, in, 3, 3)`` becomes Keras's ``(3, 3, in, out)``;
+    * batch norm's scale, shift, running mean and running variance are copied, and ``epsilon``
+      is PyTorch's;
+    * the convolution's bias (this tower has none) is folded into the running mean: batch norm
+      subtracts the mean, so ``BN(conv(x) + b)`` with mean ``m`` is ``BN(conv(x))`` with mean
+      ``m - b``. In training mode each batch's own mean absorbs ``b`` the same way.
+
+    In inference mode the tower's output equals ``encoder(x)`` in eval mode, within float
+    rounding (``tests/test_siamese.py``). 28x28 inputs only, as :class:`helpers.nets.Conv4`.
+    """
+    blocks = list(getattr(encoder, "blocks", []))
+    if not blocks or not all(isinstance(b[0], torch.nn.Conv2d) for b in blocks):
+        raise ValueError(
+            f"conv4_base_from_torch needs a helpers.nets.Conv4, got {type(encoder).__name__}."
+        )
+    first = blocks[0][0]
+    if first.in_channels != 1:
+        raise ValueError(
+            f"conv4_base_from_torch needs a one-channel Conv-4 (Omniglot), got {first.in_channels} channels."
+        )
+    epsilons = {float(b[1].eps) for b in blocks}
+    if len(epsilons) != 1:
+        raise ValueError(
+            f"the Conv-4's blocks use different batch-norm epsilons: {sorted(epsilons)}."
+        )
+    tower = conv4_base(
+        (28, 28), first.out_channels, len(blocks), momentum=momentum, epsilon=epsilons.pop()
+    )
+    convs = [layer for layer in tower.layers if isinstance(layer, keras.layers.Conv2D)]
+    norms = [layer for layer in tower.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    with torch.no_grad():
+        for block, conv, norm in zip(blocks, convs, norms, strict=True):
+            torch_conv, torch_norm = block[0], block[1]
+            bias = (
+                torch_conv.bias
+                if torch_conv.bias is not None
+                else torch.zeros(torch_conv.out_channels)
+            )
+            conv.set_weights([torch_conv.weight.permute(2, 3, 1, 0).cpu().numpy()])
+            norm.set_weights(
+                [
+                    torch_norm.weight.cpu().numpy(),
+                    torch_norm.bias.cpu().numpy(),
+                    (torch_norm.running_mean - bias).cpu().numpy(),
+                    torch_norm.running_var.cpu().numpy(),
+                ]
+            )
+    return tower
 
 
 def build_siamese(

@@ -157,6 +157,41 @@ def test_conv4_tower_is_the_few_shot_conv4_and_its_twin_reloads_the_same(tmp_pat
     assert siamese.pair_similarities(model, x[:0], y).shape == (0, 4)
 
 
+def test_a_torch_conv4_ported_to_keras_gives_the_same_features_in_both_modes():
+    from helpers.nets import Conv4
+
+    torch.manual_seed(0)
+    encoder = Conv4()
+    # non-trivial running statistics, scales, shifts and convolution biases: a few batches in
+    # training mode, then random affine parameters
+    images = torch.rand(64, 1, 28, 28)
+    with torch.no_grad():
+        encoder.train()
+        for _ in range(3):
+            encoder(images)
+        for block in encoder.blocks:
+            block[0].bias.uniform_(-0.5, 0.5)
+            block[1].weight.uniform_(0.5, 1.5)
+            block[1].bias.uniform_(-0.2, 0.2)
+        encoder.eval()
+        expected = encoder(images[:16]).numpy()
+    tower = siamese.conv4_base_from_torch(encoder)
+    assert tower.count_params() == siamese.conv4_base((28, 28)).count_params()
+    features = np.asarray(tower(images[:16, 0].numpy(), training=False))
+    assert np.abs(expected).max() > 0.1  # not a zero embedding that any port would match
+    assert np.allclose(features, expected, atol=1e-5), np.abs(features - expected).max()
+    # training mode normalises with the batch's own statistics, where the folded bias cancels
+    # as it does in torch
+    with torch.no_grad():
+        encoder.train()
+        batch_stats = encoder(images[:16]).numpy()
+    assert np.allclose(
+        np.asarray(tower(images[:16, 0].numpy(), training=True)), batch_stats, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="helpers.nets.Conv4"):
+        siamese.conv4_base_from_torch(torch.nn.Linear(2, 2))
+
+
 def test_all_pairs_loss_is_the_balanced_cross_entropy_of_every_pair_by_hand():
     labels = np.array([0, 0, 1, 2, 2, 2], dtype=np.float32)
     p = np.random.default_rng(0).uniform(0.05, 0.95, size=(6, 6, 1)).astype(np.float32)

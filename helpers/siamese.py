@@ -1393,6 +1393,7 @@ def train_omniglot_checkpoint(
     pairing: str = "balanced",
     lr_decay: float = 1.0,
     init: str | Path | None = None,
+    tower_from: str | Path | None = None,
 ) -> dict:
     """Train a twin on the 30 background alphabets for a time budget.
 
@@ -1414,6 +1415,9 @@ def train_omniglot_checkpoint(
     decayed theirs by 1 % an epoch: ``lr_decay=0.99``; 1.0 keeps it constant). ``init`` (a twin
     this function saved, with the same tower) starts from its weights with a fresh optimiser
     instead of random ones; the record keeps that run's rounds and time in ``init_from``.
+    ``tower_from`` (``base="conv4"`` only) starts the tower, not the head, from a PyTorch Conv-4
+    checkpoint such as notebook 03's classifier embedding (:func:`conv4_base_from_torch`,
+    PyTorch's batch-norm epsilon); the record names it in ``tower_from``.
 
     ``validation_alphabets`` of the 30 are held out of training to choose the best round by
     within-alphabet 20-way one-shot accuracy; the best weights are saved (without the
@@ -1470,10 +1474,39 @@ def train_omniglot_checkpoint(
         else []
     )
 
+    if tower_from is not None and (base != "conv4" or init is not None):
+        raise ValueError(
+            "tower_from starts a Conv-4 tower from a PyTorch Conv-4: give base='conv4' and no init."
+        )
+    # batch norm's epsilon: PyTorch's for a tower that began as a PyTorch Conv-4 (here or in the
+    # run that init comes from), Keras's otherwise
+    epsilon = (
+        TORCH_BATCH_NORM_EPSILON
+        if tower_from is not None
+        else float((init_record or {}).get("batch_norm_epsilon", 1e-3))
+    )
+
     def tower() -> keras.Model:
-        return koch_base((28, 28), features=features) if base == "koch28" else conv4_base((28, 28))
+        if base == "koch28":
+            return koch_base((28, 28), features=features)
+        return conv4_base((28, 28), epsilon=epsilon)
 
     model = build_siamese(tower())
+    tower_source = None
+    if tower_from is not None:
+        from . import checkpoints, one_shot
+
+        model.get_layer("base").set_weights(
+            conv4_base_from_torch(one_shot.load_encoder(tower_from)).get_weights()
+        )
+        source_record = checkpoints.read_record(tower_from) or {}
+        tower_source = {
+            "checkpoint": str(tower_from),
+            "sha256": (source_record.get("weights") or {}).get("sha256"),
+            "command": source_record.get("command"),
+            "what": source_record.get("what"),
+            "train_seconds": source_record.get("train_seconds"),
+        }
     init_from = None
     if init is not None:
         model.set_weights(load_checkpoint(init).get_weights())
@@ -1545,6 +1578,8 @@ def train_omniglot_checkpoint(
         ),
         "tower": base,
         **({"features": features} if base == "koch28" else {}),
+        **({"batch_norm_epsilon": epsilon} if base == "conv4" else {}),
+        **({"tower_from": tower_source} if tower_source else {}),
         "training_classes": f"{len(train_rows)} characters of the {len(names) - len(held_out)} background alphabets not held out",
         "validation_alphabets": sorted(str(a) for a in held_out),
         "validation": f"within-alphabet 20-way one-shot, {len(val_episodes)} tasks, held-out background alphabets",
@@ -1874,6 +1909,13 @@ def build_parser():
         default=None,
         help="start from the weights of this twin (same --base; fresh optimiser) instead of random ones",
     )
+    parser.add_argument(
+        "--tower-from",
+        type=Path,
+        default=None,
+        help="with --base conv4: start the tower from this PyTorch Conv-4 checkpoint, such as notebook "
+        "03's classifier embedding data/checkpoints/oneshot_conv4_background.pt (the head starts afresh)",
+    )
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument(
         "--batch-size",
@@ -1915,6 +1957,20 @@ def validate_arguments(args) -> None:
             f"--out {args.out} must end in .keras (the format Keras saves a whole model in)."
         )
     commands.writable_target(args.out)
+    if args.tower_from is not None:
+        if args.base != "conv4":
+            raise ValueError(
+                f"--tower-from {args.tower_from} is a Conv-4, but --base is {args.base}; give --base conv4."
+            )
+        if args.init is not None:
+            raise ValueError(
+                "--tower-from and --init both say where the weights start: give one of them."
+            )
+        if not args.tower_from.is_file():
+            raise ValueError(
+                f"--tower-from {args.tower_from}: there is no such file; notebook 03's Conv-4 is "
+                "data/checkpoints/oneshot_conv4_background.pt."
+            )
     if args.init is not None:
         check_init(args.init, args.base, args.features)
         if args.init.resolve() == args.out.resolve():
@@ -1964,6 +2020,7 @@ def train_command(args, device, command: str) -> dict:
             pairing=args.pairing,
             lr_decay=args.lr_decay,
             init=args.init,
+            tower_from=args.tower_from,
         )
     except runs.NonFiniteLoss as exc:
         raise commands.nonfinite(

@@ -147,6 +147,7 @@ def siamese_main(argv):
 
 
 KOCH28_TWIN = str(Path(__file__).parents[1] / "data/checkpoints/siamese_omniglot_koch28.keras")
+CONV4_ENCODER = str(Path(__file__).parents[1] / "data/checkpoints/oneshot_conv4_background.pt")
 
 BAD_INPUTS = [
     # (command, arguments, what the one line must say)
@@ -338,6 +339,30 @@ BAD_INPUTS = [
         "siamese",
         ["--out", KOCH28_TWIN, "--init", KOCH28_TWIN],
         "is also --out: give the new run another --out",
+    ),
+    (
+        "siamese",
+        ["--out", "OUT.keras", "--tower-from", CONV4_ENCODER],
+        "is a Conv-4, but --base is koch28; give --base conv4",
+    ),
+    (
+        "siamese",
+        [
+            "--out",
+            "OUT.keras",
+            "--base",
+            "conv4",
+            "--tower-from",
+            CONV4_ENCODER,
+            "--init",
+            KOCH28_TWIN,
+        ],
+        "--tower-from and --init both say where the weights start: give one of them",
+    ),
+    (
+        "siamese",
+        ["--out", "OUT.keras", "--base", "conv4", "--tower-from", "gone.pt"],
+        "--tower-from gone.pt: there is no such file",
     ),
 ]
 

@@ -673,6 +673,50 @@ def test_the_learning_rate_decays_by_round_and_bad_factors_are_refused():
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("needs_data")
+def test_a_twin_can_start_its_tower_from_notebook_03s_conv4(tmp_path, monkeypatch):
+    # one round at a learning rate too small to move a weight: the twin's trainable tower
+    # weights are the ported classifier's, its batch norm uses PyTorch's epsilon, the record
+    # names the source, and a warm start from that twin keeps the epsilon
+    from helpers import one_shot
+
+    real_make_pairs = siamese.make_pairs
+    monkeypatch.setattr(
+        siamese,
+        "make_pairs",
+        lambda labels, pairs_per_class=None, **kw: real_make_pairs(labels, 1, **kw),
+    )
+    encoder_path = ROOT / "data" / "checkpoints" / "oneshot_conv4_background.pt"
+    settings = dict(validation_alphabets=2, progress=False, base="conv4", learning_rate=1e-12)
+    record = siamese.train_omniglot_checkpoint(
+        tmp_path / "t.keras", minutes=1e-4, tower_from=encoder_path, **settings
+    )
+    ported = siamese.conv4_base_from_torch(one_shot.load_encoder(encoder_path))
+    tower = siamese.load_checkpoint(tmp_path / "t.keras").get_layer("base")
+    for got, want in zip(tower.trainable_weights, ported.trainable_weights, strict=True):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-7
+        )
+    norms = [layer for layer in tower.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {layer.epsilon for layer in norms} == {1e-5}
+    assert record["tower_from"]["checkpoint"] == str(encoder_path)
+    assert record["tower_from"]["sha256"] and record["batch_norm_epsilon"] == 1e-5
+    warm = siamese.train_omniglot_checkpoint(
+        tmp_path / "w.keras", minutes=1e-4, init=tmp_path / "t.keras", **settings
+    )
+    again = siamese.load_checkpoint(tmp_path / "w.keras").get_layer("base")
+    assert warm["batch_norm_epsilon"] == 1e-5 and "tower_from" not in warm
+    assert {
+        layer.epsilon
+        for layer in again.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    } == {1e-5}
+    with pytest.raises(ValueError, match="base='conv4' and no init"):
+        siamese.train_omniglot_checkpoint(
+            tmp_path / "x.keras", minutes=1e-4, tower_from=encoder_path, progress=False
+        )
+
+
+@pytest.mark.usefixtures("needs_data")
 def test_a_warm_start_begins_at_its_source_and_each_round_uses_its_decayed_rate(
     tmp_path, monkeypatch
 ):

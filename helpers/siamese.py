@@ -467,6 +467,47 @@ def build_siamese(
     return keras.Model([left, right], similarity, name="siamese")
 
 
+def fit_head_to_tower(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, margin: float = 2.0
+) -> dict:
+    """Set a twin's head so that it scores pairs by the L1 distance of its tower's features.
+
+    The head computes ``sigmoid(w . |h(x1) - h(x2)| + b)``. A random ``w`` weighs the features at
+    random (half of them the wrong way round), which wastes a tower that already separates
+    characters, such as notebook 03's classifier embedding. Here every weight is ``-c`` and
+    the bias ``b`` is chosen from the tower's features of ``images`` (inference mode) and their
+    ``labels``: with ``d_same`` and ``d_diff`` the mean L1 distances of the same-label and
+    different-label pairs,
+
+        ``c = 2 margin / (d_diff - d_same)``,   ``b = c (d_same + d_diff) / 2``,
+
+    so the logit is ``c ((d_same + d_diff) / 2 - d)``: ``+margin`` at ``d_same``, ``-margin`` at
+    ``d_diff``. The twin then ranks support images exactly as an L1 nearest neighbour on the
+    tower's features does. Returns ``c``, ``b`` and the two mean distances.
+    """
+    labels = np.asarray(labels)
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
+    if not same.any() or same.sum() + len(labels) == labels.size**2:
+        raise ValueError(
+            "fit_head_to_tower needs at least two images of one label and two different labels."
+        )
+    features = keras.ops.convert_to_numpy(model.get_layer("base")(as_float(images), training=False))
+    distances = np.abs(features[:, None, :] - features[None, :, :]).sum(-1)
+    d_same = float(distances[same].mean())
+    d_diff = float(distances[labels[:, None] != labels[None, :]].mean())
+    if not d_diff > d_same:
+        raise ValueError(
+            f"the tower puts different labels no further apart than equal ones (mean L1 {d_diff:.3g} "
+            f"against {d_same:.3g}): there is nothing for the head to start from."
+        )
+    c = 2 * margin / (d_diff - d_same)
+    bias = c * (d_same + d_diff) / 2
+    head = model.get_layer("similarity")
+    kernel = head.get_weights()[0]
+    head.set_weights([np.full_like(kernel, -c), np.array([bias], dtype=kernel.dtype)])
+    return {"c": c, "b": bias, "mean_l1_same": d_same, "mean_l1_different": d_diff}
+
+
 def build_contrastive_siamese(
     base: keras.Model | None = None, image_shape: Sequence[int] = (28, 28)
 ) -> keras.Model:
@@ -1415,9 +1456,14 @@ def train_omniglot_checkpoint(
     decayed theirs by 1 % an epoch: ``lr_decay=0.99``; 1.0 keeps it constant). ``init`` (a twin
     this function saved, with the same tower) starts from its weights with a fresh optimiser
     instead of random ones; the record keeps that run's rounds and time in ``init_from``.
-    ``tower_from`` (``base="conv4"`` only) starts the tower, not the head, from a PyTorch Conv-4
-    checkpoint such as notebook 03's classifier embedding (:func:`conv4_base_from_torch`,
-    PyTorch's batch-norm epsilon); the record names it in ``tower_from``.
+    ``tower_from`` (``base="conv4"`` only) starts the tower from a PyTorch Conv-4 checkpoint
+    such as notebook 03's classifier embedding (:func:`conv4_base_from_torch`, PyTorch's
+    batch-norm epsilon), and the head as an L1 nearest neighbour on its features
+    (:func:`fit_head_to_tower`); the record names the source in ``tower_from``, with the head's
+    fit and the twin's validation before its first round.
+
+    Each round prints one line (its log entry: pairs, loss, step size, validation);
+    ``progress`` adds Keras's bar over the round's batches.
 
     ``validation_alphabets`` of the 30 are held out of training to choose the best round by
     within-alphabet 20-way one-shot accuracy; the best weights are saved (without the
@@ -1499,6 +1545,16 @@ def train_omniglot_checkpoint(
         model.get_layer("base").set_weights(
             conv4_base_from_torch(one_shot.load_encoder(tower_from)).get_weights()
         )
+        # the head starts as an L1 nearest neighbour on those features (a random head would
+        # weigh half of them the wrong way round), fitted on 4 drawings of 32 training
+        # characters drawn by a generator of its own, so the run's other draws stay as they were
+        head_rng = rules.numpy_rng(seed)
+        characters = head_rng.choice(len(train_rows), 32, replace=False)
+        head = fit_head_to_tower(
+            model,
+            omniglot.images[train_rows[characters]][:, :4].reshape(-1, 28, 28),
+            np.repeat(np.arange(32), 4),
+        )
         source_record = checkpoints.read_record(tower_from) or {}
         tower_source = {
             "checkpoint": str(tower_from),
@@ -1506,6 +1562,14 @@ def train_omniglot_checkpoint(
             "command": source_record.get("command"),
             "what": source_record.get("what"),
             "train_seconds": source_record.get("train_seconds"),
+            "head": head,
+            # the twin as it starts, before any pair is trained on (its tower learned the
+            # validation alphabets' characters too, as a classifier of all 30 background alphabets)
+            "val_20way_before_training": (
+                evaluate(SiameseOneShot(model), val_episodes, progress=False).mean
+                if val_episodes
+                else None
+            ),
         }
     init_from = None
     if init is not None:
@@ -1644,7 +1708,7 @@ def train_omniglot_checkpoint(
                 batch_size=batch_size,
                 epochs=1,
                 shuffle=False,  # each batch is one block of characters: keep the blocks
-                verbose=0,
+                verbose=1 if progress else 0,  # Keras's bar over the round's batches
                 callbacks=callbacks,
             )
             n_pairs, n_images = batches * batch_size * (batch_size - 1), len(rows)
@@ -1660,7 +1724,7 @@ def train_omniglot_checkpoint(
                 batch_size=batch_size,
                 epochs=1,
                 shuffle=True,
-                verbose=0,
+                verbose=1 if progress else 0,  # Keras's bar over the round's batches
                 callbacks=callbacks,
             )
             n_pairs, n_images = len(pairs), 2 * len(pairs)
@@ -1685,8 +1749,9 @@ def train_omniglot_checkpoint(
 
     def logged(number: int, history: History) -> None:
         log.append(entry)
-        if progress:
-            print(json.dumps(entry), flush=True)
+        # one line per round, with or without the progress bar: a run in the background
+        # (--no-progress, output to a log) then shows how far it is and how it is doing
+        print(json.dumps(entry), flush=True)
 
     stopped: list[dict] = []
 
@@ -1932,7 +1997,11 @@ def build_parser():
     parser.add_argument(
         "--hardware", default="", help="a note on the machine, added to the recorded hardware"
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no bar over each round's batches (a line per round is printed either way)",
+    )
     add_run_options(parser, device=False)
     return parser
 

@@ -236,6 +236,34 @@ def test_the_all_pairs_trainer_trains_the_twin_it_shares_layers_with():
     assert any(not np.allclose(a, b) for a, b in zip(before, twin.get_weights()))
 
 
+def test_a_head_fitted_to_the_tower_scores_pairs_by_l1_distance_by_hand():
+    # a tower that only flattens: its features are the pixels. Same-label pairs are 0.2 apart
+    # in L1 (both), different-label pairs 2.0, 2.2, 1.8 and 2.0 (mean 2.0), so c = 2 * 2 / 1.8
+    # and b = c * 1.1: the logit is +2 at the same pairs' mean distance and -2 at the others'.
+    base = keras.Sequential([keras.Input((2, 2)), keras.layers.Flatten()], name="base")
+    twin = siamese.build_siamese(base, (2, 2))
+    images = np.array(
+        [[0, 0, 0, 0], [0.2, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0.2, 0]], dtype=np.float32
+    ).reshape(4, 2, 2)
+    fit = siamese.fit_head_to_tower(twin, images, [0, 0, 1, 1])
+    assert fit["mean_l1_same"] == pytest.approx(0.2) and fit["mean_l1_different"] == pytest.approx(
+        2.0
+    )
+    assert fit["c"] == pytest.approx(4 / 1.8) and fit["b"] == pytest.approx(4 / 1.8 * 1.1)
+    p = keras.ops.convert_to_numpy(twin([images[[0, 0]], images[[1, 2]]]))[:, 0]
+    np.testing.assert_allclose(p, 1 / (1 + np.exp([-2.0, 2.0])), rtol=1e-5)
+    # the twin now ranks support images exactly as an L1 nearest neighbour on the features
+    queries, support = images[[1, 3]], images[[0, 2]]
+    scores = keras.ops.convert_to_numpy(
+        twin([np.repeat(queries, 2, axis=0), np.tile(support, (2, 1, 1))])
+    ).reshape(2, 2)
+    assert list(scores.argmax(1)) == [0, 1]
+    with pytest.raises(ValueError, match="two different labels"):
+        siamese.fit_head_to_tower(twin, images, [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="no further apart"):
+        siamese.fit_head_to_tower(twin, images, [0, 1, 0, 1])
+
+
 def test_the_omniglot_trainer_refuses_an_unknown_tower(tmp_path):
     with pytest.raises(ValueError, match="base must be one of koch28, conv4, got 'vgg'"):
         siamese.train_omniglot_checkpoint(tmp_path / "t.keras", base="vgg")
@@ -601,7 +629,7 @@ def test_a_missing_or_truncated_twin_is_one_sentence_with_the_command(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("needs_data")
-def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monkeypatch):
+def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monkeypatch, capsys):
     # The rounds are steps of the shared training loop: validated every round, the best saved
     # only when it improves, a stop request handing back a resumable state, the time budget
     # (earlier sessions included) ending the resumed run after one more round.
@@ -647,6 +675,11 @@ def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monk
         and state["round"] == 2
     )
     assert state["best_accuracy"] == max(validated)
+    # without the bar (progress=False), each round still prints its log line
+    printed = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    assert [e["round"] for e in printed] == [1, 2] and printed[1]["val_20way"] == validated[1]
     improved = [i + 1 for i, v in enumerate(validated) if v > max([-1.0, *validated[:i]])]
     assert saved_rounds == improved  # saved only when the validation improved
     resumed = siamese.train_omniglot_checkpoint(
@@ -699,6 +732,15 @@ def test_a_twin_can_start_its_tower_from_notebook_03s_conv4(tmp_path, monkeypatc
     norms = [layer for layer in tower.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert {layer.epsilon for layer in norms} == {1e-5}
     assert record["tower_from"]["checkpoint"] == str(encoder_path)
+    # the head starts as an L1 nearest neighbour on the ported features (fit_head_to_tower)
+    fit = record["tower_from"]["head"]
+    kernel, bias = (
+        siamese.load_checkpoint(tmp_path / "t.keras").get_layer("similarity").get_weights()
+    )
+    assert fit["mean_l1_different"] > fit["mean_l1_same"] > 0
+    np.testing.assert_allclose(kernel, -fit["c"], rtol=1e-6)
+    np.testing.assert_allclose(bias, [fit["b"]], rtol=1e-6)
+    assert 0 <= record["tower_from"]["val_20way_before_training"] <= 1
     assert record["tower_from"]["sha256"] and record["batch_norm_epsilon"] == 1e-5
     warm = siamese.train_omniglot_checkpoint(
         tmp_path / "w.keras", minutes=1e-4, init=tmp_path / "t.keras", **settings

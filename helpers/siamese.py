@@ -436,7 +436,7 @@ def conv4_base_from_torch(encoder: torch.nn.Module, momentum: float = 0.9) -> ke
             bias = (
                 torch_conv.bias
                 if torch_conv.bias is not None
-                else torch.zeros(torch_conv.out_channels)
+                else torch.zeros_like(torch_norm.running_mean)  # on the encoder's device
             )
             conv.set_weights([torch_conv.weight.permute(2, 3, 1, 0).cpu().numpy()])
             norm.set_weights(

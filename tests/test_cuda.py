@@ -197,3 +197,20 @@ def test_a_short_training_run_on_the_gpu_learns():
     )
     assert next(encoder.parameters()).device.type == "cuda"
     assert history.val_accuracy[-1] > 0.6  # chance is 0.2
+
+
+def test_a_conv4_on_the_gpu_ports_to_keras_as_its_cpu_copy_does():
+    # notebook 05 hands siamese.conv4_base_from_torch the Conv-4 on the device it was loaded
+    # on; a convolution without bias folds a zero bias made on that device
+    pytest.importorskip("keras")
+    from helpers import siamese
+
+    torch.manual_seed(0)
+    encoder = Conv4()
+    for block in encoder.blocks:
+        block[0].bias = None
+        block[1].running_mean.uniform_(-0.5, 0.5)
+    images = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
+    on_cpu = siamese.conv4_base_from_torch(encoder)(images, training=False)
+    on_gpu = siamese.conv4_base_from_torch(encoder.to(CUDA))(images, training=False)
+    np.testing.assert_allclose(np.asarray(on_gpu), np.asarray(on_cpu), atol=1e-6)

@@ -228,11 +228,16 @@ def read_record(path: str | Path) -> dict | None:
 
 def earlier_runs(record: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
     """The runs behind a warm-started checkpoint, nearest first: its record's ``init_from``, that
-    entry's own ``init_from``, and so on (a warm start of a warm start keeps its whole chain)."""
-    source = (record or {}).get("init_from")
-    while source:
+    entry's own ``init_from``, and so on (a warm start of a warm start keeps its whole chain).
+
+    A network that began as part of another checkpoint (``tower_from``: a Siamese twin whose
+    tower started as notebook 03's classifier) has that checkpoint's run behind it too, listed
+    where its chain ends.
+    """
+    current = record or {}
+    while source := current.get("init_from") or current.get("tower_from"):
         yield source
-        source = source.get("init_from")
+        current = source
 
 
 def file_sha256(path: str | Path) -> str:

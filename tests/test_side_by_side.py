@@ -99,12 +99,23 @@ def test_a_warm_started_checkpoint_counts_the_minutes_of_the_run_it_began_from(t
             record | {"init_from": {"train_seconds": 1380.0, "init_from": {"train_seconds": 120.0}}}
         )
     )
-    cold, warm, chain = (
-        sbs.training_record(tmp_path / f"{name}.pt") for name in ("cold", "warm", "chain")
+    (tmp_path / "tower.json").write_text(  # a twin whose tower began as a classifier
+        json.dumps(record | {"tower_from": {"checkpoint": "c.pt", "train_seconds": 138.0}})
+    )
+    (tmp_path / "after.json").write_text(  # a warm start of that twin: both runs behind it count
+        json.dumps(
+            record | {"init_from": {"train_seconds": 60.0, "tower_from": {"train_seconds": 138.0}}}
+        )
+    )
+    cold, warm, chain, tower, after = (
+        sbs.training_record(tmp_path / f"{name}.pt")
+        for name in ("cold", "warm", "chain", "tower", "after")
     )
     assert (cold.minutes, cold.warm_start_minutes) == (10.0, 0.0)
     assert (warm.minutes, warm.warm_start_minutes) == (33.0, 23.0)
     assert (chain.minutes, chain.warm_start_minutes) == (35.0, 25.0)
+    assert (tower.minutes, tower.warm_start_minutes) == (12.3, 2.3)
+    assert (after.minutes, after.warm_start_minutes) == (13.3, 3.3)
 
 
 def test_results_table_puts_the_paper_beside_each_measurement():

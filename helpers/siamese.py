@@ -508,6 +508,26 @@ def fit_head_to_tower(
     return {"c": c, "b": bias, "mean_l1_same": d_same, "mean_l1_different": d_diff}
 
 
+def fit_head_on_characters(
+    model: keras.Model,
+    character_images: np.ndarray,
+    seed: int = 0,
+    characters: int = 32,
+    drawings: int = 4,
+) -> dict:
+    """:func:`fit_head_to_tower` on ``drawings`` drawings of each of ``characters`` characters
+    drawn at random (``seed``, a generator of its own) from ``character_images``
+    ``(n_characters, n_drawings, H, W)``, such as Omniglot's ``images`` of some alphabets."""
+    rng = rules.numpy_rng(seed)
+    chosen = rng.choice(len(character_images), characters, replace=False)
+    images = np.asarray(character_images)[chosen][:, :drawings]
+    return fit_head_to_tower(
+        model,
+        images.reshape(-1, *images.shape[2:]),
+        np.repeat(np.arange(characters), drawings),
+    )
+
+
 def build_contrastive_siamese(
     base: keras.Model | None = None, image_shape: Sequence[int] = (28, 28)
 ) -> keras.Model:
@@ -1548,13 +1568,7 @@ def train_omniglot_checkpoint(
         # the head starts as an L1 nearest neighbour on those features (a random head would
         # weigh half of them the wrong way round), fitted on 4 drawings of 32 training
         # characters drawn by a generator of its own, so the run's other draws stay as they were
-        head_rng = rules.numpy_rng(seed)
-        characters = head_rng.choice(len(train_rows), 32, replace=False)
-        head = fit_head_to_tower(
-            model,
-            omniglot.images[train_rows[characters]][:, :4].reshape(-1, 28, 28),
-            np.repeat(np.arange(32), 4),
-        )
+        head = fit_head_on_characters(model, omniglot.images[train_rows], seed)
         source_record = checkpoints.read_record(tower_from) or {}
         tower_source = {
             "checkpoint": str(tower_from),

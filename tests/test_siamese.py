@@ -258,6 +258,10 @@ def test_a_head_fitted_to_the_tower_scores_pairs_by_l1_distance_by_hand():
         twin([np.repeat(queries, 2, axis=0), np.tile(support, (2, 1, 1))])
     ).reshape(2, 2)
     assert list(scores.argmax(1)) == [0, 1]
+    # the same four drawings as two characters of two drawings each, drawn in either order
+    by_character = images.reshape(2, 2, 2, 2)
+    again = siamese.fit_head_on_characters(twin, by_character, seed=3, characters=2, drawings=2)
+    assert again["c"] == pytest.approx(fit["c"]) and again["b"] == pytest.approx(fit["b"])
     with pytest.raises(ValueError, match="two different labels"):
         siamese.fit_head_to_tower(twin, images, [0, 0, 0, 0])
     with pytest.raises(ValueError, match="no further apart"):

@@ -486,15 +486,16 @@ def fit_head_to_tower(
     tower's features does. Returns ``c``, ``b`` and the two mean distances.
     """
     labels = np.asarray(labels)
-    same = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
-    if not same.any() or same.sum() + len(labels) == labels.size**2:
+    different = labels[:, None] != labels[None, :]
+    same = ~different & ~np.eye(len(labels), dtype=bool)
+    if not same.any() or not different.any():
         raise ValueError(
             "fit_head_to_tower needs at least two images of one label and two different labels."
         )
     features = keras.ops.convert_to_numpy(model.get_layer("base")(as_float(images), training=False))
     distances = np.abs(features[:, None, :] - features[None, :, :]).sum(-1)
     d_same = float(distances[same].mean())
-    d_diff = float(distances[labels[:, None] != labels[None, :]].mean())
+    d_diff = float(distances[different].mean())
     if not d_diff > d_same:
         raise ValueError(
             f"the tower puts different labels no further apart than equal ones (mean L1 {d_diff:.3g} "

@@ -500,7 +500,7 @@ def build_parser():
     parser = Parser(
         PROG,
         description="Pretrain the Conv-4 embedding of notebook 03: a softmax classifier over the 964 "
-        "Omniglot background characters, saved without its head. Ctrl-C or SIGTERM saves the run; --resume continues it.",
+        "Omniglot background characters (or those of the alphabets not held out), saved without its head. Ctrl-C or SIGTERM saves the run; --resume continues it.",
     )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -516,6 +516,21 @@ def build_parser():
         type=int,
         default=2,
         help="random shifts of up to this many pixels (augmentation)",
+    )
+    parser.add_argument(
+        "--hold-out-alphabets",
+        type=int,
+        default=0,
+        help="leave out of training the background alphabets that python -m helpers.siamese "
+        "--validation-alphabets N --seed S holds out to choose its best round (N of them; S is "
+        "--hold-out-seed), so that a twin whose tower starts from this classifier is chosen on "
+        "alphabets it never saw",
+    )
+    parser.add_argument(
+        "--hold-out-seed",
+        type=int,
+        default=0,
+        help="the --seed of the Siamese run whose validation alphabets --hold-out-alphabets leaves out",
     )
     parser.add_argument("--out", default=str(ONE_SHOT_CHECKPOINT))
     parser.add_argument("--max-minutes", type=float, default=None)
@@ -539,7 +554,23 @@ def validate_arguments(args) -> None:
     commands.whole(args, "batch_size", 1)
     commands.whole(args, "val_per_class", 0, OMNIGLOT_DRAWINGS - 1)
     commands.whole(args, "max_shift", 0, 13)
+    commands.whole(args, "hold_out_alphabets", 0, 29)
+    commands.whole(args, "hold_out_seed", 0, 2**32 - 1)
     commands.writable_target(Path(args.out))
+
+
+def background_classes(hold_out: int = 0, seed: int = 0) -> tuple[FewShotDataset, list[str]]:
+    """Omniglot's background characters, without those of the ``hold_out`` alphabets that
+    ``python -m helpers.siamese --validation-alphabets hold_out --seed seed`` validates on;
+    and the names of those alphabets (sorted)."""
+    from .episodes import omniglot_dataset, omniglot_held_out_alphabets
+
+    dataset = omniglot_dataset("background")
+    if not hold_out:
+        return dataset, []
+    held_out = omniglot_held_out_alphabets(hold_out, seed)
+    kept = [c for c, name in enumerate(dataset.class_names) if name.split("/")[0] not in held_out]
+    return dataset.subset(kept, f"{dataset.name} without {len(held_out)} alphabets"), held_out
 
 
 def train_command(args, device: torch.device, command: str) -> dict:
@@ -548,11 +579,14 @@ def train_command(args, device: torch.device, command: str) -> dict:
 
     from . import checkpoints, commands, runs
     from .device import hardware_description
-    from .episodes import omniglot_dataset
 
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     files = commands.RunFiles(args.out, args, settings)
-    dataset = omniglot_dataset("background")
+    dataset, held_out = background_classes(args.hold_out_alphabets, args.hold_out_seed)
+    characters = f"{dataset.n_classes} background characters"
+    accuracy_key = (
+        f"val_accuracy_{dataset.n_classes}_way"  # val_accuracy_964_way without --hold-out-alphabets
+    )
     try:
         result = pretrain_classifier(
             dataset,
@@ -578,24 +612,30 @@ def train_command(args, device: torch.device, command: str) -> dict:
         hardware=hardware_description(device) + (f"; {args.hardware}" if args.hardware else ""),
         settings=settings,
         run_id=files.run_id,
-        validation=f"964-way classification of {args.val_per_class} held-out drawings of each of the 964 background characters",
+        validation=f"{dataset.n_classes}-way classification of {args.val_per_class} held-out drawings of each of the {characters}",
         val_score=checkpoints.score(result.val_accuracy),
         history={k: [round(v, 4) for v in vals] for k, vals in result.history.items()},
         results={
             "epochs_run": len(result.history["loss"]),
-            "val_accuracy_964_way": round(result.val_accuracy, 4),
+            accuracy_key: round(result.val_accuracy, 4),
         },
         wall_seconds=commands.wall_seconds(files, args),
         train_seconds=result.seconds,
-        what="Conv-4 embedding of a softmax classifier over the 964 Omniglot background characters "
-        "(30 background alphabets of Lake et al.; no evaluation alphabet seen)",
+        what=f"Conv-4 embedding of a softmax classifier over the {dataset.n_classes} Omniglot "
+        f"background characters of {30 - len(held_out)} of the 30 background alphabets of Lake et al. "
+        + (
+            f"(held out: the {len(held_out)} validation alphabets of python -m helpers.siamese "
+            f"--validation-alphabets {len(held_out)} --seed {args.hold_out_seed}; "
+            if held_out
+            else "("
+        )
+        + "no evaluation alphabet seen)",
+        held_out_alphabets=held_out,
         python=platform.python_version(),
         torch=torch.__version__,
         epochs_run=len(result.history["loss"]),
-        val_accuracy_964_way=round(result.val_accuracy, 4)
-        if result.stopped_state is None
-        else None,
-        val_note=f"{args.val_per_class} held-out drawings of each of the 964 background characters",
+        **{accuracy_key: round(result.val_accuracy, 4) if result.stopped_state is None else None},
+        val_note=f"{args.val_per_class} held-out drawings of each of the {characters}",
     )
     if result.stopped_state is not None:
         files.save_state(
@@ -613,7 +653,7 @@ def train_command(args, device: torch.device, command: str) -> dict:
         json.dumps(
             {
                 "wall_seconds": written["wall_seconds"],
-                "val_accuracy_964_way": written["val_accuracy_964_way"],
+                accuracy_key: written[accuracy_key],
                 "checkpoint": str(files.saver.path),
             }
         )

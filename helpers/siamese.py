@@ -1502,6 +1502,7 @@ def train_omniglot_checkpoint(
     """
     from . import checkpoints, runs
     from .datasets import load_omniglot
+    from .episodes import held_out_alphabets
     from .fewshot import evaluate
     from .training import History, KeepBest, Loop
 
@@ -1520,11 +1521,7 @@ def train_omniglot_checkpoint(
     rows = np.flatnonzero(omniglot.background)
     alphabets = np.array([omniglot.alphabets[r] for r in rows])
     names = np.unique(alphabets)
-    held_out = (
-        names[rng.choice(len(names), validation_alphabets, replace=False)]
-        if validation_alphabets
-        else np.array([])
-    )
+    held_out = held_out_alphabets(alphabets, validation_alphabets, rng)  # the run's first draw
     train_rows = rows[~np.isin(alphabets, held_out)]
     val_rows = rows[np.isin(alphabets, held_out)]
     train_images = omniglot.images[train_rows].reshape(-1, 28, 28)
@@ -1578,8 +1575,13 @@ def train_omniglot_checkpoint(
             "what": source_record.get("what"),
             "train_seconds": source_record.get("train_seconds"),
             "head": head,
-            # the twin as it starts, before any pair is trained on (its tower learned the
-            # validation alphabets' characters too, as a classifier of all 30 background alphabets)
+            # the validation alphabets whose characters the tower's classifier learned: all of
+            # them for a classifier of the 30 background alphabets; none for one that held out
+            # the same alphabets (python -m helpers.one_shot --hold-out-alphabets)
+            "validation_alphabets_seen": sorted(
+                set(map(str, held_out)) - set(source_record.get("held_out_alphabets") or [])
+            ),
+            # the twin as it starts, before any pair is trained on
             "val_20way_before_training": (
                 evaluate(SiameseOneShot(model), val_episodes, progress=False).mean
                 if val_episodes

@@ -249,6 +249,11 @@ BAD_INPUTS = [
     ),
     (
         "one_shot",
+        ["--out", "OUT", "--hold-out-alphabets", "30"],
+        "--hold-out-alphabets=30 must be a whole number between 0 and 29",
+    ),
+    (
+        "one_shot",
         ["--out", "OUT", "--seed", "-1"],
         "--seed=-1 must be a whole number from 0 to 2**32 - 1",
     ),
@@ -834,6 +839,30 @@ def test_pretraining_the_one_shot_embedding_stops_and_resumes_exactly():
         torch.equal(a, b)
         for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values())
     )
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_the_one_shot_classifier_can_leave_out_the_twins_validation_alphabets(tmp_path, capsys):
+    # 29 of the 30 background alphabets held out: one epoch over the one left is quick, and
+    # the record names what was left out and scores the classes it kept
+    import json
+
+    from helpers import checkpoints, one_shot
+    from helpers.episodes import omniglot_held_out_alphabets
+
+    out = tmp_path / "c.pt"
+    argv = ["--out", str(out), "--hold-out-alphabets", "29", "--epochs", "1", "--no-progress"]
+    status, stdout, stderr = run_command(one_shot.main, argv, capsys)
+    assert status == 0, stderr
+    record = checkpoints.read_record(out)
+    held = omniglot_held_out_alphabets(29, 0)
+    assert record["held_out_alphabets"] == held and len(set(held)) == 29
+    kept, _ = one_shot.background_classes(29, 0)
+    assert {name.split("/")[0] for name in kept.class_names}.isdisjoint(held)
+    assert record["validation"].startswith(f"{kept.n_classes}-way classification")
+    assert 0 <= record[f"val_accuracy_{kept.n_classes}_way"] <= 1
+    assert "of 1 of the 30 background alphabets" in record["what"]
+    assert json.loads(stdout.strip().splitlines()[-1])["checkpoint"] == str(out)
 
 
 def test_the_protonet_panel_says_what_zero_episodes_needs():

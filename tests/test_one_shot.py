@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +18,7 @@ from helpers.one_shot import (
     NearestEmbedding,
     RetrainedSoftmax,
     _shift,
+    background_classes,
     checkpoint_record,
     evaluate_lake_runs,
     load_encoder,
@@ -200,3 +204,37 @@ def test_pretraining_stopped_between_two_epochs_resumes_exactly():
         torch.equal(a, b)
         for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values())
     )
+
+
+def test_held_out_alphabets_are_the_siamese_runs_validation_alphabets():
+    # the committed twin's run (seed 0, five validation alphabets) names the alphabets it held
+    # out; the function that a classifier's run uses to leave them out finds the same five
+    from helpers.episodes import held_out_alphabets, omniglot_held_out_alphabets
+
+    twin = Path(__file__).parents[1] / "data/checkpoints/siamese_omniglot_conv4_fromclassifier.json"
+    validated_on = json.loads(twin.read_text())["validation_alphabets"]
+    assert omniglot_held_out_alphabets(5, 0) == validated_on
+    assert omniglot_held_out_alphabets(5, 1) != validated_on
+    names = ["b", "a", "c", "a"]
+    assert list(held_out_alphabets(names, 0, np.random.default_rng(0))) == []
+    assert sorted(held_out_alphabets(names, 3, np.random.default_rng(0))) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="count"):
+        held_out_alphabets(names, 4, np.random.default_rng(0))
+
+
+def test_background_classes_leave_out_exactly_the_held_out_alphabets():
+    def alphabet(name):
+        return name.split("/")[0]
+
+    everything, none = background_classes(0)
+    kept, held = background_classes(5, 0)
+    assert none == [] and everything.n_classes == 964 and len(held) == 5
+    kept_alphabets = {alphabet(n) for n in kept.class_names}
+    assert not kept_alphabets & set(held)
+    assert kept_alphabets | set(held) == {alphabet(n) for n in everything.class_names}
+    assert kept.n_classes == sum(alphabet(n) not in held for n in everything.class_names) == 836
+    for c in (0, kept.n_classes - 1):  # a kept class holds the same drawings as before
+        was = everything.class_names.index(kept.class_names[c])
+        np.testing.assert_array_equal(
+            kept.images[kept.members(c)], everything.images[everything.members(was)]
+        )

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -746,6 +747,19 @@ def test_a_twin_can_start_its_tower_from_notebook_03s_conv4(tmp_path, monkeypatc
     np.testing.assert_allclose(bias, [fit["b"]], rtol=1e-6)
     assert 0 <= record["tower_from"]["val_20way_before_training"] <= 1
     assert record["tower_from"]["sha256"] and record["batch_norm_epsilon"] == 1e-5
+    # that classifier learned all 30 background alphabets, the validation ones among them; one
+    # whose record says it held them out (helpers.one_shot --hold-out-alphabets) saw none
+    assert record["tower_from"]["validation_alphabets_seen"] == record["validation_alphabets"]
+    clean = tmp_path / "clean.pt"
+    shutil.copy(encoder_path, clean)
+    clean_record = json.loads(encoder_path.with_suffix(".json").read_text())
+    clean_record["held_out_alphabets"] = record["validation_alphabets"]
+    clean.with_suffix(".json").write_text(json.dumps(clean_record))
+    unseen = siamese.train_omniglot_checkpoint(
+        tmp_path / "u.keras", minutes=1e-4, tower_from=clean, **settings
+    )
+    assert unseen["validation_alphabets"] == record["validation_alphabets"]
+    assert unseen["tower_from"]["validation_alphabets_seen"] == []
     warm = siamese.train_omniglot_checkpoint(
         tmp_path / "w.keras", minutes=1e-4, init=tmp_path / "t.keras", **settings
     )

@@ -1929,6 +1929,38 @@ def record_lineage(path: str | Path) -> list[dict]:
     return [*lineage, record]
 
 
+def starting_twin(path: str | Path) -> keras.Model:
+    """The twin at ``path`` as its run began, before its first round: a run that started its
+    tower from a PyTorch Conv-4 classifier (``--tower-from``) and its head fitted to that tower.
+
+    The classifier is looked up beside ``path`` by file name and checked against the sha256 its
+    record names; the head's weights are the ones the record keeps (``tower_from.head``: every
+    weight ``-c``, bias ``b``). Anything missing or replaced is one sentence.
+    """
+    from . import checkpoints, one_shot
+
+    path = Path(path)
+    source = checkpoint_record(path).get("tower_from")
+    if not source:
+        raise ValueError(
+            f"{path.name} did not start its tower from a classifier (its record has no tower_from); "
+            "only a run of --tower-from has a start to rebuild."
+        )
+    classifier = path.parent / Path(source["checkpoint"]).name
+    found = (checkpoints.read_record(classifier) or {}).get("weights", {}).get("sha256")
+    if found != source["sha256"]:
+        raise checkpoints.CheckpointError(
+            f"{classifier} is missing or is no longer the classifier that {path.name} started from "
+            f"(sha256 {str(source['sha256'])[:12]}...); restore it from git."
+        )
+    model = build_siamese(conv4_base_from_torch(one_shot.load_encoder(classifier)))
+    head = model.get_layer("similarity")
+    kernel = head.get_weights()[0]
+    c, b = source["head"]["c"], source["head"]["b"]
+    head.set_weights([np.full_like(kernel, -c), np.array([b], dtype=kernel.dtype)])
+    return model
+
+
 def training_curve(lineage: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images through the tower, training minutes and validation accuracy (%) after every
     round of the runs in ``lineage`` (:func:`record_lineage`), each run counted after the

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import siamese
+from helpers import checkpoints, siamese
 from helpers.fewshot import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -760,6 +760,17 @@ def test_a_twin_can_start_its_tower_from_notebook_03s_conv4(tmp_path, monkeypatc
     )
     assert unseen["validation_alphabets"] == record["validation_alphabets"]
     assert unseen["tower_from"]["validation_alphabets_seen"] == []
+    # the twin as that run began: the classifier's tower and the recorded head; a learning rate
+    # too small to move a weight leaves the trainable weights there (batch norm's running
+    # statistics move in training mode, so they are not compared)
+    start = siamese.starting_twin(tmp_path / "u.keras")
+    trained = siamese.load_checkpoint(tmp_path / "u.keras")
+    for got, want in zip(start.trainable_weights, trained.trainable_weights, strict=True):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-6
+        )
+    with pytest.raises(checkpoints.CheckpointError, match="missing or is no longer the classifier"):
+        siamese.starting_twin(tmp_path / "t.keras")  # its classifier is not beside it
     warm = siamese.train_omniglot_checkpoint(
         tmp_path / "w.keras", minutes=1e-4, init=tmp_path / "t.keras", **settings
     )
@@ -770,6 +781,8 @@ def test_a_twin_can_start_its_tower_from_notebook_03s_conv4(tmp_path, monkeypatc
         for layer in again.layers
         if isinstance(layer, keras.layers.BatchNormalization)
     } == {1e-5}
+    with pytest.raises(ValueError, match="did not start its tower from a classifier"):
+        siamese.starting_twin(tmp_path / "w.keras")
     with pytest.raises(ValueError, match="base='conv4' and no init"):
         siamese.train_omniglot_checkpoint(
             tmp_path / "x.keras", minutes=1e-4, tower_from=encoder_path, progress=False

@@ -81,6 +81,8 @@ def test_every_committed_omniglot_checkpoint_has_a_training_record():
         "siamese_omniglot_koch28",
         "siamese_omniglot_conv4",
         "siamese_omniglot_conv4_allpairs",
+        "oneshot_conv4_background25",
+        "siamese_omniglot_conv4_fromclassifier25",
     ):
         record = sbs.training_record(ROOT / "data" / "checkpoints" / f"{name}.pt")
         assert 0 < record.minutes < 24 * 60 and record.hardware and record.command

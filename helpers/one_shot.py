@@ -622,12 +622,12 @@ def train_command(args, device: torch.device, command: str) -> dict:
         wall_seconds=commands.wall_seconds(files, args),
         train_seconds=result.seconds,
         what=f"Conv-4 embedding of a softmax classifier over the {dataset.n_classes} Omniglot "
-        f"background characters of {30 - len(held_out)} of the 30 background alphabets of Lake et al. "
         + (
-            f"(held out: the {len(held_out)} validation alphabets of python -m helpers.siamese "
-            f"--validation-alphabets {len(held_out)} --seed {args.hold_out_seed}; "
+            f"background characters of {30 - len(held_out)} of the 30 background alphabets of "
+            f"Lake et al. (held out: the {len(held_out)} validation alphabets of python -m "
+            f"helpers.siamese --validation-alphabets {len(held_out)} --seed {args.hold_out_seed}; "
             if held_out
-            else "("
+            else "background characters (30 background alphabets of Lake et al.; "
         )
         + "no evaluation alphabet seen)",
         held_out_alphabets=held_out,

@@ -179,22 +179,14 @@ def held_out_alphabets(
 
     The one place that chooses which Omniglot background alphabets a run holds out:
     ``python -m helpers.siamese`` draws its validation alphabets here with the run's first
-    random draw, and :func:`omniglot_held_out_alphabets` repeats that draw for a run (such as
-    ``python -m helpers.one_shot --hold-out-alphabets``) that must leave the same ones out.
+    random draw, and :func:`helpers.one_shot.background_classes` repeats that draw for a run
+    (``python -m helpers.one_shot --hold-out-alphabets``) that must leave the same ones out.
     """
     names = np.unique(np.asarray(alphabets))
     validation.whole_number("count", count, 0, len(names))
     if not count:
         return names[:0]
     return names[rng.choice(len(names), count, replace=False)]
-
-
-def omniglot_held_out_alphabets(count: int, seed: int = 0) -> list[str]:
-    """The background alphabets that ``python -m helpers.siamese --validation-alphabets count
-    --seed seed`` holds out to choose its best round, sorted by name."""
-    omniglot = datasets.load_omniglot(28)
-    alphabets = [omniglot.alphabets[r] for r in np.flatnonzero(omniglot.background)]
-    return sorted(str(a) for a in held_out_alphabets(alphabets, count, validation.numpy_rng(seed)))
 
 
 def mnist_dataset(

@@ -562,14 +562,16 @@ def validate_arguments(args) -> None:
 def background_classes(hold_out: int = 0, seed: int = 0) -> tuple[FewShotDataset, list[str]]:
     """Omniglot's background characters, without those of the ``hold_out`` alphabets that
     ``python -m helpers.siamese --validation-alphabets hold_out --seed seed`` validates on;
-    and the names of those alphabets (sorted)."""
-    from .episodes import omniglot_dataset, omniglot_held_out_alphabets
+    and the names of those alphabets (sorted). The draw is that run's first one, made by
+    :func:`helpers.episodes.held_out_alphabets` from a generator seeded as it is."""
+    from .episodes import held_out_alphabets, omniglot_dataset
 
     dataset = omniglot_dataset("background")
-    if not hold_out:
+    alphabets = [name.split("/")[0] for name in dataset.class_names]  # "Alphabet/characterNN"
+    held_out = sorted(map(str, held_out_alphabets(alphabets, hold_out, validation.numpy_rng(seed))))
+    if not held_out:
         return dataset, []
-    held_out = omniglot_held_out_alphabets(hold_out, seed)
-    kept = [c for c, name in enumerate(dataset.class_names) if name.split("/")[0] not in held_out]
+    kept = [c for c, alphabet in enumerate(alphabets) if alphabet not in held_out]
     return dataset.subset(kept, f"{dataset.name} without {len(held_out)} alphabets"), held_out
 
 

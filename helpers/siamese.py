@@ -503,10 +503,15 @@ def fit_head_to_tower(
         )
     c = 2 * margin / (d_diff - d_same)
     bias = c * (d_same + d_diff) / 2
+    set_l1_head(model, c, bias)
+    return {"c": c, "b": bias, "mean_l1_same": d_same, "mean_l1_different": d_diff}
+
+
+def set_l1_head(model: keras.Model, c: float, b: float) -> None:
+    """Set a twin's head to ``sigmoid(b - c * sum_k |h_k(x1) - h_k(x2)|)``: every weight ``-c``."""
     head = model.get_layer("similarity")
     kernel = head.get_weights()[0]
-    head.set_weights([np.full_like(kernel, -c), np.array([bias], dtype=kernel.dtype)])
-    return {"c": c, "b": bias, "mean_l1_same": d_same, "mean_l1_different": d_diff}
+    head.set_weights([np.full_like(kernel, -c), np.array([b], dtype=kernel.dtype)])
 
 
 def fit_head_on_characters(
@@ -1954,10 +1959,7 @@ def starting_twin(path: str | Path) -> keras.Model:
             f"(sha256 {str(source['sha256'])[:12]}...); restore it from git."
         )
     model = build_siamese(conv4_base_from_torch(one_shot.load_encoder(classifier)))
-    head = model.get_layer("similarity")
-    kernel = head.get_weights()[0]
-    c, b = source["head"]["c"], source["head"]["b"]
-    head.set_weights([np.full_like(kernel, -c), np.array([b], dtype=kernel.dtype)])
+    set_l1_head(model, source["head"]["c"], source["head"]["b"])
     return model
 
 

@@ -396,6 +396,8 @@ class Loop:
         from tqdm.auto import tqdm
 
         history, pending = self.history, []
+        if self.max_seconds is not None and history.seconds > self.max_seconds:
+            return history  # resumed with its time already spent: the budget is the run's total
         self._seconds_before, self._clock = history.seconds, time.perf_counter()
         bar = tqdm(total=self.steps, desc=self.desc, disable=not self.progress, leave=self.leave)
         done, asked = 0, False

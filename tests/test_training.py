@@ -315,6 +315,13 @@ def test_the_time_budget_stops_the_loop_and_it_validates_once_more(clock):
     # the training time of an earlier session counts: 2 s before, so 2 more steps
     history = Loop(100, history=History(seconds=2.0), max_seconds=3.5).run(fake_step(clock))
     assert history.episode == [1, 2] and history.seconds == 4.0
+    # an earlier session that already spent the budget: not one more step, nothing validated
+    spent = History(seconds=4.0)
+    history = Loop(100, history=spent, validate=lambda n: 0.5, max_seconds=3.5).run(
+        fake_step(clock)
+    )
+    assert history is spent and history.episode == [] and history.val_episode == []
+    assert history.seconds == 4.0 and not history.interrupted
 
 
 def test_a_validation_that_uses_up_the_budget_stops_the_loop_without_another_one(clock):

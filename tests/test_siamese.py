@@ -637,7 +637,8 @@ def test_a_missing_or_truncated_twin_is_one_sentence_with_the_command(tmp_path):
 def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monkeypatch, capsys):
     # The rounds are steps of the shared training loop: validated every round, the best saved
     # only when it improves, a stop request handing back a resumable state, the time budget
-    # (earlier sessions included) ending the resumed run after one more round.
+    # (earlier sessions included) ending the resumed run after one more round; a budget that the
+    # first session has already spent allows none.
     from helpers import checkpoints
 
     real_make_pairs = siamese.make_pairs
@@ -687,8 +688,12 @@ def test_the_omniglot_twin_keeps_its_best_round_stops_and_resumes(tmp_path, monk
     assert [e["round"] for e in printed] == [1, 2] and printed[1]["val_20way"] == validated[1]
     improved = [i + 1 for i, v in enumerate(validated) if v > max([-1.0, *validated[:i]])]
     assert saved_rounds == improved  # saved only when the validation improved
+    spent = siamese.train_omniglot_checkpoint(
+        tmp_path / "spent.keras", minutes=state["seconds"] / 60 / 2, resume=state, **settings
+    )
+    assert [e["round"] for e in spent["log"]] == [1, 2] and len(validated) == 2
     resumed = siamese.train_omniglot_checkpoint(
-        tmp_path / "twin.keras", minutes=1e-4, resume=state, **settings
+        tmp_path / "twin.keras", minutes=state["seconds"] / 60 + 1e-4, resume=state, **settings
     )
     assert (
         resumed["status"] == "complete"

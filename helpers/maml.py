@@ -563,13 +563,29 @@ class MAMLClassifier(FewShotMethod):
     with ``steps`` gradient steps of size ``inner_lr``; :meth:`scores` returns the adapted
     network's logits for the query images. The output layer must have ``n_way`` units, and the
     images the shape the network declares (:func:`maml_conv4`: ``(1, 28, 28)``).
+
+    ``query_group`` says how many queries of each class are scored in one batch. Batch norm
+    normalises a query batch with that batch's own statistics (transductive, as in the paper's
+    code), so what the network predicts for one image depends on the others in its batch, and a
+    network meta-trained on query sets of ``q`` images per class scores best on batches made
+    the same way. With ``query_group=q``, :meth:`scores` reads the queries in the course's
+    episode order (class by class, the same number of each: ``Episode.query_images``) and scores
+    them ``q`` of each class at a time, as the paper's test does with its ``K`` queries per class;
+    ``None`` scores all of them in one batch. A network without batch norm gives the same
+    scores either way.
     """
 
-    def __init__(self, model: nn.Module, inner_lr: float, steps: int) -> None:
+    def __init__(
+        self, model: nn.Module, inner_lr: float, steps: int, query_group: int | None = None
+    ) -> None:
         self.inner_lr, self.steps = _check_inner(inner_lr, steps)
+        if query_group is not None:
+            query_group = validation.whole_number("query_group", query_group, 1)
+        self.query_group = query_group
         self.model, self.image_shape = model, declared_image_shape(model)
         self.device = next(model.parameters()).device
         self.adapted: Params | None = None
+        self.n_way = 0
 
     def process_support_set(self, support_images: Tensor, support_labels: Tensor) -> None:
         start = {k: v.detach() for k, v in parameters_of(self.model).items()}
@@ -585,10 +601,26 @@ class MAMLClassifier(FewShotMethod):
             functional=False,
         )
         self.adapted = {k: v.detach() for k, v in adapted.items()}
+        self.n_way = int(torch.unique(support_labels).numel())
 
     def scores(self, query_images: Tensor) -> Tensor:
         with torch.no_grad():
-            return functional_call(self.model, self.adapted, (query_images,))
+            if self.query_group is None:
+                return functional_call(self.model, self.adapted, (query_images,))
+            n_way, total = self.n_way, len(query_images)
+            if total % n_way:
+                raise ValueError(
+                    f"query_group={self.query_group} needs the same number of queries of each of the "
+                    f"{n_way} classes, class by class, but got {total} query images; pass the "
+                    "episode's query_images, or query_group=None to score them in one batch."
+                )
+            per_class = query_images.reshape(n_way, total // n_way, *query_images.shape[1:])
+            out = []
+            for start in range(0, per_class.shape[1], self.query_group):
+                group = per_class[:, start : start + self.query_group]  # (n_way, q, ...)
+                logits = functional_call(self.model, self.adapted, (group.flatten(0, 1),))
+                out.append(logits.reshape(n_way, group.shape[1], -1))
+            return torch.cat(out, dim=1).flatten(0, 1)
 
 
 # ----------------------------------------------------------------------------- networks
@@ -1562,6 +1594,14 @@ def build_parser():
     te.add_argument(
         "--k-shot", type=int, default=None, help="shots per class (default: the checkpoint's)"
     )
+    te.add_argument(
+        "--query-group",
+        type=int,
+        default=None,
+        help="queries of each class scored in one batch, which batch norm normalises together "
+        "(default: as many as the checkpoint trained with, as the paper's test does; 0: all of "
+        "an episode's queries in one batch)",
+    )
     te.add_argument("--split", default="vinyals-test", help="the Omniglot split of the classes")
     te.add_argument("--seed", type=int, default=100, help="seed of the episodes")
     te.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
@@ -1575,8 +1615,12 @@ def evaluate_command(args, device: torch.device) -> dict:
     """``python -m helpers.maml test CHECKPOINT``: accuracy on new episodes, kept in the record.
 
     The checkpoint adapts to each episode as it was set to (its inner learning rate and test
-    steps). The result goes to the record's ``results.test`` (the weights are not touched), so
-    the README and the notebooks read a number that a command measured.
+    steps), and its batch norm scores the queries in batches made like its training query sets
+    (``query_group``: that many of each class, as in the paper's test) unless ``--query-group``
+    says otherwise. The result goes to the record's ``results.test`` (``results.test_5shot``
+    for another number of shots, ``..._one_batch`` or ``..._group3`` for another grouping; the
+    weights are not touched), so the README and the notebooks read a number that a command
+    measured.
     """
     from . import checkpoints
     from .episodes import omniglot_dataset, sample_episodes
@@ -1585,11 +1629,14 @@ def evaluate_command(args, device: torch.device) -> dict:
     model, record = load_omniglot_checkpoint(args.checkpoint, device)
     settings = record["settings"]
     k_shot = settings["k_shot"] if args.k_shot is None else args.k_shot
+    group = settings["n_query"] if args.query_group is None else args.query_group
     classes = omniglot_dataset(args.split)
     episodes = sample_episodes(
         classes, settings["n_way"], k_shot, args.n_query, args.episodes, seed=args.seed
     )
-    learner = MAMLClassifier(model, settings["inner_lr"], settings["eval_steps"])
+    learner = MAMLClassifier(
+        model, settings["inner_lr"], settings["eval_steps"], query_group=group or None
+    )
     start = time.perf_counter()
     result = evaluate(learner, episodes, progress=not args.no_progress, desc="testing")
     test = {
@@ -1600,18 +1647,34 @@ def evaluate_command(args, device: torch.device) -> dict:
         "n_way": settings["n_way"],
         "k_shot": k_shot,
         "n_query": args.n_query,
+        "query_group": group,
         "seed": args.seed,
         "adaptation": f"{settings['eval_steps']} steps of {settings['inner_lr']}",
         "seconds": round(time.perf_counter() - start, 1),
     }
-    key = "test" if k_shot == settings["k_shot"] else f"test_{k_shot}shot"
+    key = test_key(k_shot, group, settings)
     checkpoints.update_record(args.checkpoint, results={**(record.get("results") or {}), key: test})
+    batches = (
+        "all queries of an episode in one batch"
+        if not group
+        else f"{group} {'query' if group == 1 else 'queries'} of each class per batch"
+    )
     print(
         f"{args.checkpoint}: {100 * result.mean:.1f} ± {100 * result.ci95:.1f} % on {args.episodes} "
-        f"{settings['n_way']}-way {k_shot}-shot episodes of omniglot/{args.split} "
+        f"{settings['n_way']}-way {k_shot}-shot episodes of omniglot/{args.split}, {batches} "
         f"(results.{key} of its record)"
     )
     return test
+
+
+def test_key(k_shot: int, query_group: int, settings: dict) -> str:
+    """The record's key for a test at ``k_shot`` shots and ``query_group`` queries of each class
+    per batch (0: one batch): ``test`` at the checkpoint's own shots and training queries,
+    else ``test_5shot``, ``test_one_batch``, ``test_5shot_group3`` and so on."""
+    key = "test" if k_shot == settings["k_shot"] else f"test_{k_shot}shot"
+    if query_group != settings["n_query"]:
+        key += "_one_batch" if query_group == 0 else f"_group{query_group}"
+    return key
 
 
 def _omniglot_settings(args) -> dict:
@@ -1633,6 +1696,7 @@ def validate_arguments(args) -> None:
     if args.task == "test":
         commands.whole(args, "episodes", 1)
         commands.whole(args, "n_query", 1)
+        commands.whole(args, "query_group", 0)
         if args.k_shot is not None:
             commands.whole(args, "k_shot", 1)
         if not Path(args.checkpoint).is_file():

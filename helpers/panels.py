@@ -584,8 +584,9 @@ def protonet_training(
 
 
 def _adapted_accuracy(model: torch.nn.Module, episode, inner_lr: float, steps: int) -> float:
-    """Query accuracy of ``model`` after ``steps`` inner steps on ``episode``'s support set."""
-    method = maml.MAMLClassifier(model, inner_lr, steps)
+    """Query accuracy of ``model`` after ``steps`` inner steps on ``episode``'s support set,
+    the queries scored one of each class per batch, as the panel's training query sets are."""
+    method = maml.MAMLClassifier(model, inner_lr, steps, query_group=1)
     method.process_support_set(episode.support_images, episode.support_labels)
     return float((method.predict(episode.query_images) == episode.query_labels).float().mean())
 

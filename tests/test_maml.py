@@ -489,6 +489,63 @@ def test_classifier_implements_the_few_shot_interface():
     assert all(p.grad is None for p in net.parameters())
 
 
+def test_classifier_scores_queries_in_groups_of_each_class():
+    """query_group=q scores the class-by-class queries q of each class per batch (batch norm
+    then sees batches made like the training query sets); None scores them in one batch."""
+    torch.manual_seed(0)
+    net = maml.maml_conv4(3)
+    support, labels = torch.rand(3, 1, 28, 28), torch.arange(3)
+    queries = torch.rand(3 * 4, 1, 28, 28)  # 4 queries of each class, class by class
+    whole = maml.MAMLClassifier(net, 0.4, 1)
+    whole.process_support_set(support, labels)
+    adapted = whole.adapted
+    expected = torch.empty(12, 3)
+    for group in ([0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]):  # one query of each class
+        expected[group] = functional_call(net, adapted, (queries[group],))
+    one = maml.MAMLClassifier(net, 0.4, 1, query_group=1)
+    one.process_support_set(support, labels)
+    assert torch.allclose(one.scores(queries), expected, atol=1e-6)
+    assert torch.allclose(whole.scores(queries), functional_call(net, adapted, (queries,)))
+    # batch norm makes the batch matter: one batch of all twelve scores differently
+    assert not torch.allclose(whole.scores(queries), expected, atol=1e-3)
+    three = maml.MAMLClassifier(net, 0.4, 1, query_group=3)  # groups of 3 and then 1 per class
+    three.process_support_set(support, labels)
+    first = [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    assert torch.allclose(
+        three.scores(queries)[first], functional_call(net, adapted, (queries[first],)), atol=1e-6
+    )
+    four = maml.MAMLClassifier(net, 0.4, 1, query_group=4)
+    four.process_support_set(support, labels)
+    assert torch.allclose(four.scores(queries), whole.scores(queries), atol=1e-6)
+    with pytest.raises(ValueError, match="same number of queries of each of the 3 classes"):
+        one.scores(queries[:7])
+    with pytest.raises(ValueError, match="query_group"):
+        maml.MAMLClassifier(net, 0.4, 1, query_group=0)
+
+
+def test_classifier_groups_change_nothing_without_batch_norm():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 16), nn.ReLU(), nn.Linear(16, 5))
+    net.image_shape = (1, 28, 28)
+    support, labels = torch.rand(10, 1, 28, 28), torch.arange(5).repeat_interleave(2)
+    queries = torch.rand(5 * 6, 1, 28, 28)
+    scores = []
+    for group in (None, 1, 2, 4):
+        method = maml.MAMLClassifier(net, 0.1, 2, query_group=group)
+        method.process_support_set(support, labels)
+        scores.append(method.scores(queries))
+    assert all(torch.allclose(scores[0], other, atol=1e-6) for other in scores[1:])
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_episode_queries_come_class_by_class():
+    """The order MAMLClassifier's query_group relies on."""
+    from helpers.episodes import omniglot_dataset, sample_episodes
+
+    for episode in sample_episodes(omniglot_dataset("vinyals-test"), 5, 1, 3, 4, seed=0):
+        assert torch.equal(episode.query_labels, torch.arange(5).repeat_interleave(3))
+
+
 @pytest.mark.usefixtures("needs_data")
 def test_omniglot_command_trains_saves_and_reloads(tmp_path, capsys):
     out = tmp_path / "maml_tiny.pt"
@@ -542,11 +599,35 @@ def test_the_test_command_keeps_the_measured_accuracy_in_the_record(tmp_path, ca
     assert checkpoints.file_sha256(path) == record["weights"]["sha256"]  # weights untouched
     model, meta = maml.load_omniglot_checkpoint(path)
     episodes = sample_episodes(omniglot_dataset("vinyals-test"), 5, 1, 2, 3, seed=100)
+    # by default one query of each class per batch, as the checkpoint trained (--n-query 1)
+    expected = evaluate(
+        maml.MAMLClassifier(model, 0.4, meta["settings"]["eval_steps"], query_group=1),
+        episodes,
+        progress=False,
+    )
+    assert abs(test["accuracy"] - expected.mean) < 1e-4 and test["episodes"] == 3
+    assert test["query_group"] == 1
+    assert (
+        "on 3 5-way 1-shot episodes of omniglot/vinyals-test, 1 query of each class per batch"
+        in capsys.readouterr().out
+    )
+    # --query-group 0 scores all of an episode's queries at once, kept under its own key
+    one_batch = maml.main(
+        ["test", str(path), "--episodes", "3", "--n-query", "2", "--query-group", "0"]
+        + ["--threads", "1", "--no-progress"]
+    )
+    record = checkpoints.read_record(path)
+    assert record["results"]["test_one_batch"] == one_batch and record["results"]["test"] == test
     expected = evaluate(
         maml.MAMLClassifier(model, 0.4, meta["settings"]["eval_steps"]), episodes, progress=False
     )
-    assert abs(test["accuracy"] - expected.mean) < 1e-4 and test["episodes"] == 3
-    assert "on 3 5-way 1-shot episodes" in capsys.readouterr().out
+    assert abs(one_batch["accuracy"] - expected.mean) < 1e-4 and one_batch["query_group"] == 0
+    assert (
+        "all queries of an episode in one batch (results.test_one_batch" in capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit):
+        maml.main(["test", str(path), "--query-group", "-1"])
+    assert "--query-group" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         maml.main(["test", str(tmp_path / "missing.pt")])
     assert exit_info.value.code == 2
@@ -654,3 +735,11 @@ def test_first_order_agreement_is_the_sign_of_one_minus_alpha_h_for_one_weight(a
     assert (same.second_across, same.first_across) == pytest.approx((1.0, 1.0), abs=1e-12)
     with pytest.raises(ValueError, match="two meta-batches"):
         maml.first_order_agreement(net, [batch(3.0)], F.mse_loss, alpha)
+
+
+@pytest.mark.parametrize(
+    ("k_shot", "query_group", "key"),
+    [(1, 1, "test"), (5, 1, "test_5shot"), (1, 0, "test_one_batch"), (5, 3, "test_5shot_group3")],
+)
+def test_each_test_protocol_has_its_own_key_in_the_record(k_shot, query_group, key):
+    assert maml.test_key(k_shot, query_group, {"k_shot": 1, "n_query": 1}) == key

@@ -486,8 +486,9 @@ def test_numpy_numbers_are_numbers_and_booleans_and_strings_are_not():
         and type(learner.inner_lr) is float
         and learner.inner_steps == 2
     )
-    method = MAMLClassifier(maml_conv4(5), np.float32(0.4), np.int32(1))
+    method = MAMLClassifier(maml_conv4(5), np.float32(0.4), np.int32(1), query_group=np.int64(1))
     assert method.inner_lr == pytest.approx(0.4) and method.steps == 1
+    assert method.query_group == 1 and type(method.query_group) is int
     assert RetrainedSoftmax(steps=np.int64(3), lr=np.float32(0.01)).steps == 3
     assert float(MatchingNetwork(scale=np.float32(10)).scale) == pytest.approx(10)
     for bad in (True, "0.01", None, math.inf, math.nan, 0.0, -1e-3):
@@ -498,6 +499,8 @@ def test_numpy_numbers_are_numbers_and_booleans_and_strings_are_not():
             MAML(sinusoid_net(), inner_lr=bad)
     with pytest.raises(ParameterError, match=r"^steps=True must be a whole number >= 0\.$"):
         MAMLClassifier(maml_conv4(5), 0.4, True)
+    with pytest.raises(ParameterError, match=r"^query_group=True must be a whole number >= 1\.$"):
+        MAMLClassifier(maml_conv4(5), 0.4, 1, query_group=True)
 
 
 @pytest.mark.parametrize(

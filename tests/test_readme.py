@@ -36,7 +36,7 @@ def test_the_readme_lists_every_committed_maml_omniglot_checkpoint_with_its_reco
         p.name for p in CHECKPOINTS.glob("maml_omniglot_*.pt") if not p.name.endswith(".resume.pt")
     }
     assert listed == committed
-    for name, file, budget, minutes, per_step, test, paper in rows:
+    for name, file, budget, minutes, per_step, test, one_batch, paper in rows:
         record = json.loads((CHECKPOINTS / file.strip("`")).with_suffix(".json").read_text())
         settings = record["settings"]
         n_way, k_shot = (int(v) for v in re.match(r".*, (\d+)-way (\d+)-shot$", name).groups())
@@ -47,7 +47,16 @@ def test_the_readme_lists_every_committed_maml_omniglot_checkpoint_with_its_reco
             f"{sbs.training_record(CHECKPOINTS / file.strip('`')).minutes:.0f} min"
         ), file
         assert per_step == f"{record['seconds_per_meta_step']:.1f}", file
+        # the test column: queries scored in batches made like the training query sets
         result = record["results"]["test"]
         assert result["episodes"] >= 600 and result["k_shot"] == k_shot, file
+        assert result["query_group"] == settings["n_query"], file
         assert test == f"{100 * result['accuracy']:.1f} ± {100 * result['ci95']:.1f}", file
+        # ... and the same episodes with all of an episode's queries in one batch
+        result = record["results"]["test_one_batch"]
+        assert result["episodes"] >= 600 and result["k_shot"] == k_shot, file
+        same = ("seed", "n_query", "episodes")  # the same episodes as the test column
+        assert result["query_group"] == 0, file
+        assert all(result[k] == record["results"]["test"][k] for k in same), file
+        assert one_batch == f"{100 * result['accuracy']:.1f} ± {100 * result['ci95']:.1f}", file
         assert float(paper) == maml.PAPER_OMNIGLOT_ACCURACY[n_way, k_shot][settings["first_order"]]

@@ -1652,7 +1652,7 @@ def evaluate_command(args, device: torch.device) -> dict:
         "adaptation": f"{settings['eval_steps']} steps of {settings['inner_lr']}",
         "seconds": round(time.perf_counter() - start, 1),
     }
-    key = test_key(k_shot, group, settings)
+    key = result_key(k_shot, group, settings)
     checkpoints.update_record(args.checkpoint, results={**(record.get("results") or {}), key: test})
     batches = (
         "all queries of an episode in one batch"
@@ -1667,7 +1667,7 @@ def evaluate_command(args, device: torch.device) -> dict:
     return test
 
 
-def test_key(k_shot: int, query_group: int, settings: dict) -> str:
+def result_key(k_shot: int, query_group: int, settings: dict) -> str:
     """The record's key for a test at ``k_shot`` shots and ``query_group`` queries of each class
     per batch (0: one batch): ``test`` at the checkpoint's own shots and training queries,
     else ``test_5shot``, ``test_one_batch``, ``test_5shot_group3`` and so on."""

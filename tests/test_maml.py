@@ -742,4 +742,4 @@ def test_first_order_agreement_is_the_sign_of_one_minus_alpha_h_for_one_weight(a
     [(1, 1, "test"), (5, 1, "test_5shot"), (1, 0, "test_one_batch"), (5, 3, "test_5shot_group3")],
 )
 def test_each_test_protocol_has_its_own_key_in_the_record(k_shot, query_group, key):
-    assert maml.test_key(k_shot, query_group, {"k_shot": 1, "n_query": 1}) == key
+    assert maml.result_key(k_shot, query_group, {"k_shot": 1, "n_query": 1}) == key

@@ -928,6 +928,7 @@ class OmniglotRun:
     val_episodes: int = 100
     seed: int = 0
     meta_lr_half_life: float | None = None
+    val_query_group: int = 0
 
 
 def meta_lr_at(run: OmniglotRun, step: int) -> float:
@@ -973,6 +974,7 @@ def check_omniglot_run(run: OmniglotRun, name: Callable[[str], str] = str) -> No
         ("val_episodes", 1),
         ("k_shot", 1),
         ("n_query", 1),
+        ("val_query_group", 0),
     ):
         validation.whole_number(name(field_name), getattr(run, field_name), low)
     validation.whole_number(
@@ -1083,7 +1085,11 @@ def train_omniglot(
             flush=True,
         )
     description = hardware_description(device) + (f"; {hardware}" if hardware else "")
-    val_text = f"omniglot/vinyals-val, {run.val_episodes} episodes {run.n_way}-way {run.k_shot}-shot, {val_query} queries per class"
+    val_batching = f", {run.val_query_group} of each class per batch" if run.val_query_group else ""
+    val_text = (
+        f"omniglot/vinyals-val, {run.val_episodes} episodes {run.n_way}-way {run.k_shot}-shot, "
+        f"{val_query} queries per class{val_batching}"
+    )
 
     def curves() -> dict[str, list]:
         """The validations as the records and the resume state keep them."""
@@ -1120,7 +1126,7 @@ def train_omniglot(
             val_accuracy=round(best["accuracy"], 4),
             val_ci95=round(best["ci95"], 4),
             val_episodes=run.val_episodes,
-            val_split=f"omniglot/vinyals-val, {val_query} queries per class",
+            val_split=f"omniglot/vinyals-val, {val_query} queries per class{val_batching}",
             train_split="omniglot/vinyals-train",
             meta_loss_every_10=[
                 round(float(np.mean(history.loss[i : i + 10])), 4) for i in range(0, done, 10)
@@ -1128,7 +1134,10 @@ def train_omniglot(
         )
 
     def validate(step: int):
-        result = evaluate(MAMLClassifier(model, run.inner_lr, run.eval_steps), val, progress=False)
+        classifier = MAMLClassifier(
+            model, run.inner_lr, run.eval_steps, query_group=run.val_query_group or None
+        )
+        result = evaluate(classifier, val, progress=False)
         # one line per validation, with or without the progress bar: a run in the background
         # (--no-progress, output to a log) then shows how far it is and how it is doing
         print(f"step {step}: validation {result}", flush=True)
@@ -1541,6 +1550,15 @@ def build_parser():
                 default=None,
                 help="halve --meta-lr every this many meta-steps (smoothly); default: constant, "
                 "as in the paper",
+            )
+        elif name == "val_query_group":
+            om.add_argument(
+                flag,
+                type=int,
+                default=value,
+                help="score the validation queries this many of each class per batch (batch norm "
+                "normalises with the batch in front of it; the test scores --n-query of each class "
+                "per batch); default 0: all of an episode's queries in one batch",
             )
         elif name == "mode":
             om.add_argument(flag, choices=MODES, default=value)

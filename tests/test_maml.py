@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -577,6 +578,34 @@ def test_omniglot_command_trains_saves_and_reloads(tmp_path, capsys):
     assert 0 <= meta["val_accuracy"] <= 1
     model, _ = maml.load_omniglot_checkpoint(out)
     assert model(torch.rand(4, 1, 28, 28)).shape == (4, 5)
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_validation_can_batch_its_queries_as_the_test_does(tmp_path, capsys):
+    """--val-query-group 1: the kept weights' validation equals an independent grouped evaluate."""
+    from helpers.episodes import omniglot_dataset, sample_episodes
+    from helpers.fewshot import evaluate
+
+    out = tmp_path / "maml_grouped.pt"
+    common = ["--meta-steps", "3", "--meta-batch", "2", "--val-every", "1", "--val-episodes", "3"]
+    maml.main(
+        ["omniglot", *common, "--val-query-group", "1", "--seed", "4", "--threads", "1"]
+        + ["--out", str(out), "--no-progress"]
+    )
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["settings"]["val_query_group"] == 1
+    assert meta["validation"].endswith("15 queries per class, 1 of each class per batch")
+    model, _ = maml.load_omniglot_checkpoint(out)
+    val = sample_episodes(omniglot_dataset("vinyals-val"), 5, 1, 15, 3, seed=5)
+    grouped = evaluate(maml.MAMLClassifier(model, 0.4, 3, query_group=1), val, progress=False)
+    one_batch = evaluate(maml.MAMLClassifier(model, 0.4, 3), val, progress=False)
+    assert abs(meta["val_accuracy"] - grouped.mean) < 1e-4
+    assert abs(meta["val_ci95"] - grouped.ci95) < 1e-4
+    # the batching changes the episodes' scores (the best step's here, for this seed)
+    assert not np.allclose(grouped.accuracies, one_batch.accuracies)
+    with pytest.raises(SystemExit):
+        maml.main(["omniglot", "--val-query-group", "-1", "--out", str(tmp_path / "x.pt")])
+    assert "--val-query-group" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("needs_data")

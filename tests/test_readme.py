@@ -29,6 +29,11 @@ def maml_table() -> list[list[str]]:
     return rows
 
 
+def shown(result: dict) -> str:
+    """A recorded test result as the README writes it: accuracy ± 95 % interval, in percent."""
+    return f"{100 * result['accuracy']:.1f} ± {100 * result['ci95']:.1f}"
+
+
 def test_the_readme_lists_every_committed_maml_omniglot_checkpoint_with_its_recorded_numbers():
     rows = maml_table()
     listed = {row[1].strip("`") for row in rows}
@@ -51,12 +56,12 @@ def test_the_readme_lists_every_committed_maml_omniglot_checkpoint_with_its_reco
         result = record["results"]["test"]
         assert result["episodes"] >= 600 and result["k_shot"] == k_shot, file
         assert result["query_group"] == settings["n_query"], file
-        assert test == f"{100 * result['accuracy']:.1f} ± {100 * result['ci95']:.1f}", file
+        assert test == shown(result), file
         # ... and the same episodes with all of an episode's queries in one batch
         result = record["results"]["test_one_batch"]
         assert result["episodes"] >= 600 and result["k_shot"] == k_shot, file
         same = ("seed", "n_query", "episodes")  # the same episodes as the test column
         assert result["query_group"] == 0, file
         assert all(result[k] == record["results"]["test"][k] for k in same), file
-        assert one_batch == f"{100 * result['accuracy']:.1f} ± {100 * result['ci95']:.1f}", file
+        assert one_batch == shown(result), file
         assert float(paper) == maml.PAPER_OMNIGLOT_ACCURACY[n_way, k_shot][settings["first_order"]]

@@ -638,10 +638,11 @@ class BatchStatNorm(nn.Module):
     ``bias``), so state dicts are interchangeable.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, scale: bool = True) -> None:
         super().__init__()
         self.num_features, self.eps = num_features, eps
-        self.weight = nn.Parameter(torch.ones(num_features))
+        # scale=False keeps only the shift (no weight), as the paper's code's batch norm does
+        self.weight = nn.Parameter(torch.ones(num_features)) if scale else None
         self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -649,9 +650,10 @@ class BatchStatNorm(nn.Module):
         mean = x.mean(dim=dims, keepdim=True)
         var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
         shape = [1, -1] + [1] * (x.dim() - 2)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(
-            shape
-        )
+        normed = (x - mean) / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            normed = normed * self.weight.view(shape)
+        return normed + self.bias.view(shape)
 
 
 def drop_running_stats(model: nn.Module) -> nn.Module:
@@ -681,6 +683,54 @@ def maml_conv4(n_way: int, hidden: int = 64) -> nn.Sequential:
 
     n_way = validation.whole_number("n_way", n_way, 2)
     return drop_running_stats(nn.Sequential(Conv4(hidden=hidden), nn.Linear(hidden, n_way)))
+
+
+class StridedConv4(nn.Module):
+    """The Omniglot network of the paper's code (``cbfinn/maml``): four blocks of 3x3 convolution
+    with stride 2 (no max-pooling), batch norm on batch statistics with a learned shift only (no
+    scale, ``eps`` 0.001), ReLU; then the mean over the last feature map.
+
+    A ``(batch, 1, 28, 28)`` image shrinks 28 -> 14 -> 7 -> 4 -> 2 and is averaged to a
+    ``(batch, hidden)`` embedding. The convolutions start Glorot-uniform with zero biases, as
+    there. Each block computes a quarter of the positions of a max-pooling Conv-4 block of the
+    same input, so a meta-step costs several times less.
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64) -> None:
+        super().__init__()
+        channels, layers = [in_channels] + [hidden] * 4, []
+        for a, b in zip(channels[:-1], channels[1:]):
+            conv = nn.Conv2d(a, b, kernel_size=3, stride=2, padding=1)
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+            layers += [conv, BatchStatNorm(b, eps=1e-3, scale=False), nn.ReLU()]
+        self.blocks = nn.Sequential(*layers)
+        self.out_features = hidden
+        self.image_shape = (in_channels, 28, 28)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.blocks(images).mean(dim=(2, 3))
+
+
+#: The Omniglot networks ``--net`` chooses between: ``conv4`` (this course's Conv-4, as in
+#: Vinyals et al.: max-pooling, batch norm with scale and shift) and ``strided`` (the paper's code).
+NETS = ("conv4", "strided")
+
+
+def maml_strided_conv4(n_way: int, hidden: int = 64) -> nn.Sequential:
+    """:class:`StridedConv4` followed by a linear ``n_way``-way output layer whose weights start
+    from a standard normal and biases at zero, as in the paper's code."""
+    n_way = validation.whole_number("n_way", n_way, 2)
+    head = nn.Linear(hidden, n_way)
+    nn.init.normal_(head.weight, std=1.0)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(StridedConv4(hidden=hidden), head)
+
+
+def omniglot_net(n_way: int, net: str = "conv4") -> nn.Sequential:
+    """The MAML network named ``net`` (one of :data:`NETS`) with an ``n_way``-way output layer."""
+    validation.one_of("net", net, NETS)
+    return maml_conv4(n_way) if net == "conv4" else maml_strided_conv4(n_way)
 
 
 def sinusoid_net(hidden: Sequence[int] = (40, 40)) -> nn.Sequential:
@@ -929,6 +979,7 @@ class OmniglotRun:
     seed: int = 0
     meta_lr_half_life: float | None = None
     val_query_group: int = 0
+    net: str = "conv4"
 
 
 def meta_lr_at(run: OmniglotRun, step: int) -> float:
@@ -989,6 +1040,7 @@ def check_omniglot_run(run: OmniglotRun, name: Callable[[str], str] = str) -> No
             f"images per class, but every Omniglot class has {OMNIGLOT_DRAWINGS}; use at most {OMNIGLOT_DRAWINGS} together."
         )
     validation.seed(run.seed, name("seed"))
+    validation.one_of(name("net"), run.net, NETS)
     resolve_mode(run.mode, "cpu")
 
 
@@ -1026,7 +1078,7 @@ def train_omniglot(
     started = time.perf_counter()
     seed_everything(run.seed)
     device = torch.device(device) if device is not None else pick_device()
-    model = maml_conv4(run.n_way).to(device)
+    model = omniglot_net(run.n_way, run.net).to(device)
     learner = MAML(
         model,
         run.inner_lr,
@@ -1063,7 +1115,7 @@ def train_omniglot(
     )
     init_from = None
     if init is not None:
-        init_from = warm_start(model, init, run.n_way)
+        init_from = warm_start(model, init, run.n_way, run.net)
     wall_before = 0.0
     state = files.state if files is not None else None
     if state:
@@ -1223,7 +1275,7 @@ def train_omniglot(
     return model, meta
 
 
-def check_init(init: str | Path, n_way: int) -> dict:
+def check_init(init: str | Path, n_way: int, net: str | None = None) -> dict:
     """The record of ``init``, a checkpoint to warm-start an ``n_way`` run from (before any
     weights or data are loaded); ``ValueError`` (one sentence) unless it is a checkpoint of the
     omniglot command with the same ``n_way`` (another one's output layer has another shape)."""
@@ -1239,6 +1291,12 @@ def check_init(init: str | Path, n_way: int) -> dict:
         raise ValueError(
             f"--init {init} is a {record['settings']['n_way']}-way network, but --n-way is "
             f"{n_way}; start from a {n_way}-way checkpoint or leave --init out."
+        )
+    init_net = record["settings"].get("net", "conv4")
+    if net is not None and init_net != net:
+        raise ValueError(
+            f"--init {init} is a {init_net} network, but --net is {net}; start from a {net} "
+            f"checkpoint or give --net {init_net}."
         )
     return record
 
@@ -1288,13 +1346,13 @@ def omniglot_runs(
     return [path for _, path in sorted(found, key=lambda item: (-item[0], item[1].name))]
 
 
-def warm_start(model: nn.Module, init: str | Path, n_way: int) -> dict:
+def warm_start(model: nn.Module, init: str | Path, n_way: int, net: str = "conv4") -> dict:
     """Copy the weights of the checkpoint ``init`` into ``model``; what the record keeps of it.
 
     Refuses what :func:`check_init` refuses.
     """
     init = Path(init)
-    check_init(init, n_way)
+    check_init(init, n_way, net)
     source, source_record = load_omniglot_checkpoint(init)
     settings = source_record["settings"]
     model.load_state_dict(
@@ -1305,8 +1363,11 @@ def warm_start(model: nn.Module, init: str | Path, n_way: int) -> dict:
         "run_id": source_record.get("run_id"),
         "sha256": (source_record.get("weights") or {}).get("sha256"),
         "settings": {
-            k: settings.get(k)
-            for k in ("n_way", "k_shot", "first_order", "inner_lr", "train_steps", "meta_batch")
+            **{
+                k: settings.get(k)
+                for k in ("n_way", "k_shot", "first_order", "inner_lr", "train_steps", "meta_batch")
+            },
+            "net": settings.get("net", "conv4"),
         },
         "meta_steps_done": source_record.get("meta_steps_done"),
         "train_seconds": source_record.get("train_seconds"),
@@ -1345,7 +1406,7 @@ def load_omniglot_checkpoint(
             f"{checkpoints.record_path(path)} is missing or incomplete ({where}): expected the record of a MAML Conv-4 "
             f"checkpoint that says its n_way; {checkpoints.how_to_make(record, command)}."
         )
-    model = maml_conv4(record["settings"]["n_way"])
+    model = omniglot_net(record["settings"]["n_way"], record["settings"].get("net", "conv4"))
     _, record = checkpoints.load(
         path,
         checkpoints.torch_reader(model),
@@ -1562,6 +1623,15 @@ def build_parser():
             )
         elif name == "mode":
             om.add_argument(flag, choices=MODES, default=value)
+        elif name == "net":
+            om.add_argument(
+                flag,
+                choices=NETS,
+                default=value,
+                help="conv4: this course's Conv-4 (max-pooling); strided: the paper's code's "
+                "Omniglot network (stride-2 convolutions, batch norm with a shift only, mean over "
+                "the last map)",
+            )
         else:
             om.add_argument(flag, type=type(value), default=value)
     om.add_argument(
@@ -1736,7 +1806,7 @@ def validate_arguments(args) -> None:
             )
         check_omniglot_run(OmniglotRun(**_omniglot_settings(args)), commands.flag)
         if args.init is not None:
-            check_init(args.init, args.n_way)
+            check_init(args.init, args.n_way, _omniglot_settings(args)["net"])
     commands.writable_target(Path(args.out))
 
 

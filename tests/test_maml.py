@@ -327,9 +327,10 @@ def test_the_compiled_meta_step_equals_the_plain_loop(first_order):
             assert torch.allclose(a, b, atol=1e-10, rtol=1e-9), name
 
 
-def test_conv4_meta_gradients_agree_between_loop_and_vmap_in_float64():
+@pytest.mark.parametrize("net_name", maml.NETS)
+def test_conv4_meta_gradients_agree_between_loop_and_vmap_in_float64(net_name):
     torch.manual_seed(0)
-    net = maml.maml_conv4(5).double()
+    net = maml.omniglot_net(5, net_name).double()
     g = torch.Generator().manual_seed(0)
     batch = maml.TaskBatch(
         torch.rand(2, 5, 1, 28, 28, generator=g, dtype=torch.float64),
@@ -347,6 +348,41 @@ def test_conv4_meta_gradients_agree_between_loop_and_vmap_in_float64():
         )
         for name in loop:
             assert torch.allclose(loop[name], vec[name], atol=1e-10, rtol=0), (first_order, name)
+
+
+def test_shift_only_batch_norm_is_torchs_batch_norm_without_a_weight():
+    torch.manual_seed(0)
+    norm = maml.BatchStatNorm(3, eps=1e-3, scale=False)
+    with torch.no_grad():
+        norm.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    expected = F.batch_norm(x, None, None, None, norm.bias.double(), training=True, eps=1e-3)
+    assert torch.allclose(norm.double()(x), expected, atol=1e-12)
+    assert [name for name, _ in norm.named_parameters()] == ["bias"]
+
+
+def test_the_strided_network_is_the_papers_shape():
+    """Stride-2 blocks shrink 28 -> 14 -> 7 -> 4 -> 2; the mean over that map is the embedding."""
+    torch.manual_seed(0)
+    net = maml.maml_strided_conv4(5)
+    body = net[0]
+    x = torch.rand(6, 1, 28, 28)
+    sizes = []
+    h = x
+    for layer in body.blocks:
+        h = layer(h)
+        if isinstance(layer, nn.Conv2d):
+            sizes.append(h.shape[-1])
+    assert sizes == [14, 7, 4, 2]
+    assert torch.allclose(body(x), h.mean(dim=(2, 3)))
+    assert net(x).shape == (6, 5) and body.image_shape == (1, 28, 28)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    norms = [m for m in net.modules() if isinstance(m, maml.BatchStatNorm)]
+    assert len(norms) == 4 and all(m.weight is None and m.eps == 1e-3 for m in norms)
+    # the output layer starts from a standard normal, as in the paper's code
+    assert 0.8 < net[1].weight.std().item() < 1.2 and net[1].bias.abs().max() == 0
+    with pytest.raises(ValueError, match="net"):
+        maml.omniglot_net(5, "resnet")
 
 
 def test_second_order_memory_grows_with_inner_steps_first_order_does_not():
@@ -578,6 +614,32 @@ def test_omniglot_command_trains_saves_and_reloads(tmp_path, capsys):
     assert 0 <= meta["val_accuracy"] <= 1
     model, _ = maml.load_omniglot_checkpoint(out)
     assert model(torch.rand(4, 1, 28, 28)).shape == (4, 5)
+
+
+@pytest.mark.usefixtures("needs_data")
+def test_the_command_trains_the_strided_network_and_keeps_it_apart(tmp_path, capsys):
+    out = tmp_path / "maml_strided.pt"
+    common = ["--meta-steps", "2", "--meta-batch", "2", "--val-every", "2", "--val-episodes", "2"]
+    maml.main(
+        ["omniglot", *common, "--net", "strided", "--threads", "1"]
+        + ["--out", str(out), "--no-progress"]
+    )
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["settings"]["net"] == "strided"
+    model, _ = maml.load_omniglot_checkpoint(out)
+    assert isinstance(model[0], maml.StridedConv4)
+    # a warm start must begin from the same network: one line, before any training
+    with pytest.raises(SystemExit) as exit_info:
+        maml.main(["omniglot", *common, "--init", str(out), "--out", str(tmp_path / "b.pt")])
+    assert exit_info.value.code == 2
+    assert "is a strided network, but --net is conv4" in capsys.readouterr().err
+    maml.main(
+        ["omniglot", *common, "--net", "strided", "--init", str(out), "--threads", "1"]
+        + ["--out", str(tmp_path / "c.pt"), "--no-progress"]
+    )
+    assert isinstance(maml.load_omniglot_checkpoint(tmp_path / "c.pt")[0][0], maml.StridedConv4)
+    with pytest.raises(SystemExit):
+        maml.main(["omniglot", "--net", "resnet", "--out", str(tmp_path / "d.pt")])
 
 
 @pytest.mark.usefixtures("needs_data")

@@ -635,7 +635,8 @@ class BatchStatNorm(nn.Module):
     gradient through PyTorch's fused batch-norm kernel came out wrong (it disagreed with finite
     differences and with the loop by about 1e-3 relative, in float64, torch 2.13), while these
     elementary operations batch correctly. Parameter names match ``nn.BatchNorm2d`` (``weight``,
-    ``bias``), so state dicts are interchangeable.
+    ``bias``), so state dicts are interchangeable. ``scale=False`` drops ``weight`` and keeps the
+    shift alone, as the batch norm of the paper's code does (:class:`StridedConv4`).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, scale: bool = True) -> None:
@@ -1278,7 +1279,8 @@ def train_omniglot(
 def check_init(init: str | Path, n_way: int, net: str | None = None) -> dict:
     """The record of ``init``, a checkpoint to warm-start an ``n_way`` run from (before any
     weights or data are loaded); ``ValueError`` (one sentence) unless it is a checkpoint of the
-    omniglot command with the same ``n_way`` (another one's output layer has another shape)."""
+    omniglot command with the same ``n_way`` (another one's output layer has another shape) and,
+    when ``net`` is given, the same network (:data:`NETS`; a record without one is Conv-4)."""
     from . import checkpoints
 
     record = checkpoints.read_record(init) if Path(init).is_file() else None
@@ -1395,7 +1397,8 @@ def _history_from_state(losses: Sequence[float], validations: dict, seconds: flo
 def load_omniglot_checkpoint(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict]:
-    """A Conv-4 MAML network and its metadata from a checkpoint written by :func:`train_omniglot`."""
+    """A MAML network and its metadata from a checkpoint written by :func:`train_omniglot`: the
+    network its record names (``settings.net``, Conv-4 when it names none)."""
     from . import checkpoints
 
     command = "python -m helpers.maml omniglot --out " + str(path)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -1326,8 +1327,17 @@ def omniglot_runs(
     validation accuracy first.
 
     The choice is made on the validation classes, never on the test ones, so a notebook that
-    takes the first may report its test accuracy honestly. Runs of the same seed validate on the
-    same episodes; a checkpoint without a validation score comes last.
+    takes the first may report its test accuracy honestly. Scores are compared only where they
+    were measured alike, because batch norm scores a query against the batch in front of it:
+
+    1. if every run has a re-validation (``python -m helpers.maml test CKPT --split vinyals-val``,
+       kept as ``results.val``) on the same episodes, batched as in its test, that ranks them;
+    2. else, if every run validated during training with the same batching
+       (``--val-query-group``), their best validations rank them;
+    3. else they rank by those validations all the same, with a warning that names the command
+       of 1.
+
+    A checkpoint without a validation score comes last.
     """
     from . import checkpoints
 
@@ -1343,9 +1353,31 @@ def omniglot_runs(
             bool(first_order),
         ):
             continue
-        score = (record.get("val_score") or {}).get("value")
-        found.append((-1.0 if score is None else float(score), path))
-    return [path for _, path in sorted(found, key=lambda item: (-item[0], item[1].name))]
+        found.append((path, record))
+
+    def protocol(test: dict) -> tuple:
+        return tuple(test.get(k) for k in ("split", "episodes", "n_query", "seed", "k_shot"))
+
+    revalidated = [((record.get("results") or {}).get("val") or {}) for _, record in found]
+    same_episodes = {protocol(test) for test in revalidated}
+    if found and all(revalidated) and len(same_episodes) == 1:
+        scores = [float(test["accuracy"]) for test in revalidated]
+    else:
+        batchings = {record["settings"].get("val_query_group") or 0 for _, record in found}
+        if len(batchings) > 1:
+            warnings.warn(
+                f"the {n_way}-way {k_shot}-shot runs in {directory} validated with different "
+                "batch-norm batchings, so their validations are not alike; re-validate each "
+                "with python -m helpers.maml test CHECKPOINT --split vinyals-val to rank them "
+                "on the same episodes.",
+                stacklevel=2,
+            )
+        scores = [((record.get("val_score") or {}).get("value")) for _, record in found]
+        scores = [-1.0 if score is None else float(score) for score in scores]
+    ranked = sorted(
+        zip(scores, (path for path, _ in found)), key=lambda item: (-item[0], item[1].name)
+    )
+    return [path for _, path in ranked]
 
 
 def warm_start(model: nn.Module, init: str | Path, n_way: int, net: str = "conv4") -> dict:
@@ -1693,7 +1725,12 @@ def build_parser():
         "(default: as many as the checkpoint trained with, as the paper's test does; 0: all of "
         "an episode's queries in one batch)",
     )
-    te.add_argument("--split", default="vinyals-test", help="the Omniglot split of the classes")
+    te.add_argument(
+        "--split",
+        default="vinyals-test",
+        help="the Omniglot split of the classes (vinyals-val: a re-validation, kept as "
+        "results.val, by which the notebooks choose among the runs of a setting)",
+    )
     te.add_argument("--seed", type=int, default=100, help="seed of the episodes")
     te.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps")
     te.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -1709,8 +1746,8 @@ def evaluate_command(args, device: torch.device) -> dict:
     steps), and its batch norm scores the queries in batches made like its training query sets
     (``query_group``: that many of each class, as in the paper's test) unless ``--query-group``
     says otherwise. The result goes to the record's ``results.test`` (``results.test_5shot``
-    for another number of shots, ``..._one_batch`` or ``..._group3`` for another grouping; the
-    weights are not touched), so the README and the notebooks read a number that a command
+    for another number of shots, ``..._one_batch`` or ``..._group3`` for another grouping,
+    ``results.val`` on the validation classes; the weights are not touched), so the README and the notebooks read a number that a command
     measured.
     """
     from . import checkpoints
@@ -1743,7 +1780,7 @@ def evaluate_command(args, device: torch.device) -> dict:
         "adaptation": f"{settings['eval_steps']} steps of {settings['inner_lr']}",
         "seconds": round(time.perf_counter() - start, 1),
     }
-    key = result_key(k_shot, group, settings)
+    key = result_key(k_shot, group, settings, args.split)
     checkpoints.update_record(args.checkpoint, results={**(record.get("results") or {}), key: test})
     batches = (
         "all queries of an episode in one batch"
@@ -1758,11 +1795,14 @@ def evaluate_command(args, device: torch.device) -> dict:
     return test
 
 
-def result_key(k_shot: int, query_group: int, settings: dict) -> str:
+def result_key(k_shot: int, query_group: int, settings: dict, split: str = "vinyals-test") -> str:
     """The record's key for a test at ``k_shot`` shots and ``query_group`` queries of each class
-    per batch (0: one batch): ``test`` at the checkpoint's own shots and training queries,
-    else ``test_5shot``, ``test_one_batch``, ``test_5shot_group3`` and so on."""
-    key = "test" if k_shot == settings["k_shot"] else f"test_{k_shot}shot"
+    per batch (0: one batch) on the classes of ``split``: ``test`` at the checkpoint's own shots
+    and training queries on the test classes, else ``test_5shot``, ``test_one_batch``,
+    ``test_5shot_group3`` and so on; ``val`` (``val_5shot``, ...) on the validation classes,
+    which is what :func:`omniglot_runs` may rank by, and the split's name for any other."""
+    base = {"vinyals-test": "test", "vinyals-val": "val"}.get(split, split.replace("-", "_"))
+    key = base if k_shot == settings["k_shot"] else f"{base}_{k_shot}shot"
     if query_group != settings["n_query"]:
         key += "_one_batch" if query_group == 0 else f"_group{query_group}"
     return key

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -716,6 +717,21 @@ def test_the_test_command_keeps_the_measured_accuracy_in_the_record(tmp_path, ca
     assert (
         "all queries of an episode in one batch (results.test_one_batch" in capsys.readouterr().out
     )
+    # on the validation classes: a re-validation, kept apart from the test as results.val
+    val = maml.main(
+        ["test", str(path), "--split", "vinyals-val", "--episodes", "3", "--n-query", "2"]
+        + ["--threads", "1", "--no-progress"]
+    )
+    record = checkpoints.read_record(path)
+    assert record["results"]["val"] == val and record["results"]["test"] == test
+    val_episodes = sample_episodes(omniglot_dataset("vinyals-val"), 5, 1, 2, 3, seed=100)
+    expected = evaluate(
+        maml.MAMLClassifier(model, 0.4, meta["settings"]["eval_steps"], query_group=1),
+        val_episodes,
+        progress=False,
+    )
+    assert abs(val["accuracy"] - expected.mean) < 1e-4 and val["split"] == "omniglot/vinyals-val"
+    assert "episodes of omniglot/vinyals-val" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         maml.main(["test", str(path), "--query-group", "-1"])
     assert "--query-group" in capsys.readouterr().err
@@ -829,8 +845,69 @@ def test_first_order_agreement_is_the_sign_of_one_minus_alpha_h_for_one_weight(a
 
 
 @pytest.mark.parametrize(
-    ("k_shot", "query_group", "key"),
-    [(1, 1, "test"), (5, 1, "test_5shot"), (1, 0, "test_one_batch"), (5, 3, "test_5shot_group3")],
+    ("k_shot", "query_group", "split", "key"),
+    [
+        (1, 1, "vinyals-test", "test"),
+        (5, 1, "vinyals-test", "test_5shot"),
+        (1, 0, "vinyals-test", "test_one_batch"),
+        (5, 3, "vinyals-test", "test_5shot_group3"),
+        (1, 1, "vinyals-val", "val"),
+        (5, 0, "vinyals-val", "val_5shot_one_batch"),
+        (1, 1, "evaluation", "evaluation"),
+    ],
 )
-def test_each_test_protocol_has_its_own_key_in_the_record(k_shot, query_group, key):
-    assert maml.result_key(k_shot, query_group, {"k_shot": 1, "n_query": 1}) == key
+def test_each_test_protocol_has_its_own_key_in_the_record(k_shot, query_group, split, key):
+    assert maml.result_key(k_shot, query_group, {"k_shot": 1, "n_query": 1}, split) == key
+
+
+def _fake_run(directory, name, val, group=0, revalidation=None, n_way=5, k_shot=1):
+    """A record beside an empty weights file: all that omniglot_runs reads."""
+    path = directory / f"maml_omniglot_{name}.pt"
+    path.write_bytes(b"")
+    settings = {"n_way": n_way, "k_shot": k_shot, "first_order": True, "val_query_group": group}
+    record = {"settings": settings, "val_score": {"value": val}, "results": {}}
+    if revalidation is not None:
+        accuracy, seed = revalidation
+        record["results"]["val"] = {
+            "accuracy": accuracy, "split": "omniglot/vinyals-val", "episodes": 600,
+            "n_query": 15, "seed": seed, "k_shot": k_shot,
+        }  # fmt: skip
+    path.with_suffix(".json").write_text(json.dumps(record))
+    return path
+
+
+def test_the_committed_runs_of_each_setting_rank_alike():
+    # the notebooks choose among them: no setting may mix validations that are not alike
+    directory = ROOT / "data" / "checkpoints"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for n_way in (5, 20):
+            for k_shot in (1, 5):
+                for first_order in (False, True):
+                    assert maml.omniglot_runs(directory, n_way, k_shot, first_order)
+
+
+def test_runs_of_a_setting_rank_by_validations_measured_alike(tmp_path):
+    # one batching: the training validations rank them, and no warning
+    a = _fake_run(tmp_path, "a", 0.95, group=1)
+    b = _fake_run(tmp_path, "b", 0.97, group=1)
+    _fake_run(tmp_path, "other", 0.99, group=1, n_way=20)  # another setting: never a candidate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert maml.omniglot_runs(tmp_path, 5, 1, True) == [b, a]
+    # another batching joins: not alike, so a one-line warning naming the command that fixes it
+    c = _fake_run(tmp_path, "c", 0.96, group=0)
+    with pytest.warns(UserWarning, match="--split vinyals-val") as caught:
+        assert maml.omniglot_runs(tmp_path, 5, 1, True) == [b, c, a]
+    assert len(str(caught[0].message).splitlines()) == 1
+    # every run re-validated on the same episodes: those scores rank them, whatever the batching
+    _fake_run(tmp_path, "a", 0.95, group=1, revalidation=(0.98, 100))
+    _fake_run(tmp_path, "b", 0.97, group=1, revalidation=(0.96, 100))
+    _fake_run(tmp_path, "c", 0.96, group=0, revalidation=(0.97, 100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert maml.omniglot_runs(tmp_path, 5, 1, True) == [a, c, b]
+    # one of them re-validated on other episodes: not alike, back to the warning and rule 2
+    _fake_run(tmp_path, "c", 0.96, group=0, revalidation=(0.99, 7))
+    with pytest.warns(UserWarning):
+        assert maml.omniglot_runs(tmp_path, 5, 1, True) == [b, c, a]

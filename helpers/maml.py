@@ -1747,8 +1747,8 @@ def evaluate_command(args, device: torch.device) -> dict:
     (``query_group``: that many of each class, as in the paper's test) unless ``--query-group``
     says otherwise. The result goes to the record's ``results.test`` (``results.test_5shot``
     for another number of shots, ``..._one_batch`` or ``..._group3`` for another grouping,
-    ``results.val`` on the validation classes; the weights are not touched), so the README and the notebooks read a number that a command
-    measured.
+    ``results.val`` on the validation classes; the weights are not touched), so the README and
+    the notebooks read a number that a command measured.
     """
     from . import checkpoints
     from .episodes import omniglot_dataset, sample_episodes

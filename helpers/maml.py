@@ -1332,8 +1332,9 @@ def omniglot_runs(
 
     1. if every run has a re-validation (``python -m helpers.maml test CKPT --split vinyals-val``,
        kept as ``results.val``) on the same episodes, batched as in its test, that ranks them;
-    2. else, if every run validated during training with the same batching
-       (``--val-query-group``), their best validations rank them;
+    2. else, if every run validated during training on the same episodes (the same ``--seed``,
+       since the validation episodes are drawn from it, and ``--val-episodes``) with the same
+       batching (``--val-query-group``), their best validations rank them;
     3. else they rank by those validations all the same, with a warning that names the command
        of 1.
 
@@ -1363,13 +1364,17 @@ def omniglot_runs(
     if found and all(revalidated) and len(same_episodes) == 1:
         scores = [float(test["accuracy"]) for test in revalidated]
     else:
-        batchings = {record["settings"].get("val_query_group") or 0 for _, record in found}
-        if len(batchings) > 1:
+        measured = {
+            tuple(record["settings"].get(k) for k in ("seed", "val_episodes"))
+            + (record["settings"].get("val_query_group") or 0,)
+            for _, record in found
+        }
+        if len(measured) > 1:
             warnings.warn(
-                f"the {n_way}-way {k_shot}-shot runs in {directory} validated with different "
-                "batch-norm batchings, so their validations are not alike; re-validate each "
-                "with python -m helpers.maml test CHECKPOINT --split vinyals-val to rank them "
-                "on the same episodes.",
+                f"the {n_way}-way {k_shot}-shot runs in {directory} validated on different "
+                "episodes or with different batch-norm batchings, so their validations are not "
+                "alike; re-validate each with python -m helpers.maml test CHECKPOINT --split "
+                "vinyals-val to rank them on the same episodes.",
                 stacklevel=2,
             )
         scores = [((record.get("val_score") or {}).get("value")) for _, record in found]

@@ -860,11 +860,14 @@ def test_each_test_protocol_has_its_own_key_in_the_record(k_shot, query_group, s
     assert maml.result_key(k_shot, query_group, {"k_shot": 1, "n_query": 1}, split) == key
 
 
-def _fake_run(directory, name, val, group=0, revalidation=None, n_way=5, k_shot=1):
+def _fake_run(directory, name, val, group=0, revalidation=None, n_way=5, k_shot=1, seed=0):
     """A record beside an empty weights file: all that omniglot_runs reads."""
     path = directory / f"maml_omniglot_{name}.pt"
     path.write_bytes(b"")
-    settings = {"n_way": n_way, "k_shot": k_shot, "first_order": True, "val_query_group": group}
+    settings = {
+        "n_way": n_way, "k_shot": k_shot, "first_order": True, "val_query_group": group,
+        "seed": seed, "val_episodes": 100,
+    }  # fmt: skip
     record = {"settings": settings, "val_score": {"value": val}, "results": {}}
     if revalidation is not None:
         accuracy, seed = revalidation
@@ -911,3 +914,18 @@ def test_runs_of_a_setting_rank_by_validations_measured_alike(tmp_path):
     _fake_run(tmp_path, "c", 0.96, group=0, revalidation=(0.99, 7))
     with pytest.warns(UserWarning):
         assert maml.omniglot_runs(tmp_path, 5, 1, True) == [b, c, a]
+
+
+def test_training_validations_drawn_from_other_seeds_are_not_alike(tmp_path):
+    # the same batching, but each run's seed drew its own validation episodes: a warning
+    a = _fake_run(tmp_path, "a", 0.95, group=1, seed=0)
+    b = _fake_run(tmp_path, "b", 0.97, group=1, seed=3)
+    with pytest.warns(UserWarning, match="different episodes") as caught:
+        assert maml.omniglot_runs(tmp_path, 5, 1, True) == [b, a]
+    assert len(caught) == 1
+    # re-validated on the same episodes, the re-validations rank them, silently
+    _fake_run(tmp_path, "a", 0.95, group=1, seed=0, revalidation=(0.97, 100))
+    _fake_run(tmp_path, "b", 0.97, group=1, seed=3, revalidation=(0.96, 100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert maml.omniglot_runs(tmp_path, 5, 1, True) == [a, b]

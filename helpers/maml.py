@@ -1364,10 +1364,9 @@ def omniglot_runs(
     if found and all(revalidated) and len(same_episodes) == 1:
         scores = [float(test["accuracy"]) for test in revalidated]
     else:
-        measured = {
-            tuple(record["settings"].get(k) for k in ("seed", "val_episodes"))
-            + (record["settings"].get("val_query_group") or 0,)
-            for _, record in found
+        measured = {  # what draws and batches the training validations
+            (s.get("seed"), s.get("val_episodes"), s.get("val_query_group") or 0)
+            for s in (record["settings"] for _, record in found)
         }
         if len(measured) > 1:
             warnings.warn(

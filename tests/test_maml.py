@@ -870,10 +870,10 @@ def _fake_run(directory, name, val, group=0, revalidation=None, n_way=5, k_shot=
     }  # fmt: skip
     record = {"settings": settings, "val_score": {"value": val}, "results": {}}
     if revalidation is not None:
-        accuracy, seed = revalidation
+        accuracy, val_seed = revalidation
         record["results"]["val"] = {
             "accuracy": accuracy, "split": "omniglot/vinyals-val", "episodes": 600,
-            "n_query": 15, "seed": seed, "k_shot": k_shot,
+            "n_query": 15, "seed": val_seed, "k_shot": k_shot,
         }  # fmt: skip
     path.with_suffix(".json").write_text(json.dumps(record))
     return path
